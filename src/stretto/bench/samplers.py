@@ -1,0 +1,157 @@
+"""`stretto bench samplers`: every sampler at a range of NFE, against a 100-step Euler reference.
+
+Quality is measured three ways on the same prompts and seeds: FID (features of stretto's shapes classifier,
+against procedural data), prompt accuracy (the classifier parses the image into the prompt's scene), and
+PSNR/SSIM against the 100-step Euler output of the same seed. Speed is wall time in this one run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import stretto
+from stretto.bench.machine import describe_machine
+from stretto.data.shapes import evaluation_prompts, make_batch
+from stretto.eval.classifier import prompt_accuracy
+from stretto.eval.metrics import FeatureFID, psnr_db, ssim
+from stretto.pipeline import DEFAULT_GUIDANCE, DEFAULT_SHIFT
+from stretto.sampling import SAMPLERS, nfe_per_sampler
+
+REFERENCE_STEPS = 100
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The most steps whose denoiser calls fit in `nfe` (at least one step)."""
+    steps = 1
+    while nfe_per_sampler(sampler, steps + 1) <= nfe:
+        steps += 1
+    return steps
+
+
+def run_sampler_bench(
+    json_path: str | Path = "benchmarks/results/samplers.json",
+    plot_path: str | Path | None = "benchmarks/results/samplers.png",
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    num_images: int = 256,
+    guidance: float = DEFAULT_GUIDANCE,
+    shift: float = DEFAULT_SHIFT,
+    nfes: tuple[int, ...] | list[int] = (2, 4, 8, 16, 32),
+    samplers: tuple[str, ...] | list[str] | None = None,
+) -> dict:
+    """Run the benchmark, write JSON (and a plot), return the result dict."""
+    if num_images < 2:
+        raise ValueError(f"num_images must be >= 2 (FID needs a covariance), got {num_images}")
+    samplers = list(samplers or SAMPLERS)
+    net = stretto.load(model, device=device)
+    classifier = stretto.load("shapes-classifier", device=device)
+    fid = FeatureFID(classifier)
+    prompts = evaluation_prompts(num_images)
+    seeds = list(range(num_images))
+
+    def run(sampler: str, steps: int):
+        return stretto.generate(
+            net, prompts, steps=steps, sampler=sampler, guidance=guidance, shift=shift, seeds=seeds
+        )
+
+    run("euler", 1)  # warm-up, so that the first timed row does not pay one-off costs
+    settings = [("euler", 50)] + [(s, steps_for_nfe(s, n)) for s in samplers for n in nfes]
+    settings = list(dict.fromkeys(settings))  # Heun maps two NFE budgets to one step count at the low end
+    bar = tqdm(total=1 + len(settings), desc="bench samplers")
+    reference = run("euler", REFERENCE_STEPS)
+    bar.update()
+
+    def row(sampler: str, steps: int, result) -> dict:
+        return {
+            "sampler": sampler,
+            "steps": steps,
+            "nfe": result.stats.sampler_nfe,
+            "fid": fid.score(result.images),
+            "prompt_acc": prompt_accuracy(classifier, result.images, prompts),
+            "psnr_db": None if result is reference else psnr_db(result.images, reference.images),
+            "ssim": None if result is reference else ssim(result.images, reference.images),
+            "wall_s": result.stats.wall_s,
+            "model_calls": result.stats.model_calls,
+            "block_evals": result.stats.total_block_evals,
+        }
+
+    rows = [dict(row("euler", REFERENCE_STEPS, reference), reference=True)]
+    for sampler, steps in settings:
+        bar.set_postfix_str(f"{sampler} {steps} steps")
+        rows.append(row(sampler, steps, run(sampler, steps)))
+        bar.update()
+    bar.close()
+
+    real = make_batch(987_654, num_images)[0]  # fresh procedural images: the FID floor at this sample size
+    result = {
+        "benchmark": "samplers",
+        "model": model,
+        "num_images": num_images,
+        "guidance": guidance,
+        "shift": shift,
+        "reference": {"sampler": "euler", "steps": REFERENCE_STEPS},
+        "fid_real_data": fid.score(real),
+        "prompt_acc_real_data": prompt_accuracy(classifier, real, make_batch(987_654, num_images)[1]),
+        "machine": describe_machine(device),
+        "command": f"stretto bench samplers --num-images {num_images} --guidance {guidance} --shift {shift}",
+        "rows": rows,
+    }
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if plot_path:
+        plot_sampler_bench(result, plot_path)
+    print_table(rows)
+    return result
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'sampler':<9} {'steps':>5} {'nfe':>4} {'FID':>7} {'prompt acc':>10} {'PSNR dB':>8} {'wall s':>7}"
+    )
+    for r in rows:
+        psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+        print(
+            f"{r['sampler']:<9} {r['steps']:>5} {r['nfe']:>4} {r['fid']:>7.2f} {r['prompt_acc']:>10.3f} "
+            f"{psnr:>8} {r['wall_s']:>7.2f}"
+        )
+
+
+def plot_sampler_bench(result: dict, plot_path: str | Path) -> None:
+    """FID vs NFE and PSNR vs NFE, one line per sampler; the reference's FID as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fid, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = [r for r in result["rows"] if not r.get("reference")]
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        ax_fid.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], "o-", label=sampler)
+        ax_psnr.plot([r["nfe"] for r in mine], [r["psnr_db"] for r in mine], "o-", label=sampler)
+    ref = result["rows"][0]
+    ax_fid.axhline(ref["fid"], color="k", ls="--", lw=1, label=f"Euler {ref['steps']} steps")
+    ax_fid.axhline(result["fid_real_data"], color="gray", ls=":", lw=1, label="real data (same n)")
+    for ax, name in (
+        (ax_fid, "FID (shapes-classifier features), lower is better"),
+        (ax_psnr, f"PSNR vs Euler {ref['steps']} steps (dB), higher is better"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("NFE (denoiser calls, CFG batched)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    ax_fid.set_yscale("log")
+    ax_fid.legend(fontsize=8)
+    n = result["num_images"]
+    fig.suptitle(
+        f"stretto samplers on {result['model']} ({n} prompts x 1 seed, guidance {result['guidance']})",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,103 @@
+"""Checkpoints: a folder with `config.json` (kind, config, how it was trained) and `model.safetensors`.
+
+Never pickle. Shipped checkpoints live in `stretto/weights/<name>/` and load with no network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "shapes-flux"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or of the wrong kind."""
+
+
+def _model_classes() -> dict[str, tuple[type, type]]:
+    # Imported lazily so that reading a config does not import every model.
+    from stretto.eval.classifier import ShapesClassifier, ShapesClassifierConfig
+    from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
+
+    return {
+        ShapesFlux.kind: (ShapesFlux, ShapesFluxConfig),
+        ShapesClassifier.kind: (ShapesClassifier, ShapesClassifierConfig),
+    }
+
+
+def shipped_models() -> list[str]:
+    return (
+        sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists())
+        if SHIPPED_DIR.exists()
+        else []
+    )
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A shipped model name or a checkpoint folder -> the folder, or a CheckpointError saying what exists."""
+    path = Path(name_or_path)
+    if not path.exists() and (SHIPPED_DIR / str(name_or_path)).exists():
+        path = SHIPPED_DIR / str(name_or_path)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise CheckpointError(
+            f"no checkpoint at {str(name_or_path)!r} (a folder with config.json and model.safetensors); "
+            f"shipped models: {', '.join(shipped_models()) or 'none'}"
+        )
+    return path
+
+
+def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32, **meta) -> Path:
+    """Write a model's config and weights (optionally stored in a smaller float dtype)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    save_file(tensors, folder / "model.safetensors")
+    config = {"kind": model.kind, "config": model.config.to_dict(), "stored_dtype": str(dtype), **meta}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    path = resolve(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt checkpoint config {path}: {err}") from None
+
+
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu", kind: str | None = None
+):
+    """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`."""
+    folder = resolve(name_or_path)
+    meta = read_config(folder)
+    classes = _model_classes()
+    if meta.get("kind") not in classes:
+        raise CheckpointError(
+            f"checkpoint {folder} has kind {meta.get('kind')!r}; known kinds: {sorted(classes)}"
+        )
+    if kind is not None and meta["kind"] != kind:
+        raise CheckpointError(f"checkpoint {folder} is a {meta['kind']!r}, expected a {kind!r}")
+    model_cls, config_cls = classes[meta["kind"]]
+    try:
+        model = model_cls(config_cls(**meta["config"]))
+        tensors = load_file(folder / "model.safetensors")
+    except (SafetensorError, TypeError, OSError) as err:
+        raise CheckpointError(f"corrupt checkpoint {folder}: {err}") from None
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {folder} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.to(device).eval()

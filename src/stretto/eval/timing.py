@@ -1,0 +1,120 @@
+"""Speed and cost accounting: wall time and peak memory of a block of code, block evaluations of a model.
+
+Peak memory, by device:
+- CUDA: `torch.cuda.max_memory_allocated` over the block (tensors only, after `reset_peak_memory_stats`).
+- CPU (Linux): the process's peak resident set size over the block, read from VmHWM in
+  /proc/self/status after resetting it through /proc/self/clear_refs; elsewhere, growth of
+  `resource`'s ru_maxrss (a lower bound).
+Both are process-wide: `measure` blocks do not nest, and other threads' allocations count too.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Measurement:
+    seconds: float = 0.0
+    peak_bytes: int = 0  # highest memory in use during the block
+    peak_delta_bytes: int = 0  # peak_bytes minus what was in use when the block started
+    memory_kind: str = ""  # "cuda-allocated", "cpu-peak-rss" or "cpu-maxrss-growth"
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # "5": reset the peak RSS (VmHWM) to the current RSS; Linux >= 4.0
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
+    """Measure wall seconds and peak memory of the `with` block; the Measurement is filled in on exit."""
+    m = Measurement()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+        m.memory_kind = "cuda-allocated"
+    elif _reset_peak_rss():
+        start_bytes = _proc_status_kb("VmRSS") * 1024
+        m.memory_kind = "cpu-peak-rss"
+    else:
+        start_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+        m.memory_kind = "cpu-maxrss-growth"
+    start = time.perf_counter()
+    try:
+        yield m
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+        m.seconds = time.perf_counter() - start
+        if cuda:
+            m.peak_bytes = torch.cuda.max_memory_allocated(device)
+        elif m.memory_kind == "cpu-peak-rss":
+            m.peak_bytes = _proc_status_kb("VmHWM") * 1024
+        else:
+            m.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        m.peak_delta_bytes = max(0, m.peak_bytes - start_bytes)
+
+
+class BlockCounter:
+    """Counts forward calls of each module in a list (e.g. `model.blocks`) through forward hooks.
+
+    It counts calls of the module: a cache that skips a block by not calling it is counted right,
+    one that intercepts inside the block's forward must count its own reuses.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        self.blocks = list(blocks)
+        self.counts = [0] * len(self.blocks)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def total(self) -> int:
+        """Block evaluations summed over all blocks."""
+        return sum(self.counts)
+
+    def attach(self) -> BlockCounter:
+        """Register the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+        return self
+
+    def remove(self) -> None:
+        """Remove the hooks; the counts are kept."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def reset(self) -> None:
+        """Zero the counts."""
+        self.counts = [0] * len(self.blocks)
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            self.counts[i] += 1
+
+        return hook
+
+    def __enter__(self) -> BlockCounter:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
