@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from stretto.data.shapes import VOCAB
-from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
+import stretto
+from stretto.pipeline import GenerationStats, guided_denoiser
 from stretto.sampling import (
     SAMPLERS,
     TimeShiftedDenoiser,
@@ -32,11 +32,11 @@ def smooth_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def flux_denoiser():
-    torch.manual_seed(0)
-    model = ShapesFlux(ShapesFluxConfig(vocab=VOCAB)).eval()
+    """The shipped model with classifier-free guidance, as `stretto generate` runs it."""
+    model = stretto.load("shapes-flux")
     with torch.no_grad():
-        cond = model.encode_prompts(["a red circle left of a blue square"])
-    return lambda x, s: model(x, s, cond)
+        denoiser = guided_denoiser(model, ["a red circle left of a blue square"], 3.0, GenerationStats())
+    return torch.no_grad()(denoiser)
 
 
 def noise(shape=(1, 3, 32, 32), seed=0) -> torch.Tensor:

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a shipped model").add_subparsers(dest="what", required=True)
     p = train.add_parser("image", help="the text-to-image flow-matching Flux (resumes from --out)")
     p.add_argument("--out", default="runs/shapes-flux")
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
     _add_model_args(p)
     p.set_defaults(func=cmd_bench_samplers)
+
+    from stretto.text_cli import add_bench_text_command, add_text_command, add_train_text_command
+
+    add_text_command(sub)
+    add_train_text_command(train)
+    add_bench_text_command(bench)
     return parser
 
 

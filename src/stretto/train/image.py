@@ -26,7 +26,7 @@ from stretto.train.state import ema_update, load_train_state, save_train_state
 @dataclass
 class ImageTrainConfig:
     out: str = "runs/shapes-flux"
-    steps: int = 8000
+    steps: int = 10000
     batch_size: int = 64
     lr: float = 6e-4
     warmup: int = 200

@@ -1,0 +1,180 @@
+"""The KV cache manager: the only code that allocates, writes, evicts or measures key/value memory.
+
+Buffers are preallocated once per generation: for every layer a key and a value buffer of shape
+(batch, heads, capacity, head_dim). A model call that runs T tokens sitting at slots [start, start + T)
+either *writes* its fresh K/V into those slots (overwriting what was there: repeated calls for the same block
+reuse its slot) or only *overrides* them for that call. Keys are stored before RoPE, with each slot's position
+kept beside them, so positions can be re-applied (or shifted) when the keys are read.
+
+Per slot the cache also keeps: the RoPE position (per row), a validity flag (padding is never attended to),
+a block index (for block-causal masks) and a committed flag (clean K/V that will not change any more).
+A rolling window with sink slots evicts the oldest non-sink block when a new block does not fit
+(StreamingLLM's attention sinks; Self Forcing's rolling KV cache).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Preallocated per-layer K/V buffers with slot-range writes, commit, eviction and byte accounting."""
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        sink_slots: int = 0,
+    ):
+        for name, value in (("layers", layers), ("batch", batch), ("heads", heads), ("head_dim", head_dim)):
+            if value < 1:
+                raise ValueError(f"KVCache {name} must be >= 1, got {value}")
+        if not 0 <= sink_slots < capacity:
+            raise ValueError(f"KVCache sink_slots must be in [0, capacity={capacity}), got {sink_slots}")
+        shape = (layers, batch, heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.blocks = torch.zeros(capacity, dtype=torch.long, device=device)
+        self.committed = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self.capacity, self.sink_slots = capacity, sink_slots
+        self.length = 0  # slots [0, length) hold data
+        self.writes = 0  # slot-layer writes, for counting
+        # Elastic-Cache probes: drift of overwritten keys per layer; attention mass over keys at one layer.
+        self.track_drift = False
+        self.drift: dict[int, tuple[int, torch.Tensor]] = {}
+        self.attention_layer: int | None = None
+        self.attention: torch.Tensor | None = None
+
+    # -- memory accounting -------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated by the cache (all buffers, used or not)."""
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.positions, self.valid, self.blocks))
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of K/V in the slots currently holding data."""
+        per_slot = 2 * self.k[:, :, :, :1].numel() * self.k.element_size()
+        return per_slot * self.length
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def _check_range(self, start: int, n: int) -> int:
+        end = start + n
+        if start < 0 or end > self.capacity:
+            raise ValueError(f"slot range [{start}, {end}) outside the cache capacity {self.capacity}")
+        return end
+
+    def write_meta(self, start: int, positions: torch.Tensor, valid: torch.Tensor, blocks: torch.Tensor) -> None:
+        """Record position (B, T), validity (B, T) and block index (T,) of the tokens at [start, start+T)."""
+        end = self._check_range(start, positions.shape[1])
+        self.positions[:, start:end] = positions
+        self.valid[:, start:end] = valid
+        self.blocks[start:end] = blocks
+        self.committed[start:end] = False
+        self.length = max(self.length, end)
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Overwrite slots [start, start + T) of one layer with un-rotated keys and values (B, H, T, D)."""
+        end = self._check_range(start, k.shape[2])
+        if self.track_drift:
+            drift = torch.zeros(k.shape[0], k.shape[2], dtype=k.dtype, device=k.device)
+            old_end = min(end, self.length)
+            if old_end > start:
+                old = self.k[layer, :, :, start:old_end]
+                cos = F.cosine_similarity(old, k[:, :, : old_end - start], dim=-1).mean(1)
+                drift[:, : old_end - start] = 1 - cos
+            self.drift[layer] = (start, drift)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        self.writes += end - start
+
+    def commit(self, start: int, end: int) -> None:
+        """Mark slots as holding clean K/V (a finished block after its commit pass)."""
+        self._check_range(start, end - start)
+        self.committed[start:end] = True
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def read(
+        self,
+        layer: int,
+        start: int | None = None,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of slots [0, length), slots [start, start + T) replaced by fresh k, v if given (not stored)."""
+        if k is None:
+            return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
+        end = start + k.shape[2]
+        n = max(self.length, end)
+        ks = [self.k[layer, :, :, :start], k, self.k[layer, :, :, end:n]]
+        vs = [self.v[layer, :, :, :start], v, self.v[layer, :, :, end:n]]
+        return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+
+    def meta(
+        self,
+        start: int | None = None,
+        positions: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        blocks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions, valid, blocks) of slots [0, length), optionally overridden at [start, start + T)."""
+        if positions is None:
+            n = self.length
+            return self.positions[:, :n], self.valid[:, :n], self.blocks[:n]
+        end = start + positions.shape[1]
+        n = max(self.length, end)
+        pos = torch.cat([self.positions[:, :start], positions, self.positions[:, end:n]], dim=1)
+        val = torch.cat([self.valid[:, :start], valid, self.valid[:, end:n]], dim=1)
+        blk = torch.cat([self.blocks[:start], blocks, self.blocks[end:n]])
+        return pos, val, blk
+
+    # -- probes (Elastic-Cache drift test) ---------------------------------------------------------------
+    def wants_attention(self, layer: int) -> bool:
+        return self.attention_layer == layer
+
+    def note_attention(self, mass: torch.Tensor) -> None:
+        """Attention mass per key slot (B, Tk), averaged over heads and queries, from the probed layer."""
+        self.attention = mass
+
+    # -- eviction and the rolling window -------------------------------------------------------------------
+    def evict(self, start: int, end: int) -> None:
+        """Drop slots [start, end) and move later slots down (their stored positions are kept)."""
+        self._check_range(start, end - start)
+        if start < self.sink_slots:
+            raise ValueError(f"cannot evict sink slots: range [{start}, {end}) overlaps [0, {self.sink_slots})")
+        n, tail = end - start, self.length - end
+        if tail > 0:
+            for buf in (self.k, self.v):
+                buf[:, :, :, start : start + tail] = buf[:, :, :, end : self.length].clone()
+            for buf in (self.positions, self.valid):
+                buf[:, start : start + tail] = buf[:, end : self.length].clone()
+            for buf in (self.blocks, self.committed):
+                buf[start : start + tail] = buf[end : self.length].clone()
+        self.length = max(start, self.length - n)
+        self.valid[:, self.length :] = False
+        self.committed[self.length :] = False
+
+    def make_room(self, n: int) -> int:
+        """Rolling window: evict the oldest non-sink n-slot blocks until n more fit; returns the next slot."""
+        if n > self.capacity - self.sink_slots:
+            raise ValueError(
+                f"a block of {n} slots does not fit a cache of {self.capacity} with {self.sink_slots} sinks"
+            )
+        while self.length + n > self.capacity:
+            self.evict(self.sink_slots, self.sink_slots + n)
+        return self.length
+
+    def reset(self) -> None:
+        self.length, self.writes, self.attention = 0, 0, None
+        self.drift.clear()
+        self.valid.zero_()
+        self.committed.zero_()

@@ -1,0 +1,259 @@
+"""Train the shipped text models: masked diffusion (LLaDA) and block diffusion (BD3-LM) on the text tasks.
+
+Masked diffusion (Nie et al. 2025, SFT form): draw t ~ U(eps, 1) per sequence, mask each answer token with
+probability t (the prompt is never masked), and minimise the cross-entropy on masked tokens weighted by 1/t,
+normalised by the answer length. The answer region is filled with end-of-text after the answer.
+Optionally (`semi_ar`, on by default) half the rows instead get masks shaped like semi-autoregressive block
+decoding (clean blocks, a partly masked block, fully masked blocks), the states the decoder actually visits.
+Block diffusion (Arriola et al. 2025): t is drawn per block; the network sees [clean sequence ; noisy answer]
+in one pass, where a noisy block attends to itself (bidirectional) and to the clean blocks before it, and the
+clean copy is block-causal, exactly what the block cache holds at decoding time.
+Batches are a pure function of (seed, step), so a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stretto import checkpoints
+from stretto.data import text_tasks
+from stretto.models.text_lm import (
+    BlockDiffusionLM,
+    MaskedDiffusionLM,
+    TextLM,
+    TextLMConfig,
+    gen_blocks,
+    left_pad_positions,
+)
+from stretto.train.state import ema_update, load_train_state, save_train_state
+
+MODEL_KINDS = ("masked", "block")
+EPS = 1e-3  # smallest masking ratio, keeps the 1/t weight finite
+
+
+@dataclass
+class TextTrainConfig:
+    out: str = "runs/text-masked"
+    model: str = "masked"  # "masked" (bidirectional, masked-lm) or "block" (block diffusion, block-lm)
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 300
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    save_every: int = 500
+    seed: int = 0
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 16  # block-lm only
+    gen_length: int = 64
+    tasks: str = "all"  # comma-separated task names, or "all"
+    eval_every: int = 500  # held-out exact match of the EMA model (threshold decoding), 0 = only at the end
+    eval_per_task: int = 4
+    semi_ar: float = 0.5  # masked-lm only: fraction of rows with block-decoding-shaped masks (0 = plain LLaDA)
+    decode_block: int = 16  # masked-lm only: the block length those masks assume
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model must be one of {list(MODEL_KINDS)}, got {self.model!r}")
+        for name in (
+            "steps",
+            "batch_size",
+            "save_every",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "gen_length",
+            "block_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model == "block" and self.gen_length % self.block_size:
+            raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of block_size ({self.block_size})")
+        text_tasks.check_tasks(self.task_list)
+        if not 0 <= self.semi_ar <= 1:
+            raise ValueError(f"semi_ar must be in [0, 1], got {self.semi_ar}")
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        return tuple(text_tasks.TASKS) if self.tasks == "all" else tuple(t.strip() for t in self.tasks.split(","))
+
+    def model_config(self) -> TextLMConfig:
+        return TextLMConfig(
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            max_len=192,
+            block_size=self.block_size if self.model == "block" else 0,
+        )
+
+
+def learning_rate(cfg: TextTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def masked_diffusion_loss(
+    model: TextLM, ids: torch.Tensor, p: int, gen: torch.Generator, semi_ar: float = 0.0, block: int = 16
+) -> torch.Tensor:
+    """LLaDA's loss; a `semi_ar` fraction of rows get masks shaped like block decoding instead (see below)."""
+    b, s = ids.shape
+    g = s - p
+    t = EPS + (1 - EPS) * torch.rand(b, 1, generator=gen)
+    masked = torch.rand(b, g, generator=gen) < t
+    weight = (1 / t).expand(b, g).clone()
+    # Semi-autoregressive rows: blocks before a random block k are clean, block k is masked with ratio t and
+    # every later block is fully masked, which is exactly what the decoder shows the model. Fully masked
+    # tokens carry weight 1 (their masking ratio is 1).
+    rows = torch.rand(b, generator=gen) < semi_ar
+    if rows.any():
+        k = torch.randint(0, -(-g // block), (b, 1), generator=gen)
+        blk = torch.arange(g)[None] // block
+        masked = torch.where(rows[:, None], (blk > k) | ((blk == k) & masked), masked)
+        weight = torch.where(rows[:, None] & (blk > k), torch.ones_like(weight), weight)
+    noisy = ids.clone()
+    noisy[:, p:][masked] = model.config.mask_id
+    logits = model(noisy, left_pad_positions(ids, model.config.pad_id))[:, p:]
+    ce = F.cross_entropy(logits[masked], ids[:, p:][masked], reduction="none")
+    return (ce * weight[masked]).sum() / (b * g)
+
+
+def block_diffusion_mask(ids: torch.Tensor, p: int, block_size: int, pad_id: int) -> torch.Tensor:
+    """(B, 1, S + G, S + G) mask for [clean sequence (S) ; noisy answer (G)] (BD3-LM's vectorised pass)."""
+    s = ids.shape[1]
+    blk = gen_blocks(p, s, block_size)
+    q_blk = torch.cat([blk, blk[p:]])
+    noisy = torch.cat([torch.zeros(s, dtype=torch.bool), torch.ones(s - p, dtype=torch.bool)])
+    k_valid = torch.cat([ids != pad_id, torch.ones(ids.shape[0], s - p, dtype=torch.bool)], dim=1)
+    earlier = q_blk[None, :] < q_blk[:, None]  # key block < query block
+    same = q_blk[None, :] == q_blk[:, None]
+    clean_q = ~noisy[:, None]
+    clean_k, noisy_k = ~noisy[None, :], noisy[None, :]
+    allowed = (clean_q & clean_k & (earlier | same)) | (~clean_q & ((clean_k & earlier) | (noisy_k & same)))
+    return allowed[None, None] & k_valid[:, None, None, :]
+
+
+def block_diffusion_loss(model: TextLM, ids: torch.Tensor, p: int, gen: torch.Generator) -> torch.Tensor:
+    b, s = ids.shape
+    g, bs = s - p, model.config.block_size
+    t = EPS + (1 - EPS) * torch.rand(b, g // bs, generator=gen)
+    t = t.repeat_interleave(bs, dim=1)
+    masked = torch.rand(b, g, generator=gen) < t
+    noisy = ids[:, p:].clone()
+    noisy[masked] = model.config.mask_id
+    pos = left_pad_positions(ids, model.config.pad_id)
+    logits = model(
+        torch.cat([ids, noisy], dim=1),
+        torch.cat([pos, pos[:, p:]], dim=1),
+        attn_mask=block_diffusion_mask(ids, p, bs, model.config.pad_id),
+    )[:, s:]
+    ce = F.cross_entropy(logits[masked], ids[:, p:][masked], reduction="none")
+    return (ce / t[masked]).sum() / (b * g)
+
+
+def quick_eval(model: TextLM, cfg: TextTrainConfig) -> dict[str, float]:
+    """Held-out exact match per task with threshold decoding and the model's default cache."""
+    from stretto.text import generate
+
+    examples = text_tasks.held_out(cfg.eval_per_task, tasks=cfg.task_list)
+    res = generate(model.eval(), [e.prompt for e in examples], cfg.gen_length, decode="threshold:tau=0.9")
+    acc: dict[str, float] = {}
+    for e, out in zip(examples, res.texts, strict=True):
+        acc[e.task] = acc.get(e.task, 0.0) + (out == e.answer) / cfg.eval_per_task
+    return acc
+
+
+def build_model(cfg: TextTrainConfig) -> TextLM:
+    cls = MaskedDiffusionLM if cfg.model == "masked" else BlockDiffusionLM
+    return cls(cfg.model_config())
+
+
+def train_text(cfg: TextTrainConfig) -> Path:
+    """Train (or resume) and export the EMA weights as a loadable checkpoint in cfg.out/model."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    state_path = out / "train_state.safetensors"
+    start = load_train_state(state_path, model, ema, opt) if state_path.exists() else 0
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{model.kind}: {n_params / 1e6:.2f}M parameters; steps {start} -> {cfg.steps}; out {out}")
+    if cfg.model == "masked":
+        loss_fn = functools.partial(masked_diffusion_loss, semi_ar=cfg.semi_ar, block=cfg.decode_block)
+    else:
+        loss_fn = block_diffusion_loss
+
+    log = open(out / "loss.log", "a")  # noqa: SIM115
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=f"train text {cfg.model}",
+        smoothing=0.05,
+    )
+    running = None
+    for step in bar:
+        ids, p = text_tasks.make_batch(cfg.seed, step, cfg.batch_size, cfg.gen_length, cfg.task_list)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        loss = loss_fn(model, ids, p, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, cfg.ema_decay if step > cfg.warmup else 0.0)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{group['lr']:.1e}")
+        if (step + 1) % 50 == 0:
+            log.write(f"{step + 1}\t{running:.5f}\t{time.time():.0f}\n")
+            log.flush()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_train_state(state_path, step + 1, model, ema, opt)
+            export(ema, out / "model", cfg, step + 1)
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+            acc = quick_eval(ema, cfg)
+            bar.write(f"step {step + 1}: held-out exact match " + ", ".join(f"{t} {a:.2f}" for t, a in acc.items()))
+            with open(out / "eval.log", "a") as f:
+                f.write(json.dumps({"step": step + 1, "exact_match": acc}) + "\n")
+    log.close()
+    return out / "model"
+
+
+def train_command(cfg: TextTrainConfig) -> str:
+    cmd = f"stretto train text --model {cfg.model} --steps {cfg.steps} --batch-size {cfg.batch_size}"
+    cmd += f" --lr {cfg.lr:g} --seed {cfg.seed} --n-layer {cfg.n_layer} --n-embd {cfg.n_embd} --out {cfg.out}"
+    if cfg.model == "block":
+        cmd += f" --block-size {cfg.block_size}"
+    else:
+        cmd += f" --semi-ar {cfg.semi_ar:g}"
+    return cmd + (f" --tasks {cfg.tasks}" if cfg.tasks != "all" else "")
+
+
+def export(ema: TextLM, folder: Path, cfg: TextTrainConfig, step: int) -> None:
+    """Ship the EMA weights in fp16 (half the bytes; loaded back as fp32)."""
+    checkpoints.save(
+        ema,
+        folder,
+        dtype=torch.float16,
+        trained_steps=step,
+        gen_length=cfg.gen_length,
+        tasks=list(cfg.task_list),
+        train_command=train_command(cfg),
+    )
