@@ -75,11 +75,14 @@ def cmd_train_image(args: argparse.Namespace) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
-    from stretto.train.classifier import train_classifier
+    from stretto import checkpoints
+    from stretto.train.classifier import heldout_accuracy, train_classifier
 
-    print(
-        f"exported {train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)}"
-    )
+    folder = train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    print(f"exported {folder}")
+    model = checkpoints.load(folder, kind="shapes-classifier")
+    for noise in (0.0, 0.05, 0.1):
+        print(f"held-out exact-scene accuracy, noise {noise}: {heldout_accuracy(model, noise=noise):.4f}")
 
 
 def cmd_bench_samplers(args: argparse.Namespace) -> None:
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_image)
     p = train.add_parser("classifier", help="the evaluation classifier (prompt accuracy and FID features)")
     p.add_argument("--out", default="runs/shapes-classifier")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_classifier)

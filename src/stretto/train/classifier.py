@@ -9,7 +9,6 @@ Augmentation (mild noise, slight blur, brightness/contrast jitter) makes it robu
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -100,24 +99,8 @@ def train_classifier(
     model.eval()
     folder = checkpoints.save(
         model, out_dir, dtype=torch.float16, trained_steps=steps,
-        train_command=f"python -m stretto.train.classifier --out {out_dir} --steps {steps} "
+        train_command=f"stretto train classifier --out {out_dir} --steps {steps} "
         f"--batch-size {batch_size} --seed {seed}",
     )  # fmt: skip
     return folder
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="src/stretto/weights/shapes-classifier")
-    parser.add_argument("--steps", type=int, default=1600)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    folder = train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    model = checkpoints.load(folder, kind=ShapesClassifier.kind)
-    for noise in (0.0, 0.05, 0.1):
-        print(f"held-out exact-scene accuracy, noise {noise}: {heldout_accuracy(model, noise=noise):.4f}")
-
-
-if __name__ == "__main__":
-    main()
