@@ -18,10 +18,12 @@ from stretto.bench.machine import describe_machine
 from stretto.data.shapes import evaluation_prompts, make_batch
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
-from stretto.pipeline import DEFAULT_GUIDANCE, DEFAULT_SHIFT
+from stretto.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT
 from stretto.sampling import SAMPLERS, nfe_per_sampler
 
 REFERENCE_STEPS = 100
+VARIANT_SHIFT = 3.0  # SD3/Flux-style shift tried against the default
+VARIANTS = ("shift3", "time-shift")
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
@@ -53,19 +55,22 @@ def run_sampler_bench(
     prompts = evaluation_prompts(num_images)
     seeds = list(range(num_images))
 
-    def run(sampler: str, steps: int):
+    def run(sampler: str, steps: int, variant: str = ""):
         return stretto.generate(
-            net, prompts, steps=steps, sampler=sampler, guidance=guidance, shift=shift, seeds=seeds
-        )
+            net, prompts, steps=steps, sampler=sampler, guidance=guidance, seeds=seeds,
+            shift=VARIANT_SHIFT if variant == "shift3" else shift, time_shift=variant == "time-shift",
+        )  # fmt: skip
 
     run("euler", 1)  # warm-up, so that the first timed row does not pay one-off costs
-    settings = [("euler", 50)] + [(s, steps_for_nfe(s, n)) for s in samplers for n in nfes]
+    settings = [("euler", 50, "")] + [(s, steps_for_nfe(s, n), "") for s in samplers for n in nfes]
+    # Timestep-shift variants of the default sampler, at the NFE where they could matter.
+    settings += [(DEFAULT_SAMPLER, n, v) for v in VARIANTS for n in nfes if 4 <= n <= 16]
     settings = list(dict.fromkeys(settings))  # Heun maps two NFE budgets to one step count at the low end
     bar = tqdm(total=1 + len(settings), desc="bench samplers")
     reference = run("euler", REFERENCE_STEPS)
     bar.update()
 
-    def row(sampler: str, steps: int, result) -> dict:
+    def row(sampler: str, steps: int, variant: str, result) -> dict:
         return {
             "sampler": sampler,
             "steps": steps,
@@ -75,14 +80,18 @@ def run_sampler_bench(
             "psnr_db": None if result is reference else psnr_db(result.images, reference.images),
             "ssim": None if result is reference else ssim(result.images, reference.images),
             "wall_s": result.stats.wall_s,
+            "variant": variant or None,
+            "shift": VARIANT_SHIFT if variant == "shift3" else shift,
+            "time_shift": variant == "time-shift",
             "model_calls": result.stats.model_calls,
             "block_evals": result.stats.total_block_evals,
+            "peak_mem_mb": round(result.stats.peak_mem_bytes / 2**20, 1),
         }
 
-    rows = [dict(row("euler", REFERENCE_STEPS, reference), reference=True)]
-    for sampler, steps in settings:
-        bar.set_postfix_str(f"{sampler} {steps} steps")
-        rows.append(row(sampler, steps, run(sampler, steps)))
+    rows = [dict(row("euler", REFERENCE_STEPS, "", reference), reference=True)]
+    for sampler, steps, variant in settings:
+        bar.set_postfix_str(f"{sampler} {variant} {steps} steps")
+        rows.append(row(sampler, steps, variant, run(sampler, steps, variant)))
         bar.update()
     bar.close()
 
@@ -109,14 +118,17 @@ def run_sampler_bench(
     return result
 
 
+def label(row: dict) -> str:
+    """A row's sampler name with its timestep variant, e.g. "dpm++2m shift3"."""
+    return f"{row['sampler']} {row['variant']}" if row.get("variant") else row["sampler"]
+
+
 def print_table(rows: list[dict]) -> None:
-    print(
-        f"{'sampler':<9} {'steps':>5} {'nfe':>4} {'FID':>7} {'prompt acc':>10} {'PSNR dB':>8} {'wall s':>7}"
-    )
+    print(f"{'sampler':<20} {'steps':>5} {'nfe':>4} {'FID':>7} {'prompt acc':>10} {'PSNR dB':>8} {'wall s':>7}")
     for r in rows:
         psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
         print(
-            f"{r['sampler']:<9} {r['steps']:>5} {r['nfe']:>4} {r['fid']:>7.2f} {r['prompt_acc']:>10.3f} "
+            f"{label(r):<20} {r['steps']:>5} {r['nfe']:>4} {r['fid']:>7.2f} {r['prompt_acc']:>10.3f} "
             f"{psnr:>8} {r['wall_s']:>7.2f}"
         )
 
@@ -128,17 +140,21 @@ def plot_sampler_bench(result: dict, plot_path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_fid, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_fid, ax_acc, ax_psnr) = plt.subplots(1, 3, figsize=(16, 4.4))
     rows = [r for r in result["rows"] if not r.get("reference")]
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
-        ax_fid.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], "o-", label=sampler)
-        ax_psnr.plot([r["nfe"] for r in mine], [r["psnr_db"] for r in mine], "o-", label=sampler)
+    for name in dict.fromkeys(label(r) for r in rows):
+        mine = sorted((r for r in rows if label(r) == name), key=lambda r: r["nfe"])
+        style = "o--" if " " in name else "o-"
+        ax_fid.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], style, label=name)
+        ax_acc.plot([r["nfe"] for r in mine], [r["prompt_acc"] for r in mine], style, label=name)
+        ax_psnr.plot([r["nfe"] for r in mine], [r["psnr_db"] for r in mine], style, label=name)
     ref = result["rows"][0]
     ax_fid.axhline(ref["fid"], color="k", ls="--", lw=1, label=f"Euler {ref['steps']} steps")
     ax_fid.axhline(result["fid_real_data"], color="gray", ls=":", lw=1, label="real data (same n)")
+    ax_acc.axhline(ref["prompt_acc"], color="k", ls="--", lw=1)
     for ax, name in (
         (ax_fid, "FID (shapes-classifier features), lower is better"),
+        (ax_acc, "prompt accuracy, higher is better"),
         (ax_psnr, f"PSNR vs Euler {ref['steps']} steps (dB), higher is better"),
     ):
         ax.set_xscale("log", base=2)
