@@ -35,9 +35,7 @@ def test_both_phrasings_of_a_pair_are_one_scene():
 
 
 def test_unknown_word_lists_the_vocabulary():
-    with pytest.raises(
-        shapes.PromptError, match=r"unknown prompt word\(s\) \['hexagon'\].*vocabulary is: a above"
-    ):
+    with pytest.raises(shapes.PromptError, match=r"unknown prompt word\(s\) \['hexagon'\].*vocabulary is: a above"):
         shapes.parse_prompt("a red hexagon on the left")
 
 

@@ -50,9 +50,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_flux, tmp_path):
 
 def test_wrong_kind_is_a_clear_error(tiny_flux, tmp_path):
     checkpoints.save(tiny_flux, tmp_path / "m")
-    with pytest.raises(
-        checkpoints.CheckpointError, match="is a 'shapes-flux', expected a 'shapes-classifier'"
-    ):
+    with pytest.raises(checkpoints.CheckpointError, match="is a 'shapes-flux', expected a 'shapes-classifier'"):
         checkpoints.load(tmp_path / "m", kind="shapes-classifier")
 
 

@@ -128,9 +128,7 @@ def test_flow_sigmas_equal_flux_pipeline_sigmas(steps, shift):
     assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float32
     assert sigmas[0] == 1 and sigmas[-1] == 0
     assert bool((sigmas[1:] < sigmas[:-1]).all())
-    torch.testing.assert_close(
-        sigmas, euler_scheduler(steps, shift, flux_style=True).sigmas, atol=2e-7, rtol=0
-    )
+    torch.testing.assert_close(sigmas, euler_scheduler(steps, shift, flux_style=True).sigmas, atol=2e-7, rtol=0)
 
 
 def test_unipc_on_flow_sigmas_matches_diffusers_flux_style():
@@ -138,9 +136,7 @@ def test_unipc_on_flow_sigmas_matches_diffusers_flux_style():
     x = noise((2, 3, 8, 8))
     for steps in (2, 3, 8):
         theirs = run_scheduler(unipc_scheduler(steps, 3.0, True), smooth_denoiser, x)
-        torch.testing.assert_close(
-            sample_unipc(smooth_denoiser, x, flow_sigmas(steps, 3.0)), theirs, atol=2e-5, rtol=0
-        )
+        torch.testing.assert_close(sample_unipc(smooth_denoiser, x, flow_sigmas(steps, 3.0)), theirs, atol=2e-5, rtol=0)
 
 
 def test_shift_sigmas():

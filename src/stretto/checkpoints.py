@@ -36,11 +36,7 @@ def _model_classes() -> dict[str, tuple[type, type]]:
 
 
 def shipped_models() -> list[str]:
-    return (
-        sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists())
-        if SHIPPED_DIR.exists()
-        else []
-    )
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists()) if SHIPPED_DIR.exists() else []
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -78,17 +74,13 @@ def read_config(folder: str | Path) -> dict:
         raise CheckpointError(f"corrupt checkpoint config {path}: {err}") from None
 
 
-def load(
-    name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu", kind: str | None = None
-):
+def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu", kind: str | None = None):
     """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`."""
     folder = resolve(name_or_path)
     meta = read_config(folder)
     classes = _model_classes()
     if meta.get("kind") not in classes:
-        raise CheckpointError(
-            f"checkpoint {folder} has kind {meta.get('kind')!r}; known kinds: {sorted(classes)}"
-        )
+        raise CheckpointError(f"checkpoint {folder} has kind {meta.get('kind')!r}; known kinds: {sorted(classes)}")
     if kind is not None and meta["kind"] != kind:
         raise CheckpointError(f"checkpoint {folder} is a {meta['kind']!r}, expected a {kind!r}")
     model_cls, config_cls = classes[meta["kind"]]

@@ -21,12 +21,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, steps: int = DEFAULT_STEPS) -
 
     p.add_argument("--steps", type=int, default=steps, help=f"sampler steps, >= 1 (default {steps})")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, help=f"one of {', '.join(SAMPLERS)}")
-    p.add_argument(
-        "--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale in [0, {MAX_GUIDANCE:g}]"
-    )
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale in [0, {MAX_GUIDANCE:g}]")
     p.add_argument("--shift", type=float, default=DEFAULT_SHIFT, help="SD3/Flux timestep shift (1 = none)")
+    p.add_argument("--time-shift", action="store_true", help="Time-Shift Sampler: variance-matched network sigma")
     p.add_argument(
-        "--time-shift", action="store_true", help="Time-Shift Sampler: variance-matched network sigma"
+        "--cache",
+        default=None,
+        help='feature cache, e.g. "taylor", "fora:interval=3", "dbcache:first=1,threshold=0.1" '
+        "(stretto.cache.available() lists all policies and parameters)",
     )
 
 
@@ -48,6 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         shift=args.shift,
         seeds=seeds * len(args.prompts),
         time_shift=args.time_shift,
+        cache=args.cache,
     )
     labels = list(args.prompts) if len(prompts) > 1 else None
     cols = [f"seed {s}" for s in seeds] if len(prompts) > 1 else None
@@ -57,6 +60,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         f"wrote {path} ({len(prompts)} image(s)); {args.sampler} {args.steps} steps: {s.model_calls} model calls, "
         f"{s.total_block_evals} block evaluations, {s.wall_s:.2f} s"
     )
+    if s.cache is not None:
+        t = s.cache.totals()
+        print(f"cache {s.cache.policy}: {t['computed']:g} computed, {t['reused']:g} reused, {t['forecast']:g} forecast")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -68,9 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_train_image(args: argparse.Namespace) -> None:
     from stretto.train.image import ImageTrainConfig, train_image
 
-    cfg = ImageTrainConfig(
-        out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
+    cfg = ImageTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(f"exported {train_image(cfg)}")
 
 
@@ -133,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_classifier)
 
-    bench = sub.add_parser("bench", help="benchmarks: speed and quality").add_subparsers(
-        dest="what", required=True
-    )
+    bench = sub.add_parser("bench", help="benchmarks: speed and quality").add_subparsers(dest="what", required=True)
     p = bench.add_parser("samplers", help="every sampler at NFE 2..32 vs a 100-step Euler reference")
     p.add_argument("--json", default="benchmarks/results/samplers.json")
     p.add_argument("--plot", default="benchmarks/results/samplers.png")

@@ -51,9 +51,7 @@ def run_demo(
         col_labels=[f"seed {s}" for s in range(seeds)],
     )
 
-    print(
-        f"{len(prompts)} images ({len(DEMO_PROMPTS)} prompts x {seeds} seeds), grid of the fast setting: {path}"
-    )
+    print(f"{len(prompts)} images ({len(DEMO_PROMPTS)} prompts x {seeds} seeds), grid of the fast setting: {path}")
     header = (
         f"{'setting':<14} {'sampler':<9} {'steps':>5} {'calls':>5} {'wall s':>7} {'speedup':>7} "
         f"{'PSNR vs full':>12} {'prompt acc':>10}"

@@ -27,9 +27,7 @@ def image_grid(
     h, w = pixels.shape[1] * scale, pixels.shape[2] * scale
     label_w = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
     label_h = 14 if col_labels else 0
-    canvas = Image.new(
-        "RGB", (label_w + cols * (w + pad) + pad, label_h + rows * (h + pad) + pad), (255, 255, 255)
-    )
+    canvas = Image.new("RGB", (label_w + cols * (w + pad) + pad, label_h + rows * (h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for c, text in enumerate(col_labels or []):
         draw.text((label_w + pad + c * (w + pad), 2), text, fill=(0, 0, 0))
@@ -56,7 +54,5 @@ def save_images(
     if images.shape[0] == 1 and not row_labels:
         image_grid(images, 1, 1, scale=4, pad=0).save(path)
     else:
-        image_grid(images, rows, images.shape[0] // rows, row_labels=row_labels, col_labels=col_labels).save(
-            path
-        )
+        image_grid(images, rows, images.shape[0] // rows, row_labels=row_labels, col_labels=col_labels).save(path)
     return path

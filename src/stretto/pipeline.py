@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stretto import cache as feature_cache
+from stretto.cache import CacheSummary
 from stretto.data.shapes import IMAGE_SIZE, check_vocabulary
 from stretto.eval.timing import BlockCounter, measure
 from stretto.sampling import TimeShiftedDenoiser, flow_sigmas, get_sampler
@@ -31,6 +33,7 @@ class GenerationStats:
     block_evals: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     peak_mem_bytes: int = 0
+    cache: CacheSummary | None = None  # computed / reused / forecast block evaluations per call and branch
 
     @property
     def total_block_evals(self) -> int:
@@ -56,9 +59,7 @@ def check_settings(steps: int, sampler: str, guidance: float, shift: float) -> N
 
 def initial_noise(seeds: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """One noise image per seed, drawn on the CPU so the same seed gives the same image on any device."""
-    noise = [
-        torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(int(s))) for s in seeds
-    ]
+    noise = [torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(noise).to(device)
 
 
@@ -74,10 +75,13 @@ def guided_denoiser(model, prompts: Sequence[str], guidance: float, stats: Gener
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         stats.model_calls += 1
         if guidance == 1.0:
-            return model(x, sigma, cond)
+            with feature_cache.step(model, sigma, branches=("cond",)):
+                return model(x, sigma, cond)
         if guidance == 0.0:
-            return model(x, sigma, null)
-        v_cond, v_uncond = model(torch.cat([x, x]), sigma, both).chunk(2)
+            with feature_cache.step(model, sigma, branches=("uncond",)):
+                return model(x, sigma, null)
+        with feature_cache.step(model, sigma, branches=("cond", "uncond")):
+            v_cond, v_uncond = model(torch.cat([x, x]), sigma, both).chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
 
     return denoiser
@@ -95,21 +99,24 @@ def generate(
     seeds: Sequence[int] | int = 0,
     sigmas: torch.Tensor | None = None,
     time_shift: bool = False,
+    cache: feature_cache.CachePolicy | str | None = None,
 ) -> Generation:
     """Generate one image per prompt. `seeds` is one seed per prompt, or a first seed (prompt i gets seed + i).
 
     `sigmas` overrides the (steps, shift) schedule with an explicit one (e.g. a searched schedule).
     `time_shift` evaluates the network at a variance-matched sigma (the Time-Shift Sampler idea).
+    `cache` is a feature-cache policy or a `--cache` string such as "taylor:order=2,interval=3", applied
+    for this call only (a cache already applied with stretto.cache.apply is used as well).
     """
     prompts = list(prompts)
     for p in prompts:
         check_vocabulary(p)
     check_settings(steps, sampler, guidance, shift)
+    if isinstance(cache, str):
+        cache = feature_cache.parse_policy(cache)
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
-        raise ValueError(
-            f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int"
-        )
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int")
     device = next(model.parameters()).device
     if sigmas is None:
         sigmas = flow_sigmas(steps, shift=shift)
@@ -117,11 +124,14 @@ def generate(
 
     stats = GenerationStats()
     sample = get_sampler(sampler)
-    with BlockCounter(model.blocks) as counter, measure(device) as timing:
+    with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
+        feature_cache.reset(model, None if time_shift else sigmas)  # a time-shifted model sees other sigmas
         denoiser = guided_denoiser(model, prompts, guidance, stats)
         if time_shift:
             denoiser = TimeShiftedDenoiser(denoiser)
         images = sample(denoiser, initial_noise(seeds, device), sigmas)
+        if feature_cache.get_handle(model) is not None:
+            stats.cache = feature_cache.summary(model)
     stats.sampler_nfe = stats.model_calls
     stats.block_evals = counter.counts
     stats.wall_s = timing.seconds

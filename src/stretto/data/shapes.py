@@ -97,13 +97,7 @@ def parse_prompt(prompt: str) -> Scene:
     for position, (_, phrase) in POSITIONS.items():
         if text.endswith(" " + phrase):
             head = text[: -len(phrase) - 1].split()
-            if (
-                len(head) == 4
-                and head[0] == "a"
-                and head[1] in SIZES
-                and head[2] in COLORS
-                and head[3] in SHAPES
-            ):
+            if len(head) == 4 and head[0] == "a" and head[1] in SIZES and head[2] in COLORS and head[3] in SHAPES:
                 return Scene((ShapeObject(head[2], head[3]),), size=head[1], position=position)
     for relation in RELATIONS:
         parts = text.split(f" {relation} ")
@@ -208,9 +202,7 @@ def all_prompts() -> list[str]:
         for color in COLORS:
             for shape in SHAPES:
                 for position in POSITIONS:
-                    prompts.append(
-                        scene_prompt(Scene((ShapeObject(color, shape),), size=size, position=position))
-                    )
+                    prompts.append(scene_prompt(Scene((ShapeObject(color, shape),), size=size, position=position)))
     objs = [ShapeObject(c, s) for c in COLORS for s in SHAPES]
     for layout in ("horizontal", "vertical"):
         for a in objs:

@@ -90,9 +90,7 @@ class ShapesClassifier(nn.Module):
             if layout == "single":
                 scenes.append(Scene((first,), size=pick("size", i), position=pick("position", i)))
             else:
-                scenes.append(
-                    Scene((first, ShapeObject(pick("color1", i), pick("shape1", i))), layout=layout)
-                )
+                scenes.append(Scene((first, ShapeObject(pick("color1", i), pick("shape1", i))), layout=layout))
         return scenes
 
 
@@ -120,9 +118,7 @@ def prompt_accuracy(
 ) -> float:
     """Fraction of images whose predicted Scene equals the prompt's Scene in every attribute."""
     if len(images) != len(prompts) or len(prompts) == 0:
-        raise ValueError(
-            f"need as many prompts as images (>= 1), got {len(prompts)} prompts, {len(images)} images"
-        )
+        raise ValueError(f"need as many prompts as images (>= 1), got {len(prompts)} prompts, {len(images)} images")
     device = next(classifier.parameters()).device
     predicted = []
     for start in range(0, len(images), batch_size):

@@ -71,9 +71,7 @@ class FeatureFID:
             raise ValueError(f"n_reference must be >= 2, got {n_reference}")
         self.batch_size = batch_size
         self.device = next(classifier.parameters()).device
-        self.metric = FrechetInceptionDistance(
-            feature=_ClassifierFeatures(classifier), reset_real_features=False
-        )
+        self.metric = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False)
         self.metric.to(self.device)
         cache = _REFERENCE_CACHE.setdefault(classifier, {})
         names = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")

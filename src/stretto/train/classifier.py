@@ -51,20 +51,14 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + u(0.0, 0.12) * torch.randn(x.shape, generator=gen)
 
 
-def classifier_loss(
-    model: ShapesClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]
-) -> torch.Tensor:
+def classifier_loss(model: ShapesClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over heads of the cross-entropy, each averaged over the images the head applies to."""
     logits = model(x)
-    losses = [
-        F.cross_entropy(logits[k], t, ignore_index=IGNORE) for k, t in targets.items() if (t != IGNORE).any()
-    ]
+    losses = [F.cross_entropy(logits[k], t, ignore_index=IGNORE) for k, t in targets.items() if (t != IGNORE).any()]
     return torch.stack(losses).sum()
 
 
-def heldout_accuracy(
-    model: ShapesClassifier, n: int = 2000, noise: float = 0.0, seed: int = HELDOUT_SEED
-) -> float:
+def heldout_accuracy(model: ShapesClassifier, n: int = 2000, noise: float = 0.0, seed: int = HELDOUT_SEED) -> float:
     """Exact-scene accuracy on n fresh images (seeds never trained on), optionally with Gaussian noise."""
     x, prompts, _ = shapes.make_batch(seed, n)
     if noise > 0:
@@ -103,4 +97,3 @@ def train_classifier(
         f"--batch-size {batch_size} --seed {seed}",
     )  # fmt: skip
     return folder
-

@@ -54,9 +54,7 @@ def learning_rate(cfg: ImageTrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(
-    model: ShapesFlux, x0: torch.Tensor, prompts: list[str], gen: torch.Generator
-) -> torch.Tensor:
+def flow_matching_loss(model: ShapesFlux, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
     b = x0.shape[0]
     sigma = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal(0, 1)
     noise = torch.randn(x0.shape, generator=gen)

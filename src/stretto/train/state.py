@@ -10,9 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
-def save_train_state(
-    path: Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer
-) -> None:
+def save_train_state(path: Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()}
     for i, state in opt.state_dict()["state"].items():

@@ -1,0 +1,55 @@
+"""Feature caching: one hook mechanism over a transformer's block stack, and small policies deciding per step.
+
+    import stretto.cache as cache
+    cache.apply(model, cache.Taylor(order=2, interval=3))   # or cache.apply(model, "taylor:order=2")
+    cache.reset(model, sigmas)                               # at the start of every generation
+    with cache.step(model, sigma, branches=("cond", "uncond")):
+        v = model(torch.cat([x, x]), sigma, both)            # batched CFG: first half cond, second uncond
+    print(cache.summary(model))
+    cache.remove(model)
+
+`model` may be a stretto model, a diffusers transformer (Flux, SD3, DiT, Wan, ...) or a diffusers
+pipeline (its `.transformer` is used). See mechanism.py for how the stack is taken over.
+"""
+
+from stretto.cache.delta_dit import DeltaDiT
+from stretto.cache.first_block import DBCache, FirstBlock
+from stretto.cache.fora import FORA
+from stretto.cache.magcache import MagCache
+from stretto.cache.mechanism import (
+    CacheSummary,
+    StepRecord,
+    applied,
+    apply,
+    get_handle,
+    remove,
+    reset,
+    step,
+    summary,
+)
+from stretto.cache.none import NoCache
+from stretto.cache.policy import POLICIES, CachePolicy, available, parse_policy
+from stretto.cache.taylor import Taylor
+
+__all__ = [
+    "POLICIES",
+    "CachePolicy",
+    "CacheSummary",
+    "DBCache",
+    "DeltaDiT",
+    "FORA",
+    "FirstBlock",
+    "MagCache",
+    "NoCache",
+    "StepRecord",
+    "Taylor",
+    "apply",
+    "applied",
+    "available",
+    "get_handle",
+    "parse_policy",
+    "remove",
+    "reset",
+    "step",
+    "summary",
+]
