@@ -13,17 +13,13 @@ Batches are a pure function of (seed, step), so a resumed run sees exactly the b
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from stretto import checkpoints
 from stretto.data import text_tasks
@@ -35,7 +31,7 @@ from stretto.models.text_lm import (
     gen_blocks,
     left_pad_positions,
 )
-from stretto.train.state import ema_update, load_train_state, save_train_state
+from stretto.train.loop import train_loop
 
 MODEL_KINDS = ("masked", "block")
 EPS = 1e-3  # smallest masking ratio, keeps the 1/t weight finite
@@ -97,14 +93,6 @@ class TextTrainConfig:
             max_len=192,
             block_size=self.block_size if self.model == "block" else 0,
         )
-
-
-def learning_rate(cfg: TextTrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def masked_diffusion_loss(
@@ -184,56 +172,28 @@ def build_model(cfg: TextTrainConfig) -> TextLM:
 
 def train_text(cfg: TextTrainConfig) -> Path:
     """Train (or resume) and export the EMA weights as a loadable checkpoint in cfg.out/model."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    state_path = out / "train_state.safetensors"
-    start = load_train_state(state_path, model, ema, opt) if state_path.exists() else 0
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{model.kind}: {n_params / 1e6:.2f}M parameters; steps {start} -> {cfg.steps}; out {out}")
     if cfg.model == "masked":
         loss_fn = functools.partial(masked_diffusion_loss, semi_ar=cfg.semi_ar, block=cfg.decode_block)
     else:
         loss_fn = block_diffusion_loss
 
-    log = open(out / "loss.log", "a")  # noqa: SIM115
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc=f"train text {cfg.model}",
-        smoothing=0.05,
-    )
-    running = None
-    for step in bar:
+    def batch_loss(model: TextLM, step: int, gen: torch.Generator) -> torch.Tensor:
         ids, p = text_tasks.make_batch(cfg.seed, step, cfg.batch_size, cfg.gen_length, cfg.task_list)
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        loss = loss_fn(model, ids, p, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, model, cfg.ema_decay if step > cfg.warmup else 0.0)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}", lr=f"{group['lr']:.1e}")
-        if (step + 1) % 50 == 0:
-            log.write(f"{step + 1}\t{running:.5f}\t{time.time():.0f}\n")
-            log.flush()
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_train_state(state_path, step + 1, model, ema, opt)
-            export(ema, out / "model", cfg, step + 1)
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+        return loss_fn(model, ids, p, gen)
+
+    def evaluate(ema: TextLM, step: int, bar) -> None:
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             acc = quick_eval(ema, cfg)
-            bar.write(f"step {step + 1}: held-out exact match " + ", ".join(f"{t} {a:.2f}" for t, a in acc.items()))
-            with open(out / "eval.log", "a") as f:
-                f.write(json.dumps({"step": step + 1, "exact_match": acc}) + "\n")
-    log.close()
-    return out / "model"
+            bar.write(f"step {step}: held-out exact match " + ", ".join(f"{t} {a:.2f}" for t, a in acc.items()))
+            with open(Path(cfg.out) / "eval.log", "a") as f:
+                f.write(json.dumps({"step": step, "exact_match": acc}) + "\n")
+
+    return train_loop(
+        model, cfg, batch_loss, lambda ema, step: export(ema, Path(cfg.out) / "model", cfg, step),
+        desc=model.kind, after_step=evaluate,
+    )  # fmt: skip
 
 
 def train_command(cfg: TextTrainConfig) -> str:
