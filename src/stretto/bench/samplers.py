@@ -95,7 +95,7 @@ def run_sampler_bench(
         bar.update()
     bar.close()
 
-    real = make_batch(987_654, num_images)[0]  # fresh procedural images: the FID floor at this sample size
+    real, real_prompts, _ = make_batch(987_654, num_images)  # fresh procedural images: the FID floor at this n
     result = {
         "benchmark": "samplers",
         "model": model,
@@ -104,7 +104,7 @@ def run_sampler_bench(
         "shift": shift,
         "reference": {"sampler": "euler", "steps": REFERENCE_STEPS},
         "fid_real_data": fid.score(real),
-        "prompt_acc_real_data": prompt_accuracy(classifier, real, make_batch(987_654, num_images)[1]),
+        "prompt_acc_real_data": prompt_accuracy(classifier, real, real_prompts),
         "machine": describe_machine(device),
         "command": f"stretto bench samplers --num-images {num_images} --guidance {guidance} --shift {shift}",
         "rows": rows,
