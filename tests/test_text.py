@@ -219,9 +219,11 @@ def test_block_training_pass_matches_decoding_view():
         torch.cat([ids, noisy], 1),
         torch.cat([pos, pos[:, p:]], 1),
         attn_mask=block_diffusion_mask(ids, p, 4, 0),
+        gen_start=p,
+        slots=torch.cat([torch.arange(ids.shape[1]), torch.arange(p, ids.shape[1])]),
     )
     view = torch.cat([ids[:, : p + 4], noisy[:, 4:]], 1)
-    direct = m(view, pos, gen_blocks(p, ids.shape[1], 4))
+    direct = m(view, pos, gen_blocks(p, ids.shape[1], 4), gen_start=p)
     assert torch.allclose(both[:, ids.shape[1] + 4 :], direct[:, p + 4 :], atol=1e-9)
 
 

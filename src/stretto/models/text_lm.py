@@ -6,8 +6,13 @@
   attention is bidirectional inside a block and causal across blocks, so the K/V of finished blocks never
   change and a KV cache is exact. The prompt is block 0; generated block i (`block_size` tokens) is block i+1.
 
-`model(ids, positions, blocks, kv_cache=..., start=..., write=...)` returns logits. With a `KVCache` the T
-input tokens sit at cache slots [start, start + T) and attend to every slot the cache holds.
+`model(ids, positions, blocks, kv_cache=..., start=..., write=..., gen_start=...)` returns logits. With a
+`KVCache` the T input tokens sit at cache slots [start, start + T) and attend to every slot the cache holds.
+
+Besides RoPE (relative), each token gets two learned absolute position embeddings: its distance from the start
+of the prompt and its offset from the start of the answer (`gen_start`). RoPE alone cannot tell an answer token
+which prompt character it should read when prompt lengths vary (copy needs "5 + j after the prompt start",
+reverse "j + 2 before the answer"); the two offsets make that a lookup the attention can learn.
 The model knows nothing about decoding rules or when a cache is refreshed.
 """
 
@@ -120,6 +125,8 @@ class TextLM(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe_prompt = nn.Embedding(config.max_len, config.n_embd)  # distance from the prompt's first token
+        self.wpe_answer = nn.Embedding(2 * config.max_len, config.n_embd)  # offset from gen_start, in [-L, L)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         # Not tied to wte: safetensors refuses shared storage, and the head is only vocab x width weights.
@@ -154,6 +161,8 @@ class TextLM(nn.Module):
         start: int = 0,
         write: bool = True,
         attn_mask: torch.Tensor | None = None,
+        gen_start: int = 0,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab).
 
@@ -161,8 +170,11 @@ class TextLM(nn.Module):
         (block-causal models). kv_cache: the T tokens sit at slots [start, start + T) and attend to all cached
         slots; `write` stores their K/V there, otherwise they override those slots for this call only.
         attn_mask: an explicit (B, 1, T, Tk) mask, used by block-diffusion training.
+        gen_start: the slot where the answer starts; slots: the slot of each token (T,), default start + arange(T).
         """
         b, t = ids.shape
+        if slots is None:
+            slots = torch.arange(t, device=ids.device) + start
         if positions is None:
             positions = (torch.arange(t, device=ids.device) + start).expand(b, t)
         if blocks is None:
@@ -177,7 +189,12 @@ class TextLM(nn.Module):
             k_pos, k_valid, k_blocks = kv_cache.meta(start, positions, valid, blocks)
         if attn_mask is None:
             attn_mask = self.attention_mask(blocks, k_blocks, k_valid)
-        x = self.wte(ids)
+        max_len = self.config.max_len
+        x = (
+            self.wte(ids)
+            + self.wpe_prompt(positions.clamp(0, max_len - 1))
+            + self.wpe_answer((slots - gen_start).clamp(-max_len, max_len - 1) + max_len)
+        )
         dim, base = self.config.head_dim, self.config.rope_base
         rope_q = rope_tables(positions, dim, base, x.dtype)
         rope_k = rope_q if kv_cache is None else rope_tables(k_pos, dim, base, x.dtype)

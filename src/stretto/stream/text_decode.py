@@ -92,7 +92,10 @@ def decode(
     def run(lo: int, hi: int, use_cache: bool = True) -> torch.Tensor:
         stats.nfe += 1
         stats.positions += hi - lo
-        return model(canvas[:, lo:hi], positions[:, lo:hi], blocks[lo:hi], kv_cache=kv if use_cache else None, start=lo)
+        return model(
+            canvas[:, lo:hi], positions[:, lo:hi], blocks[lo:hi],
+            kv_cache=kv if use_cache else None, start=lo, gen_start=gen_start,
+        )  # fmt: skip
 
     prev_start, pending = None, None
     for bs, be in spans:

@@ -115,7 +115,7 @@ def masked_diffusion_loss(
         weight = torch.where(rows[:, None] & (blk > k), torch.ones_like(weight), weight)
     noisy = ids.clone()
     noisy[:, p:][masked] = model.config.mask_id
-    logits = model(noisy, left_pad_positions(ids, model.config.pad_id))[:, p:]
+    logits = model(noisy, left_pad_positions(ids, model.config.pad_id), gen_start=p)[:, p:]
     ce = F.cross_entropy(logits[masked], ids[:, p:][masked], reduction="none")
     return (ce * weight[masked]).sum() / (b * g)
 
@@ -148,6 +148,8 @@ def block_diffusion_loss(model: TextLM, ids: torch.Tensor, p: int, gen: torch.Ge
         torch.cat([ids, noisy], dim=1),
         torch.cat([pos, pos[:, p:]], dim=1),
         attn_mask=block_diffusion_mask(ids, p, bs, model.config.pad_id),
+        gen_start=p,
+        slots=torch.cat([torch.arange(s), torch.arange(p, s)]),
     )[:, s:]
     ce = F.cross_entropy(logits[masked], ids[:, p:][masked], reduction="none")
     return (ce / t[masked]).sum() / (b * g)
