@@ -104,6 +104,28 @@ def cmd_bench_samplers(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_cache(args: argparse.Namespace) -> None:
+    from stretto.bench.cache import run_cache_bench
+
+    setups = []
+    for item in args.setup:
+        sampler, _, steps = item.partition(":")
+        if not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--setup must look like SAMPLER:STEPS, e.g. euler:50, got {item!r}")
+        setups.append((sampler, int(steps)))
+    run_cache_bench(
+        json_path=args.json,
+        plot_path=args.plot,
+        model=args.model,
+        device=args.device,
+        num_images=args.num_images,
+        guidance=args.guidance,
+        setups=tuple(setups),
+        policies=args.policies,
+        engines=tuple(args.engines),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stretto", description="Make diffusion models generate fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
     _add_model_args(p)
     p.set_defaults(func=cmd_bench_samplers)
+    p = bench.add_parser("cache", help="every cache policy and diffusers' own caches vs full compute")
+    p.add_argument("--json", default="benchmarks/results/cache.json")
+    p.add_argument("--plot", default="benchmarks/results/cache.png")
+    p.add_argument("--num-images", type=int, default=128)
+    p.add_argument("--setup", nargs="+", default=["euler:50", "dpm++2m:20"], help="SAMPLER:STEPS; the first gets "
+                   "every setting, the others one middle setting per policy")  # fmt: skip
+    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (both engines)")
+    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers"], help="stretto and/or diffusers")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_bench_cache)
 
     from stretto.text_cli import add_bench_text_command, add_text_command, add_train_text_command
 

@@ -118,3 +118,42 @@ class BlockCounter:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class ComputeCounter:
+    """Counts the work a transformer's blocks really did, in batch rows, whoever skipped it.
+
+    Caches that intercept inside a block (diffusers' TaylorSeer, PAB and FasterCache replace an attention
+    module's forward; its forward hooks still fire) defeat `BlockCounter`. This counter hooks the first
+    linear layer of each block's attention (`attn.to_q`) and of its MLP (`ff` / `proj_mlp`), which only run
+    when that part is computed, and adds the tokens of each call (batch rows x tokens), so skipped rows
+    (per-sample decisions, a skipped CFG branch) and skipped tokens (token-level caches) both show. A block's
+    attention and its MLP weigh the same. Divide by the same count of a full-compute run to get the fraction.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        self.units: list[nn.Module] = []
+        for i, block in enumerate(blocks):
+            attn = getattr(getattr(block, "attn", None), "to_q", None)
+            mlp = getattr(block, "proj_mlp", None) or next(
+                (m for m in getattr(block, "ff", nn.Identity()).modules() if isinstance(m, nn.Linear)), None
+            )
+            if not isinstance(attn, nn.Linear) or not isinstance(mlp, nn.Linear):
+                raise ValueError(
+                    f"block {i} ({type(block).__name__}) has no attn.to_q and ff / proj_mlp linear layers to count"
+                )
+            self.units += [attn, mlp]
+        self.tokens = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module, args, output) -> None:
+        self.tokens += args[0].shape[:-1].numel()
+
+    def __enter__(self) -> ComputeCounter:
+        self._handles = [u.register_forward_hook(self._hook) for u in self.units]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -1,0 +1,1 @@
+"""Bridges to diffusers: running diffusers' own caches on stretto's models, for comparison."""

@@ -1,0 +1,311 @@
+"""`stretto bench cache`: every cache policy, and diffusers' own caches, against full compute on the same model.
+
+One run, one model, one sampler setting, the same prompts and seeds for every row. Quality is measured against
+the full-compute output of the same setting (PSNR, SSIM), and as distributions (FID on the shapes classifier's
+features, prompt accuracy). Cost is counted, not only timed: a row's compute fraction is the work its blocks
+really did (attention and MLP tokens, `ComputeCounter`) over the full run's, so `speedup_ideal` is what the
+skipped compute promises and `speedup_wall` what this noisy 2-core machine delivered in the same run.
+
+Calibrated policies (TeaCache's polynomial, MagCache's ratios, diffusers' MagCache ratios) are calibrated in
+the run, on calibration prompts and seeds that are not the evaluation ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import stretto
+from stretto.adapters import diffusers_cache
+from stretto.bench.machine import describe_machine
+from stretto.cache import parse_policy
+from stretto.data.shapes import evaluation_prompts
+from stretto.eval.classifier import prompt_accuracy
+from stretto.eval.metrics import FeatureFID, psnr_db, ssim
+from stretto.eval.timing import ComputeCounter
+from stretto.pipeline import DEFAULT_GUIDANCE
+
+CALIBRATION_PROMPTS = 8
+CALIBRATION_SEED = 10_000  # calibration prompts and seeds differ from the evaluation ones
+
+
+def stretto_settings(calib: dict[str, str]) -> list[str]:
+    """stretto's policies, 3-4 settings each, from cautious to aggressive (`calib` fills calibrated values)."""
+    settings = [
+        "fora:interval=2", "fora:interval=3", "fora:interval=4", "fora:interval=6",
+        "delta:cached=3,interval=2", "delta:cached=4,interval=3", "delta:cached=5,interval=4",
+        "firstblock:threshold=0.05", "firstblock:threshold=0.1", "firstblock:threshold=0.2",
+        "dbcache:first=1,last=1,threshold=0.1,warmup=4", "dbcache:first=1,last=1,threshold=0.2,warmup=4",
+        "dbcache:first=1,last=1,threshold=0.4,warmup=4",
+        "taylor:order=1,interval=3", "taylor:order=2,interval=4", "taylor:order=2,interval=6",
+        "taylor:order=2,interval=8",
+    ]  # fmt: skip
+    if "magcache" in calib:
+        settings += [f"magcache:threshold={t},max_skip={m},ratios={calib['magcache']}"
+                     for t, m in ((0.06, 2), (0.12, 3), (0.24, 4), (0.5, 6))]  # fmt: skip
+    return settings
+
+
+def diffusers_settings(calib: dict[str, list[float]]) -> list[tuple[str, dict]]:
+    """diffusers' built-in caches at 3-4 settings each (their own parameter names)."""
+    settings: list[tuple[str, dict]] = [("firstblock", {"threshold": t}) for t in (0.05, 0.1, 0.2, 0.4)]
+    settings += [("taylorseer", {"cache_interval": n, "max_order": o}) for n, o in ((3, 1), (4, 2), (6, 2))]
+    settings += [("taylorseer", {"cache_interval": n, "max_order": 2, "use_lite_mode": True}) for n in (4, 6)]
+    if "magcache" in calib:
+        settings += [("magcache", {"threshold": t, "max_skip_steps": m, "mag_ratios": calib["magcache"]})
+                     for t, m in ((0.06, 2), (0.12, 3), (0.24, 4), (0.5, 6))]  # fmt: skip
+    settings += [("pab", {"spatial_attention_block_skip_range": n, "spatial_attention_timestep_skip_range": (0, 1000)})
+                 for n in (2, 3, 4)]  # fmt: skip
+    settings += [("fastercache", {})]
+    return settings
+
+
+@dataclass
+class Run:
+    images: torch.Tensor
+    wall_s: float
+    tokens: int  # attention + MLP tokens the blocks computed (ComputeCounter)
+
+
+def run_cache_bench(
+    json_path: str | Path = "benchmarks/results/cache.json",
+    plot_path: str | Path | None = "benchmarks/results/cache.png",
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    num_images: int = 128,
+    guidance: float = DEFAULT_GUIDANCE,
+    setups: tuple[tuple[str, int], ...] = (("euler", 50), ("dpm++2m", 20)),
+    policies: list[str] | None = None,
+    engines: tuple[str, ...] = ("stretto", "diffusers"),
+    calibrate: bool = True,
+) -> dict:
+    """Run the benchmark, write JSON (and a plot), return the result dict.
+
+    `policies` restricts the rows to those policy names (both engines); the first setup gets every setting,
+    the others one middle setting per policy.
+    """
+    if num_images < 2:
+        raise ValueError(f"num_images must be >= 2 (FID needs a covariance), got {num_images}")
+    bad_engines = [e for e in engines if e not in ("stretto", "diffusers")]
+    if bad_engines or not engines:
+        raise ValueError(f"unknown engine(s) {bad_engines or engines}; allowed: stretto, diffusers")
+    net = stretto.load(model, device=device)
+    classifier = stretto.load("shapes-classifier", device=device)
+    fid = FeatureFID(classifier)
+    prompts = evaluation_prompts(num_images)
+    seeds = list(range(num_images))
+    blocks = len(net.blocks)
+
+    def timed(fn: Callable[[], torch.Tensor]) -> Run:
+        with ComputeCounter(net.blocks) as counter:
+            start = time.perf_counter()
+            images = fn()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        return Run(images, seconds, counter.tokens)
+
+    rows: list[dict] = []
+    calibrations: dict[str, dict] = {}
+    for setup_i, (sampler, steps) in enumerate(setups):
+        kw = dict(steps=steps, sampler=sampler, guidance=guidance)
+        calib_prompts = evaluation_prompts(CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
+        calib_kw = dict(kw, seeds=list(range(CALIBRATION_SEED, CALIBRATION_SEED + CALIBRATION_PROMPTS)))
+        calib_stretto, calib_diffusers = calibrate_policies(net, calib_prompts, calib_kw) if calibrate else ({}, {})
+        calibrations[f"{sampler} {steps}"] = {"stretto": calib_stretto, "diffusers": calib_diffusers}
+        jobs: list[tuple[str, str, object]] = []
+        if "stretto" in engines:
+            jobs += [("stretto", spec, spec) for spec in stretto_settings(calib_stretto)]
+        if "diffusers" in engines:
+            jobs += [("diffusers", name, params) for name, params in diffusers_settings(calib_diffusers)]
+        jobs = [j for j in jobs if policies is None or policy_name(j[0], j[1]) in policies]
+        if setup_i > 0:  # later setups: the middle setting of each policy
+            jobs = middle_settings(jobs)
+
+        def run_stretto(spec: str | None) -> Run:
+            return timed(lambda: stretto.generate(net, prompts, seeds=seeds, cache=spec, **kw).images)
+
+        def run_diffusers(name: str, params: dict) -> Run:
+            return timed(lambda: diffusers_cache.generate(net, prompts, name, params, seeds=seeds, **kw).images)
+
+        run_stretto(None)  # warm-up: the first timed run would pay one-off costs
+        bar = tqdm(total=len(jobs) + 4, desc=f"bench cache {sampler} {steps}")
+        # Full compute, for each way of running CFG, twice (start and end): the wall-time reference is the mean.
+        refs = {"stretto": [run_stretto(None)], "separate": [run_diffusers("none", {})]}
+        refs["batched"] = [run_diffusers("none", {"batched": True})]
+        bar.update(3)
+        reference = refs["stretto"][0]
+        results = []
+        for engine, name, params in jobs:
+            bar.set_postfix_str(f"{engine} {name if engine == 'diffusers' else name.split(',ratios=')[0]}")
+            run = run_stretto(params) if engine == "stretto" else run_diffusers(name, params)
+            results.append((engine, name, params, run))
+            bar.update()
+        for key, again in (("stretto", lambda: run_stretto(None)), ("separate", lambda: run_diffusers("none", {}))):
+            refs[key].append(again())
+        bar.update()
+        bar.close()
+        ref_wall = {k: sum(r.wall_s for r in v) / len(v) for k, v in refs.items()}
+        full_evals = steps * 2 * blocks  # per image: steps x CFG branches x blocks
+        quality = Quality(reference.images, prompts, fid, classifier)
+
+        def row(engine: str, name: str, params, run: Run, cfg: str) -> dict:
+            fraction = run.tokens / reference.tokens
+            return {
+                "engine": engine,
+                "policy": policy_name(engine, name),
+                "params": params_text(engine, name, params),
+                "sampler": sampler,
+                "steps": steps,
+                "cfg": cfg,
+                "block_evals": fraction * full_evals,
+                "block_evals_full": full_evals,
+                "compute_fraction": fraction,
+                "wall_s": run.wall_s,
+                "speedup_wall": ref_wall[cfg] / run.wall_s,
+                "speedup_ideal": 1 / fraction,
+                **quality(run.images),
+                **({"note": FASTERCACHE_NOTE} if name == "fastercache" else {}),
+            }
+
+        rows.append(row("stretto", "none", None, reference, "stretto"))
+        rows.append(row("diffusers", "none", {}, refs["separate"][0], "separate"))
+        rows.append(row("diffusers", "none", {"batched": True}, refs["batched"][0], "batched"))
+        for engine, name, params, run in results:
+            cfg = "stretto" if engine == "stretto" else "batched" if name in diffusers_cache.BATCHED else "separate"
+            rows.append(row(engine, name, params, run, cfg))
+    result = {
+        "benchmark": "cache",
+        "model": model,
+        "num_images": num_images,
+        "guidance": guidance,
+        "setups": [{"sampler": s, "steps": n} for s, n in setups],
+        "cfg_modes": CFG_MODES,
+        "calibrations": calibrations,
+        "machine": describe_machine(device),
+        "command": f"stretto bench cache --num-images {num_images}",
+        "rows": rows,
+    }
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if plot_path:
+        plot_cache_bench(result, plot_path)
+    print_table(rows)
+    return result
+
+
+CFG_MODES = {
+    "stretto": "both branches in one batched call, state per branch (stretto's pipeline)",
+    "separate": "one call per branch, each in its own diffusers cache_context (FirstBlockCache, TaylorSeer, MagCache)",
+    "batched": "both branches in one call, unconditional rows first (PAB, FasterCache: one state per module)",
+}
+FASTERCACHE_NOTE = (
+    "FasterCache skips attention only on calls where it dropped the unconditional rows; that approximation "
+    "is an FFT over (B, C, H, W) outputs and fails on this transformer's (B, tokens, channels) output, so it "
+    "is off here and FasterCache computes everything"
+)
+
+
+class Quality:
+    """PSNR / SSIM against the full-compute images, FID and prompt accuracy of a set of images."""
+
+    def __init__(self, reference: torch.Tensor, prompts: list[str], fid: FeatureFID, classifier):
+        self.reference, self.prompts, self.fid, self.classifier = reference, prompts, fid, classifier
+
+    def __call__(self, images: torch.Tensor) -> dict:
+        same = torch.equal(images, self.reference)
+        return {
+            "psnr_db": None if same else psnr_db(images, self.reference),
+            "ssim": 1.0 if same else ssim(images, self.reference),
+            "fid": self.fid.score(images),
+            "prompt_acc": prompt_accuracy(self.classifier, images, self.prompts),
+        }
+
+
+def calibrate_policies(net, prompts: list[str], kw: dict) -> tuple[dict[str, str], dict[str, list[float]]]:
+    """MagCache ratios for stretto's policy and for diffusers', each by its own calibration run."""
+    from stretto.cache import MagCache
+
+    policy = MagCache(ratios="")
+    stretto.generate(net, prompts, cache=policy, **kw)
+    ours = {"magcache": policy.ratios_text()}
+    theirs = {"magcache": diffusers_cache.calibrate_magcache(net, prompts, **kw)}
+    return ours, theirs
+
+
+def policy_name(engine: str, name: str) -> str:
+    return parse_policy(name).name if engine == "stretto" and name != "none" else name
+
+
+def params_text(engine: str, name: str, params) -> str:
+    """Settings as text; calibrated tables are shortened (the JSON's `calibrations` holds them)."""
+    if engine == "stretto":
+        return "" if name == "none" else parse_policy(name).describe().split(",ratios=")[0]
+    shown = {k: ("calibrated" if k == "mag_ratios" else v) for k, v in (params or {}).items()}
+    return ",".join(f"{k}={v}" for k, v in shown.items())
+
+
+def middle_settings(jobs: list[tuple[str, str, object]]) -> list[tuple[str, str, object]]:
+    """One setting per (engine, policy): the middle of its list."""
+    groups: dict[tuple[str, str], list] = {}
+    for job in jobs:
+        groups.setdefault((job[0], policy_name(job[0], job[1])), []).append(job)
+    return [group[len(group) // 2] for group in groups.values()]
+
+
+def label(row: dict) -> str:
+    return f"{row['engine']} {row['policy']}" + (f" {row['params']}" if row["params"] else "")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'row':<58} {'setup':>12} {'compute':>7} {'ideal':>6} {'wall':>6} {'PSNR':>6} {'FID':>6} {'acc':>6}")
+    for r in rows:
+        psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+        print(
+            f"{label(r)[:58]:<58} {r['sampler'] + ' ' + str(r['steps']):>12} {r['compute_fraction']:>7.3f} "
+            f"{r['speedup_ideal']:>5.2f}x {r['speedup_wall']:>5.2f}x {psnr:>6} {r['fid']:>6.2f} {r['prompt_acc']:>6.3f}"
+        )
+
+
+def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
+    """Wall-clock speedup vs FID and vs PSNR, one colour per engine, one marker per policy; one row per setup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = result["setups"]
+    fig, axes = plt.subplots(len(setups), 2, figsize=(13, 4.8 * len(setups)), squeeze=False)
+    colours = {"stretto": "tab:blue", "diffusers": "tab:orange"}
+    markers = dict(zip(sorted({r["policy"] for r in result["rows"]}), "osD^v<>pP*Xhd8H", strict=False))
+    for (ax_fid, ax_psnr), setup in zip(axes, setups, strict=True):
+        rows = [r for r in result["rows"] if r["sampler"] == setup["sampler"] and r["steps"] == setup["steps"]]
+        full = next(r for r in rows if r["engine"] == "stretto" and r["policy"] == "none")
+        for r in rows:
+            if r["policy"] == "none":
+                continue
+            style = dict(color=colours[r["engine"]], marker=markers.get(r["policy"], "o"), s=36, alpha=0.85)
+            ax_fid.scatter(r["speedup_wall"], r["fid"], **style)
+            ax_psnr.scatter(r["speedup_wall"], r["psnr_db"] or 60.0, **style)
+        ax_fid.axhline(full["fid"], color="k", ls="--", lw=1)
+        ax_fid.axhline(full["fid"] * 1.05, color="gray", ls=":", lw=1)
+        ax_fid.text(1.0, full["fid"] * 1.05, " full compute +5%", fontsize=8, va="bottom", color="gray")
+        for ax, what in ((ax_fid, "FID (lower is better)"), (ax_psnr, "PSNR vs full compute, dB (higher is better)")):
+            ax.set_xlabel("wall-clock speedup over full compute (same run)")
+            ax.set_ylabel(what)
+            ax.set_title(f"{result['model']}, {setup['sampler']} {setup['steps']} steps", fontsize=10)
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=e) for e, c in colours.items()]
+    handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items() if p != "none"]
+    axes[0][1].legend(handles=handles, fontsize=8, ncol=2)
+    fig.suptitle(f"feature caches on {result['model']} ({result['num_images']} prompts, guidance {result['guidance']})")
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=110)
+    plt.close(fig)
