@@ -73,7 +73,7 @@ def test_unknown_diffusers_cache_is_named():
 def test_tiny_bench_rows_and_plot(tmp_path):
     from stretto.bench.cache import run_cache_bench
 
-    result = run_cache_bench(
+    run_cache_bench(
         tmp_path / "cache.json", tmp_path / "cache.png", num_images=2, setups=(("euler", 4),),
         policies=["none", "fora", "firstblock"], calibrate=False,
     )  # fmt: skip

@@ -73,6 +73,92 @@ class Run:
     tokens: int  # attention + MLP tokens the blocks computed (ComputeCounter)
 
 
+class CacheBench:
+    """The model, the evaluation prompts and the quality metrics; runs one setup's rows."""
+
+    def __init__(self, model: str, device, num_images: int, guidance: float):
+        self.net = stretto.load(model, device=device)
+        self.classifier = stretto.load("shapes-classifier", device=device)
+        self.fid = FeatureFID(self.classifier)
+        self.device, self.guidance = torch.device(device), guidance
+        self.prompts = evaluation_prompts(num_images)
+        self.seeds = list(range(num_images))
+
+    def timed(self, fn: Callable[[], torch.Tensor]) -> Run:
+        with ComputeCounter(self.net.blocks) as counter:
+            start = time.perf_counter()
+            images = fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+        return Run(images, seconds, counter.tokens)
+
+    def run(self, engine: str, name: str, params, sampler: str, steps: int) -> Run:
+        kw = dict(steps=steps, sampler=sampler, guidance=self.guidance, seeds=self.seeds)
+        if engine == "stretto":
+            cache = None if name == "none" else params
+            return self.timed(lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images)
+        return self.timed(lambda: diffusers_cache.generate(self.net, self.prompts, name, params, **kw).images)
+
+    def calibrate(self, sampler: str, steps: int) -> tuple[dict[str, str], dict[str, list[float]]]:
+        """MagCache ratios for stretto's policy and for diffusers', each by its own calibration run."""
+        from stretto.cache import MagCache
+
+        prompts = evaluation_prompts(CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
+        kw = dict(steps=steps, sampler=sampler, guidance=self.guidance)
+        kw["seeds"] = list(range(CALIBRATION_SEED, CALIBRATION_SEED + CALIBRATION_PROMPTS))
+        policy = MagCache(ratios="")
+        stretto.generate(self.net, prompts, cache=policy, **kw)
+        return {"magcache": policy.ratios_text()}, {
+            "magcache": diffusers_cache.calibrate_magcache(self.net, prompts, **kw)
+        }
+
+    def setup_rows(self, sampler: str, steps: int, jobs: list[tuple[str, str, object]]) -> list[dict]:
+        """Full-compute references and every job at one (sampler, steps), as result rows."""
+        none = {"stretto": ("stretto", "none", None), "separate": ("diffusers", "none", {})}
+        none["batched"] = ("diffusers", "none", {"batched": True})
+        self.run(*none["stretto"], sampler, steps)  # warm-up: the first timed run would pay one-off costs
+        bar = tqdm(total=len(jobs) + 5, desc=f"bench cache {sampler} {steps}")
+        refs: dict[str, list[Run]] = {}
+        for cfg, job in none.items():
+            refs[cfg] = [self.run(*job, sampler, steps)]
+            bar.update()
+        results = []
+        for job in jobs:
+            bar.set_postfix_str(f"{job[0]} {job[1].split(',ratios=')[0]}")
+            results.append((cfg_mode(*job[:2]), job, self.run(*job, sampler, steps)))
+            bar.update()
+        # Full compute again at the end: on a shared machine the wall-time reference is the mean of both.
+        for cfg in ("stretto", "separate"):
+            refs[cfg].append(self.run(*none[cfg], sampler, steps))
+            bar.update()
+        bar.close()
+        ref_wall = {cfg: sum(r.wall_s for r in runs) / len(runs) for cfg, runs in refs.items()}
+        reference = refs["stretto"][0]
+        full_evals = steps * 2 * len(self.net.blocks)  # per image: steps x CFG branches x blocks
+        quality = Quality(reference.images, self.prompts, self.fid, self.classifier)
+        out = []
+        for cfg, (engine, name, params), run in [(cfg, job, refs[cfg][0]) for cfg, job in none.items()] + results:
+            fraction = run.tokens / reference.tokens
+            out.append({
+                "engine": engine,
+                "policy": policy_name(engine, name),
+                "params": params_text(engine, name, params),
+                "sampler": sampler,
+                "steps": steps,
+                "cfg": cfg,
+                "block_evals": fraction * full_evals,
+                "block_evals_full": full_evals,
+                "compute_fraction": fraction,
+                "wall_s": run.wall_s,
+                "speedup_wall": ref_wall[cfg] / run.wall_s,
+                "speedup_ideal": 1 / fraction,
+                **quality(run.images),
+                **({"note": FASTERCACHE_NOTE} if name == "fastercache" else {}),
+            })  # fmt: skip
+        return out
+
+
 def run_cache_bench(
     json_path: str | Path = "benchmarks/results/cache.json",
     plot_path: str | Path | None = "benchmarks/results/cache.png",
@@ -95,29 +181,11 @@ def run_cache_bench(
     bad_engines = [e for e in engines if e not in ("stretto", "diffusers")]
     if bad_engines or not engines:
         raise ValueError(f"unknown engine(s) {bad_engines or engines}; allowed: stretto, diffusers")
-    net = stretto.load(model, device=device)
-    classifier = stretto.load("shapes-classifier", device=device)
-    fid = FeatureFID(classifier)
-    prompts = evaluation_prompts(num_images)
-    seeds = list(range(num_images))
-    blocks = len(net.blocks)
-
-    def timed(fn: Callable[[], torch.Tensor]) -> Run:
-        with ComputeCounter(net.blocks) as counter:
-            start = time.perf_counter()
-            images = fn()
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-        return Run(images, seconds, counter.tokens)
-
+    bench = CacheBench(model, device, num_images, guidance)
     rows: list[dict] = []
     calibrations: dict[str, dict] = {}
     for setup_i, (sampler, steps) in enumerate(setups):
-        kw = dict(steps=steps, sampler=sampler, guidance=guidance)
-        calib_prompts = evaluation_prompts(CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
-        calib_kw = dict(kw, seeds=list(range(CALIBRATION_SEED, CALIBRATION_SEED + CALIBRATION_PROMPTS)))
-        calib_stretto, calib_diffusers = calibrate_policies(net, calib_prompts, calib_kw) if calibrate else ({}, {})
+        calib_stretto, calib_diffusers = bench.calibrate(sampler, steps) if calibrate else ({}, {})
         calibrations[f"{sampler} {steps}"] = {"stretto": calib_stretto, "diffusers": calib_diffusers}
         jobs: list[tuple[str, str, object]] = []
         if "stretto" in engines:
@@ -127,59 +195,7 @@ def run_cache_bench(
         jobs = [j for j in jobs if policies is None or policy_name(j[0], j[1]) in policies]
         if setup_i > 0:  # later setups: the middle setting of each policy
             jobs = middle_settings(jobs)
-
-        def run_stretto(spec: str | None) -> Run:
-            return timed(lambda: stretto.generate(net, prompts, seeds=seeds, cache=spec, **kw).images)
-
-        def run_diffusers(name: str, params: dict) -> Run:
-            return timed(lambda: diffusers_cache.generate(net, prompts, name, params, seeds=seeds, **kw).images)
-
-        run_stretto(None)  # warm-up: the first timed run would pay one-off costs
-        bar = tqdm(total=len(jobs) + 4, desc=f"bench cache {sampler} {steps}")
-        # Full compute, for each way of running CFG, twice (start and end): the wall-time reference is the mean.
-        refs = {"stretto": [run_stretto(None)], "separate": [run_diffusers("none", {})]}
-        refs["batched"] = [run_diffusers("none", {"batched": True})]
-        bar.update(3)
-        reference = refs["stretto"][0]
-        results = []
-        for engine, name, params in jobs:
-            bar.set_postfix_str(f"{engine} {name if engine == 'diffusers' else name.split(',ratios=')[0]}")
-            run = run_stretto(params) if engine == "stretto" else run_diffusers(name, params)
-            results.append((engine, name, params, run))
-            bar.update()
-        for key, again in (("stretto", lambda: run_stretto(None)), ("separate", lambda: run_diffusers("none", {}))):
-            refs[key].append(again())
-        bar.update()
-        bar.close()
-        ref_wall = {k: sum(r.wall_s for r in v) / len(v) for k, v in refs.items()}
-        full_evals = steps * 2 * blocks  # per image: steps x CFG branches x blocks
-        quality = Quality(reference.images, prompts, fid, classifier)
-
-        def row(engine: str, name: str, params, run: Run, cfg: str) -> dict:
-            fraction = run.tokens / reference.tokens
-            return {
-                "engine": engine,
-                "policy": policy_name(engine, name),
-                "params": params_text(engine, name, params),
-                "sampler": sampler,
-                "steps": steps,
-                "cfg": cfg,
-                "block_evals": fraction * full_evals,
-                "block_evals_full": full_evals,
-                "compute_fraction": fraction,
-                "wall_s": run.wall_s,
-                "speedup_wall": ref_wall[cfg] / run.wall_s,
-                "speedup_ideal": 1 / fraction,
-                **quality(run.images),
-                **({"note": FASTERCACHE_NOTE} if name == "fastercache" else {}),
-            }
-
-        rows.append(row("stretto", "none", None, reference, "stretto"))
-        rows.append(row("diffusers", "none", {}, refs["separate"][0], "separate"))
-        rows.append(row("diffusers", "none", {"batched": True}, refs["batched"][0], "batched"))
-        for engine, name, params, run in results:
-            cfg = "stretto" if engine == "stretto" else "batched" if name in diffusers_cache.BATCHED else "separate"
-            rows.append(row(engine, name, params, run, cfg))
+        rows += bench.setup_rows(sampler, steps, jobs)
     result = {
         "benchmark": "cache",
         "model": model,
@@ -229,15 +245,9 @@ class Quality:
         }
 
 
-def calibrate_policies(net, prompts: list[str], kw: dict) -> tuple[dict[str, str], dict[str, list[float]]]:
-    """MagCache ratios for stretto's policy and for diffusers', each by its own calibration run."""
-    from stretto.cache import MagCache
-
-    policy = MagCache(ratios="")
-    stretto.generate(net, prompts, cache=policy, **kw)
-    ours = {"magcache": policy.ratios_text()}
-    theirs = {"magcache": diffusers_cache.calibrate_magcache(net, prompts, **kw)}
-    return ours, theirs
+def cfg_mode(engine: str, name: str) -> str:
+    """How a row runs classifier-free guidance (see CFG_MODES)."""
+    return "stretto" if engine == "stretto" else "batched" if name in diffusers_cache.BATCHED else "separate"
 
 
 def policy_name(engine: str, name: str) -> str:
