@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_text_command(sub)
     add_train_text_command(train)
     add_bench_text_command(bench)
+
+    from stretto.calibrate_cli import add_calibrate_commands
+
+    add_calibrate_commands(sub)
     return parser
 
 

@@ -55,9 +55,10 @@ class MagCache(CachePolicy):
             out = stack.compute(h, 0, n)
             residual = stack.main(out) - stack.main(h)
             norm = residual.norm(dim=-1).reshape(residual.shape[0], -1).mean(1)  # mean token norm per row
-            if "norm" in state:
-                for i, r in zip(call.index.tolist(), (norm / state["norm"]).tolist(), strict=True):
-                    self.calibration[i] = r
+            if "norm" in state:  # the mean ratio over this call's rows at each step index
+                ratio = norm / state["norm"]
+                for i in call.index.unique().tolist():
+                    self.calibration[i] = ratio[call.index == i].mean().item()
             state["norm"] = norm
             return out
         table = torch.tensor(self._ratios, device=call.index.device)

@@ -5,6 +5,9 @@ On full steps the stack's residual (output - input) F is stored with its finite 
 between the residual is forecast as F(s) = sum_i D^i F / i! * (s - s_last)^i and added to the input.
 The paper forecasts every layer's attention and MLP outputs and uses the step index as the variable;
 here one forecast covers the whole stack and the variable is sigma (the mechanism passes it explicitly).
+
+`taylor_update` and `taylor_forecast` keep and evaluate one such series in a policy's per-row state;
+the Taylor policy and the confidence-gated Taylor policy (gated_taylor.py) both use them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,58 @@ import torch
 
 from stretto.cache.mechanism import Call, Hidden, Stack, add, per_row, put, split, sub, take
 from stretto.cache.policy import CachePolicy, bounded, register
+
+
+def taylor_forecast(state: dict, sigma: torch.Tensor, key: str = "") -> Hidden:
+    """The series stored under `key` in `state`, evaluated at each row's sigma: sum_i D^i F / i! * (s - s_last)^i."""
+    dt = sigma - state[f"{key}sigma"]
+    factors = state[f"{key}factors"]
+    total = factors[0]
+    for i, d in enumerate(factors[1:], start=1):
+        total = tuple(
+            None if t is None else t + x * per_row(dt**i / math.factorial(i), x) for t, x in zip(total, d, strict=True)
+        )
+    return total
+
+
+def taylor_update(
+    state: dict, feature: Hidden, sigma: torch.Tensor, rows: torch.Tensor | None, order: int, key: str = ""
+) -> None:
+    """Add a computed value of the series stored under `key`: new finite differences up to `order` for the
+    rows (all when None; then `feature` holds all rows, else just those). A difference needs as many
+    earlier computed steps as its order; a recomputation at the same sigma keeps the old differences."""
+    k_factors, k_sigma, k_computed = f"{key}factors", f"{key}sigma", f"{key}computed"
+    old = state.get(k_factors)
+    if rows is not None:
+        old_rows = [take(d, rows) for d in old]
+        s_old, n_old = state[k_sigma][rows], state[k_computed][rows]
+        s_new = sigma[rows]
+    else:
+        old_rows, s_old, n_old, s_new = old, state.get(k_sigma), state.get(k_computed), sigma
+    new = [feature]
+    if old_rows is not None:
+        gap = s_new - s_old
+        same = gap == 0  # recomputed at the same sigma (e.g. a 2-stage sampler): keep the old differences
+        gap = torch.where(same, torch.ones_like(gap), gap)
+        for i in range(order):
+            weight = (n_old > i).to(gap.dtype) / gap
+            new.append(
+                tuple(
+                    None if a is None else torch.where(per_row(same, a).bool(), c, (a - b) * per_row(weight, a))
+                    for a, b, c in zip(new[i], old_rows[i], old_rows[i + 1], strict=True)
+                )
+            )
+        n_new = torch.where(same, n_old, n_old + 1)
+    else:
+        zero = tuple(None if t is None else torch.zeros_like(t) for t in feature)
+        new += [zero] * order
+        n_new = torch.ones_like(sigma, dtype=torch.long)
+    if rows is None:
+        state[k_factors], state[k_sigma], state[k_computed] = new, sigma, n_new
+    else:
+        state[k_factors] = [put(o, rows, d) for o, d in zip(old, new, strict=True)]
+        state[k_sigma] = state[k_sigma].index_copy(0, rows, s_new)
+        state[k_computed] = state[k_computed].index_copy(0, rows, n_new)
 
 
 @register
@@ -37,57 +92,13 @@ class Taylor(CachePolicy):
         run, skip = split(compute)
         if skip is None:
             out = stack.compute(h, 0, n_blocks)
-            self._update(state, sub(out, h), call.sigma, None)
+            taylor_update(state, sub(out, h), call.sigma, None, self.order)
             return out
-        forecast = add(h, self._forecast(state, call.sigma))
+        forecast = add(h, taylor_forecast(state, call.sigma))
         stack.count("forecast", 0, n_blocks, skip)
         if run is None:
             return forecast
         h_run = take(h, run)
         out_run = stack.compute(h_run, 0, n_blocks, rows=run)
-        self._update(state, sub(out_run, h_run), call.sigma, run)
+        taylor_update(state, sub(out_run, h_run), call.sigma, run, self.order)
         return put(forecast, run, out_run)
-
-    def _forecast(self, state: dict, sigma: torch.Tensor) -> Hidden:
-        dt = sigma - state["sigma"]
-        total = state["factors"][0]
-        for i, d in enumerate(state["factors"][1:], start=1):
-            total = tuple(
-                None if t is None else t + x * per_row(dt**i / math.factorial(i), x)
-                for t, x in zip(total, d, strict=True)
-            )
-        return total
-
-    def _update(self, state: dict, feature: Hidden, sigma: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """New factors for the computed rows; a difference needs as many earlier computed steps as its order."""
-        old = state.get("factors")
-        if rows is not None:
-            old_rows = [take(d, rows) for d in old]
-            s_old, n_old = state["sigma"][rows], state["computed"][rows]
-            s_new = sigma[rows]
-        else:
-            old_rows, s_old, n_old, s_new = old, state.get("sigma"), state.get("computed"), sigma
-        new = [feature]
-        if old_rows is not None:
-            gap = s_new - s_old
-            same = gap == 0  # recomputed at the same sigma (e.g. a 2-stage sampler): keep the old differences
-            gap = torch.where(same, torch.ones_like(gap), gap)
-            for i in range(self.order):
-                weight = (n_old > i).to(gap.dtype) / gap
-                new.append(
-                    tuple(
-                        None if a is None else torch.where(per_row(same, a).bool(), c, (a - b) * per_row(weight, a))
-                        for a, b, c in zip(new[i], old_rows[i], old_rows[i + 1], strict=True)
-                    )
-                )
-            n_new = torch.where(same, n_old, n_old + 1)
-        else:
-            zero = tuple(None if t is None else torch.zeros_like(t) for t in feature)
-            new += [zero] * self.order
-            n_new = torch.ones_like(sigma, dtype=torch.long)
-        if rows is None:
-            state["factors"], state["sigma"], state["computed"] = new, sigma, n_new
-        else:
-            state["factors"] = [put(o, rows, d) for o, d in zip(old, new, strict=True)]
-            state["sigma"] = state["sigma"].index_copy(0, rows, s_new)
-            state["computed"] = state["computed"].index_copy(0, rows, n_new)
