@@ -10,7 +10,8 @@ the whole stack to the policy. Blocks the policy skips are never called (no Pyth
 block); blocks it computes are called as modules, so `BlockCounter`'s hooks count real evaluations.
 Outside the owner's forward the lists iterate normally.
 
-What a policy sees. `Stack` runs a range of blocks on all or some batch rows; `Call` carries the step's
+What a policy sees. `Stack` runs a range of blocks on all or some batch rows (and, for token-level
+policies, on a subset of the image tokens: `compute_tokens`); `Call` carries the step's
 sigma per row (set explicitly with `step(...)`, else taken from the model call's `timestep` argument),
 its step index (by sigma from the schedule given to `reset`, else as the caller said, else counted per
 branch), whether it is the final step, and the policy's state for these rows. State is kept per branch
@@ -52,6 +53,10 @@ OWNER_PATHS: tuple[str, ...] = ("", "transformer", "model")
 # block arguments that are shared by all batch rows even when their first dimension happens to equal the batch
 SHARED_ARGS = frozenset({"image_rotary_emb", "rotary_emb", "joint_attention_kwargs", "cross_attention_kwargs"})
 DUAL_STREAM = ("encoder_hidden_states", "hidden_states")  # Flux / SD3 blocks return (encoder, image) tokens
+# block arguments with one entry per token (text tokens, then image tokens) that compute_tokens slices
+TOKEN_ARGS = frozenset({"image_rotary_emb"})
+# per-token block arguments in layouts compute_tokens cannot slice (Wan's rotary table, self-attention masks)
+UNSLICEABLE_ARGS = frozenset({"rotary_emb", "attention_mask"})
 
 
 # ---------------------------------------------------------------- Hidden-tuple arithmetic (None passes through)
@@ -166,7 +171,16 @@ KINDS = ("computed", "reused", "forecast")
 class Stack:
     """The block stack for one model call: runs ranges of blocks on all or some rows, and counts."""
 
-    def __init__(self, blocks: Sequence[nn.Module], carried: tuple[str, ...], extras: dict, batch: int, counts, fresh):
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        carried: tuple[str, ...],
+        extras: dict,
+        batch: int,
+        counts,
+        fresh,
+        model: str = "",
+    ):
         self.blocks = blocks
         self.num_blocks = len(blocks)
         self.carried = carried
@@ -174,12 +188,100 @@ class Stack:
         self.batch = batch
         self._counts = counts  # (batch, 3) tensor: block evaluations per row and kind
         self.fresh = fresh  # (batch,) bool: rows without stored state, which must compute
+        self.model = model or type(blocks[0]).__name__  # for error messages
 
     def compute(self, h: Hidden, start: int, stop: int, rows: torch.Tensor | None = None) -> Hidden:
         """Run blocks [start, stop) on `h`; with `rows`, `h` holds just those batch rows."""
-        extras = self.extras
+        h = self._run_blocks(h, start, stop, self._row_extras(rows))
+        self.count("computed", start, stop, rows)
+        return h
+
+    def compute_tokens(
+        self,
+        h: Hidden,
+        start: int,
+        stop: int,
+        tokens: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        kv: list | None = None,
+    ) -> Hidden:
+        """Run blocks [start, stop) on the image tokens `tokens` of `h` only; return the blocks' output, whose
+        image-token tensor holds just those tokens (in the order of `tokens`). With `rows`, `h` holds those rows.
+
+        `tokens` are distinct indices into the image tokens (dim 1 of `hidden_states`). The text tokens of
+        dual-stream blocks (Flux, SD3) always go along, and per-token block arguments (Flux's
+        `image_rotary_emb`, one row per text then image token) are sliced to match. One subset serves all rows
+        of the call, because diffusers' rotary tables are shared across the batch. It counts as a fractional
+        evaluation: k of N image tokens over n blocks are n*k/N computed and n*(N-k)/N reused (the attention
+        itself, which then covers all keys, is not discounted). With every token selected this is `compute`
+        (the same output, bit for bit).
+
+        Without `kv` the selected tokens attend only to each other and the text tokens. With `kv` (a list,
+        one tensor per self-attention module of blocks [start, stop), for the rows `h` holds) they attend to
+        the keys and values of all tokens (see stretto.cache.token_attention): with every token selected the
+        blocks' image keys and values are recorded into `kv`; otherwise the selected tokens' fresh keys and
+        values overwrite their slots in `kv` (which is updated in place) and the others come from it."""
+        image = self.carried.index("hidden_states") if "hidden_states" in self.carried else 0
+        if h[image].ndim != 3:
+            raise ValueError(
+                f"token-level cache policies need (batch, tokens, channels) hidden states like Flux/SD3/DiT-style "
+                f"blocks; {self.model} passes {tuple(h[image].shape)}"
+            )
+        n_image, k = h[image].shape[1], tokens.numel()
+        text = h[0].shape[1] if self.carried == DUAL_STREAM and h[0] is not None else 0
+        if k == 0 or k > n_image:
+            raise ValueError(f"compute_tokens needs 1 to {n_image} distinct image tokens, got {k}")
+        keep = torch.cat([torch.arange(text, device=tokens.device), text + tokens])  # rows of per-token tables
+        extras = {name: self._token_arg(name, value, keep, text + n_image) for name, value in self.extras.items()}
+        if k == n_image:
+            if kv is None:
+                return self.compute(h, start, stop, rows)
+            with self._attend_all(kv, start, stop, None, text):
+                return self.compute(h, start, stop, rows)
         if rows is not None and rows.numel() != self.batch:
-            extras = {k: self._take_arg(k, v, rows) for k, v in extras.items()}
+            extras = {name: self._take_arg(name, value, rows) for name, value in extras.items()}
+        h = tuple(t.index_select(1, tokens) if i == image else t for i, t in enumerate(h))
+        if kv is None:
+            h = self._run_blocks(h, start, stop, extras)
+        else:
+            with self._attend_all(kv, start, stop, tokens, text):
+                h = self._run_blocks(h, start, stop, extras)
+        self.count("computed", start, stop, rows, fraction=k / n_image)
+        self.count("reused", start, stop, rows, fraction=1 - k / n_image)
+        return h
+
+    def _attend_all(self, kv: list, start: int, stop: int, tokens: torch.Tensor | None, text: int):
+        from stretto.cache.token_attention import all_token_attention  # imports diffusers' attention code
+
+        return all_token_attention(self.blocks[start:stop], kv, tokens, text, self.model)
+
+    def _row_extras(self, rows: torch.Tensor | None) -> dict:
+        if rows is None or rows.numel() == self.batch:
+            return self.extras
+        return {k: self._take_arg(k, v, rows) for k, v in self.extras.items()}
+
+    def _token_arg(self, name: str, value: Any, keep: torch.Tensor, n_tokens: int) -> Any:
+        """A block argument restricted to the kept tokens (`keep` indexes text then image tokens)."""
+        if value is None:
+            return None
+        if name in UNSLICEABLE_ARGS or (name not in TOKEN_ARGS and "rotary" in name):
+            raise ValueError(
+                f"token-level cache policies support Flux/SD3/DiT-style blocks; {self.model} passes the per-token "
+                f"block argument {name!r}, which they cannot restrict to a subset of image tokens"
+            )
+        if name not in TOKEN_ARGS:
+            return value
+        tables = value if isinstance(value, (tuple, list)) else (value,)
+        if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[0] == n_tokens for t in tables):
+            shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in tables]
+            raise ValueError(
+                f"token-level cache policies expect {name} as tables with one row per token ({n_tokens} text + "
+                f"image tokens) like diffusers Flux; {self.model} passed {shapes}"
+            )
+        sliced = tuple(t.index_select(0, keep.to(t.device)) for t in tables)
+        return sliced if isinstance(value, (tuple, list)) else sliced[0]
+
+    def _run_blocks(self, h: Hidden, start: int, stop: int, extras: dict) -> Hidden:
         for block in self.blocks[start:stop]:
             out = block(**extras, **dict(zip(self.carried, h, strict=True)))
             h = out if isinstance(out, tuple) else (out,)
@@ -188,12 +290,12 @@ class Stack:
                     f"{type(block).__name__} returned {len(h)} tensors but the cache expected {self.carried}; "
                     "this block type is not supported yet"
                 )
-        self.count("computed", start, stop, rows)
         return h
 
-    def count(self, kind: str, start: int, stop: int, rows: torch.Tensor | None = None) -> None:
-        """Record that blocks [start, stop) were computed / reused / forecast for the rows (all if None)."""
-        n = float(max(0, stop - start))
+    def count(self, kind: str, start: int, stop: int, rows: torch.Tensor | None = None, fraction: float = 1.0) -> None:
+        """Record that blocks [start, stop) were computed / reused / forecast for the rows (all if None);
+        `fraction` counts a part of each block evaluation (e.g. the share of tokens computed)."""
+        n = float(max(0, stop - start)) * fraction
         if rows is None:
             self._counts[:, KINDS.index(kind)] += n
         else:
@@ -484,7 +586,7 @@ class CacheHandle:
         state, fresh = self._gather_state(branches, chunk)
         fresh = torch.tensor(fresh, device=device).repeat_interleave(chunk)
         counts = torch.zeros(batch, len(KINDS), device=device)
-        stack = Stack(self.blocks, self.carried, extras, batch, counts, fresh)
+        stack = Stack(self.blocks, self.carried, extras, batch, counts, fresh, type(self.owner).__name__)
         out = self.policy.run(stack, h, Call(sigma=sigma, index=index, final=final, fresh=fresh, state=state))
         self._store_state(branches, state, chunk)
         for b in branches:

@@ -1,0 +1,60 @@
+"""RAS: "Region-Adaptive Sampling for Diffusion Transformers" (Liu et al., 2025).
+
+The model's focus (where its output changes) is stable between steps, so after `warmup` full steps
+each step runs only the tokens in focus through the stack and reuses the cached residual elsewhere.
+In focus are the `ratio` fraction of image tokens whose stack residual (output - input of the whole
+block stack, not the model's final output) changed most between the last two steps on which they were
+computed (L2 norm over channels, per step), plus every token not refreshed for `max_age` steps (the
+starvation guard); ties, e.g. before any change is measured, go to the oldest tokens. `full_every`
+optionally recomputes every token every N steps after the warm-up.
+
+How this differs from the paper: RAS scores tokens by the norm (or std) of the previous step's
+predicted noise, raises the priority of tokens dropped many times, reuses the noise of cached tokens at
+the sampler, and keeps their attention keys and values cached so refreshed tokens still attend to them.
+Here the mechanism hooks the whole block stack: the residual change is the score, starved tokens are
+added outright, the stack's residual (not the sampler's noise) is reused, and the refreshed tokens
+attend only to each other and the text tokens (no K/V of cached tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.toca import refresh_tokens
+
+
+@register
+@dataclass
+class RAS(CachePolicy):
+    """After `warmup` full steps, refresh only the image tokens whose residual changes most; reuse the rest."""
+
+    name = "ras"
+    ratio: float = bounded(0.5, 0.0, 1.0, "fraction of image tokens in focus (refreshed) per step")
+    warmup: int = bounded(4, 0, 1000, "full steps at the start")
+    max_age: int = bounded(5, 0, 1000, "also refresh tokens not refreshed for this many steps (0: never)")
+    full_every: int = bounded(0, 0, 1000, "recompute every token every N-th step after the warm-up (0: never)")
+    final: bool = bounded(True, 0, 1, "always compute every token on the schedule's final step")
+
+    def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
+        since = call.index - self.warmup
+        full = since < 0
+        if self.full_every:
+            full |= since % self.full_every == 0
+        if self.final:
+            full |= call.final
+        return refresh_tokens(stack, h, call, full, self._pick)
+
+    def _pick(self, state: dict, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        age = (index[:, None] - state["refreshed"][rows]).float()
+        change = state["change"][rows]
+        change = change / change.mean(1, keepdim=True).clamp(min=1e-12)
+        score = (change + 1e-3 * age / (age.max() + 1)).mean(0)  # the age term only breaks ties
+        focus = torch.zeros_like(score, dtype=torch.bool)
+        focus[score.topk(round(self.ratio * score.numel())).indices] = True
+        if self.max_age:
+            focus |= (age >= self.max_age).any(0)
+        return focus.nonzero().flatten()
