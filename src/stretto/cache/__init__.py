@@ -15,6 +15,7 @@ pipeline (its `.transformer` is used). See mechanism.py for how the stack is tak
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
 from stretto.cache.fora import FORA
+from stretto.cache.gated_taylor import GatedTaylor
 from stretto.cache.magcache import MagCache
 from stretto.cache.mechanism import (
     CacheSummary,
@@ -29,7 +30,11 @@ from stretto.cache.mechanism import (
 )
 from stretto.cache.none import NoCache
 from stretto.cache.policy import POLICIES, CachePolicy, available, parse_policy
+from stretto.cache.ras import RAS
+from stretto.cache.schedule import Schedule
 from stretto.cache.taylor import Taylor
+from stretto.cache.teacache import TeaCache
+from stretto.cache.toca import ToCa
 
 __all__ = [
     "POLICIES",
@@ -39,10 +44,15 @@ __all__ = [
     "DeltaDiT",
     "FORA",
     "FirstBlock",
+    "GatedTaylor",
     "MagCache",
     "NoCache",
+    "RAS",
+    "Schedule",
     "StepRecord",
     "Taylor",
+    "TeaCache",
+    "ToCa",
     "apply",
     "applied",
     "available",
