@@ -188,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_text_command(bench)
 
     from stretto.calibrate_cli import add_calibrate_commands
+    from stretto.search_cli import add_search_commands
 
     add_calibrate_commands(sub)
+    add_search_commands(sub)
     return parser
 
 
