@@ -68,11 +68,11 @@ def test_toca_computes_the_ratio_of_tokens_between_full_steps(tiny_flux):
 
 def test_ras_refreshes_the_ratio_plus_starved_tokens(tiny_flux):
     n = len(tiny_flux.blocks)
-    cache.apply(tiny_flux, cache.RAS(ratio=0.25, warmup=2, max_age=0, final=False))
+    cache.apply(tiny_flux, cache.RAS(ratio=0.25, warmup=2, max_age=0, full_every=0, final=False))
     run_generation(tiny_flux, PROMPTS, steps=6)
     assert cond_records(tiny_flux) == [(n, 0)] * 2 + [(n * 16 / 64, n * 48 / 64)] * 4
     cache.remove(tiny_flux)
-    cache.apply(tiny_flux, cache.RAS(ratio=0.25, warmup=2, max_age=2))
+    cache.apply(tiny_flux, cache.RAS(ratio=0.25, warmup=2, max_age=2, full_every=0))
     run_generation(tiny_flux, PROMPTS, steps=6)
     computed = [c for c, _ in cond_records(tiny_flux)]
     assert computed[:3] == [n, n, n * 16 / 64]  # nothing is 2 steps old yet at step 2
@@ -216,7 +216,10 @@ def test_diffusers_transformers(name):
         cache.apply(model, policy)
         assert torch.equal(euler(model, call, shape), plain), policy
         cache.remove(model)
-    for policy in (cache.ToCa(interval=3, ratio=0.25, warmup=1), cache.RAS(ratio=0.25, warmup=2, max_age=0)):
+    for policy in (
+        cache.ToCa(interval=3, ratio=0.25, warmup=1),
+        cache.RAS(ratio=0.25, warmup=2, max_age=0, full_every=0),
+    ):
         cache.apply(model, policy)
         out = euler(model, call, shape)
         assert torch.isfinite(out).all() and not torch.equal(out, plain), policy

@@ -13,6 +13,7 @@ the run, on calibration prompts and seeds that are not the evaluation ones.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +26,19 @@ import stretto
 from stretto.adapters import diffusers_cache
 from stretto.bench.machine import describe_machine
 from stretto.cache import parse_policy
+from stretto.cache.calibrate import calibrate_magcache, calibrate_teacache
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
 from stretto.eval.timing import ComputeCounter
 from stretto.pipeline import DEFAULT_GUIDANCE
 
+SEARCH_RESULT = "benchmarks/results/cache-search.json"  # `stretto search cache` output, used when it fits
 CALIBRATION_PROMPTS = 8
 CALIBRATION_SEED = 10_000  # calibration prompts and seeds differ from the evaluation ones
 
 
-def stretto_settings(calib: dict[str, str]) -> list[str]:
+def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[str]:
     """stretto's policies, 3-4 settings each, from cautious to aggressive (`calib` fills calibrated values)."""
     settings = [
         "fora:interval=2", "fora:interval=3", "fora:interval=4", "fora:interval=6",
@@ -43,12 +46,23 @@ def stretto_settings(calib: dict[str, str]) -> list[str]:
         "firstblock:threshold=0.05", "firstblock:threshold=0.1", "firstblock:threshold=0.2",
         "dbcache:first=1,last=1,threshold=0.1,warmup=4", "dbcache:first=1,last=1,threshold=0.2,warmup=4",
         "dbcache:first=1,last=1,threshold=0.4,warmup=4",
-        "taylor:order=1,interval=3", "taylor:order=2,interval=4", "taylor:order=2,interval=6",
-        "taylor:order=2,interval=8",
+        "taylor:order=1,interval=3", "taylor:order=1,interval=5", "taylor:order=2,interval=4",
+        "taylor:order=1,interval=7",
+        "gatedtaylor:threshold=0.03,max_forecast=10", "gatedtaylor:threshold=0.05,max_forecast=8",
+        "gatedtaylor:threshold=0.1,max_forecast=10",
+        "toca:interval=3,ratio=0.25", "toca:interval=3,ratio=0.1", "toca:interval=4,ratio=0.1",
+        "ras:ratio=0.25,full_every=4", "ras:ratio=0.1,full_every=4", "ras:ratio=0.1,full_every=6",
     ]  # fmt: skip
     if "magcache" in calib:
         settings += [f"magcache:threshold={t},max_skip={m},ratios={calib['magcache']}"
-                     for t, m in ((0.06, 2), (0.12, 3), (0.24, 4), (0.5, 6))]  # fmt: skip
+                     for t, m in ((0.06, 2), (0.12, 3), (0.3, 4), (0.5, 6))]  # fmt: skip
+    if "teacache" in calib:
+        settings += [f"teacache:threshold={t},coefficients={calib['teacache']}" for t in (0.1, 0.2, 0.3, 0.5)]
+    search = Path(SEARCH_RESULT)
+    if search.exists():
+        found = json.loads(search.read_text())
+        if found.get("sampler") == sampler and found.get("steps") == steps:  # masks are per step of one schedule
+            settings += [f"schedule:file={search},min_psnr={p}" for p in (40, 35, 30)]
     return settings
 
 
@@ -101,17 +115,16 @@ class CacheBench:
         return self.timed(lambda: diffusers_cache.generate(self.net, self.prompts, name, params, **kw).images)
 
     def calibrate(self, sampler: str, steps: int) -> tuple[dict[str, str], dict[str, list[float]]]:
-        """MagCache ratios for stretto's policy and for diffusers', each by its own calibration run."""
-        from stretto.cache import MagCache
-
+        """TeaCache's polynomial and MagCache's ratios for stretto, and diffusers' MagCache ratios by its own
+        calibration, on calibration prompts and seeds."""
         prompts = evaluation_prompts(CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
         kw = dict(steps=steps, sampler=sampler, guidance=self.guidance)
         kw["seeds"] = list(range(CALIBRATION_SEED, CALIBRATION_SEED + CALIBRATION_PROMPTS))
-        policy = MagCache(ratios="")
-        stretto.generate(self.net, prompts, cache=policy, **kw)
-        return {"magcache": policy.ratios_text()}, {
-            "magcache": diffusers_cache.calibrate_magcache(self.net, prompts, **kw)
+        ours = {
+            "teacache": calibrate_teacache(self.net, prompts, **kw).coefficients_text,
+            "magcache": calibrate_magcache(self.net, prompts, **kw).ratios_text,
         }
+        return ours, {"magcache": diffusers_cache.calibrate_magcache(self.net, prompts, **kw)}
 
     def setup_rows(self, sampler: str, steps: int, jobs: list[tuple[str, str, object]]) -> list[dict]:
         """Full-compute references and every job at one (sampler, steps), as result rows."""
@@ -125,7 +138,7 @@ class CacheBench:
             bar.update()
         results = []
         for job in jobs:
-            bar.set_postfix_str(f"{job[0]} {job[1].split(',ratios=')[0]}")
+            bar.set_postfix_str(f"{job[0]} {job[1]}"[:60])
             results.append((cfg_mode(*job[:2]), job, self.run(*job, sampler, steps)))
             bar.update()
         # Full compute again at the end: on a shared machine the wall-time reference is the mean of both.
@@ -189,7 +202,7 @@ def run_cache_bench(
         calibrations[f"{sampler} {steps}"] = {"stretto": calib_stretto, "diffusers": calib_diffusers}
         jobs: list[tuple[str, str, object]] = []
         if "stretto" in engines:
-            jobs += [("stretto", spec, spec) for spec in stretto_settings(calib_stretto)]
+            jobs += [("stretto", spec, spec) for spec in stretto_settings(calib_stretto, sampler, steps)]
         if "diffusers" in engines:
             jobs += [("diffusers", name, params) for name, params in diffusers_settings(calib_diffusers)]
         jobs = [j for j in jobs if policies is None or policy_name(j[0], j[1]) in policies]
@@ -254,10 +267,15 @@ def policy_name(engine: str, name: str) -> str:
     return parse_policy(name).name if engine == "stretto" and name != "none" else name
 
 
+CALIBRATED = re.compile(r"(ratios|coefficients)=.*/")  # long calibrated tables, kept in the JSON's calibrations
+
+
 def params_text(engine: str, name: str, params) -> str:
     """Settings as text; calibrated tables are shortened (the JSON's `calibrations` holds them)."""
     if engine == "stretto":
-        return "" if name == "none" else parse_policy(name).describe().split(",ratios=")[0]
+        if name == "none":
+            return ""
+        return ",".join(p for p in parse_policy(name).describe().split(",") if not CALIBRATED.match(p))
     shown = {k: ("calibrated" if k == "mag_ratios" else v) for k, v in (params or {}).items()}
     return ",".join(f"{k}={v}" for k, v in shown.items())
 
