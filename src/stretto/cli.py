@@ -105,8 +105,11 @@ def cmd_bench_samplers(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_cache(args: argparse.Namespace) -> None:
-    from stretto.bench.cache import run_cache_bench
+    from stretto.bench.cache import run_cache_bench, run_wall_check
 
+    if args.wall_check:
+        run_wall_check(args.wall_check, model=args.model, device=args.device, num_images=args.num_images)
+        return
     setups = []
     for item in args.setup:
         sampler, _, steps = item.partition(":")
@@ -177,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "every setting, the others one middle setting per policy")  # fmt: skip
     p.add_argument("--policies", nargs="+", default=None, help="only these policy names (both engines)")
     p.add_argument("--engines", nargs="+", default=["stretto", "diffusers"], help="stretto and/or diffusers")
+    p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
+                   "specs interleaved with full compute (euler 50), to benchmarks/results/cache-wall.json")  # fmt: skip
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     _add_model_args(p)
     p.set_defaults(func=cmd_bench_cache)

@@ -312,16 +312,18 @@ def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
     setups = result["setups"]
     fig, axes = plt.subplots(len(setups), 2, figsize=(13, 4.8 * len(setups)), squeeze=False)
     colours = {"stretto": "tab:blue", "diffusers": "tab:orange"}
-    markers = dict(zip(sorted({r["policy"] for r in result["rows"]}), "osD^v<>pP*Xhd8H", strict=False))
+    policies = sorted({r["policy"] for r in result["rows"] if r["policy"] != "none"})
+    markers = dict(zip(policies, ["o", "s", "D", "^", "v", "<", ">", "P", "X", "*", "d", "p", "h", "1", "2", "3", "4"],
+                       strict=False))  # fmt: skip
     for (ax_fid, ax_psnr), setup in zip(axes, setups, strict=True):
         rows = [r for r in result["rows"] if r["sampler"] == setup["sampler"] and r["steps"] == setup["steps"]]
         full = next(r for r in rows if r["engine"] == "stretto" and r["policy"] == "none")
         for r in rows:
-            if r["policy"] == "none":
+            if r["compute_fraction"] >= 1:  # full compute, or a cache that skipped nothing (no point to place)
                 continue
             style = dict(color=colours[r["engine"]], marker=markers.get(r["policy"], "o"), s=36, alpha=0.85)
             ax_fid.scatter(r["speedup_wall"], r["fid"], **style)
-            ax_psnr.scatter(r["speedup_wall"], r["psnr_db"] or 60.0, **style)
+            ax_psnr.scatter(r["speedup_wall"], r["psnr_db"], **style)
         ax_fid.axhline(full["fid"], color="k", ls="--", lw=1)
         ax_fid.axhline(full["fid"] * 1.05, color="gray", ls=":", lw=1)
         ax_fid.text(1.0, full["fid"] * 1.05, " full compute +5%", fontsize=8, va="bottom", color="gray")
@@ -331,9 +333,56 @@ def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
             ax.set_title(f"{result['model']}, {setup['sampler']} {setup['steps']} steps", fontsize=10)
             ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=e) for e, c in colours.items()]
-    handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items() if p != "none"]
+    handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items()]
     axes[0][1].legend(handles=handles, fontsize=8, ncol=2)
     fig.suptitle(f"feature caches on {result['model']} ({result['num_images']} prompts, guidance {result['guidance']})")
     fig.tight_layout()
     fig.savefig(plot_path, dpi=110)
     plt.close(fig)
+
+
+def run_wall_check(
+    specs: list[str],
+    json_path: str | Path = "benchmarks/results/cache-wall.json",
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    num_images: int = 64,
+    sampler: str = "euler",
+    steps: int = 50,
+    repeats: int = 3,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> dict:
+    """Wall-clock speedup of a few policies, each run interleaved with full compute (full, cached, full, ...).
+
+    The main benchmark times every row once against full-compute runs at its start and end, so slow drift of a
+    shared machine lands in its ratios; here each cached run sits between two full runs, and the speedup is
+    the median over repeats of (mean of the neighbouring full runs) / (cached run).
+    """
+    bench = CacheBench(model, device, num_images, guidance)
+    bench.run("stretto", "none", None, sampler, steps)  # warm-up
+    rows = []
+    for spec in tqdm(specs, desc="wall check"):
+        full = [bench.run("stretto", "none", None, sampler, steps)]
+        ratios, cached = [], []
+        for _ in range(repeats):
+            cached.append(bench.run("stretto", spec, spec, sampler, steps))
+            full.append(bench.run("stretto", "none", None, sampler, steps))
+            ratios.append((full[-2].wall_s + full[-1].wall_s) / 2 / cached[-1].wall_s)
+        fraction = cached[0].tokens / full[0].tokens
+        rows.append({
+            "policy": policy_name("stretto", spec), "params": params_text("stretto", spec, spec),
+            "compute_fraction": fraction, "speedup_ideal": 1 / fraction,
+            "speedup_wall": sorted(ratios)[len(ratios) // 2], "speedup_wall_runs": ratios,
+            "full_wall_s": [r.wall_s for r in full], "cached_wall_s": [r.wall_s for r in cached],
+        })  # fmt: skip
+    result = {
+        "benchmark": "cache-wall-check", "model": model, "num_images": num_images, "sampler": sampler,
+        "steps": steps, "repeats": repeats, "machine": describe_machine(device),
+        "command": f"stretto bench cache --wall-check {' '.join(specs)} --num-images {num_images}", "rows": rows,
+    }  # fmt: skip
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['params']:<50} ideal {r['speedup_ideal']:.2f}x  wall {r['speedup_wall']:.2f}x "
+              f"({r['speedup_wall'] / r['speedup_ideal']:.2f} of ideal)")  # fmt: skip
+    return result
