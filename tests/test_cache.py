@@ -4,42 +4,27 @@ import types
 
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
+from cache_helpers import (
+    DIFFUSERS,
+    PROMPTS,
+    Toy,
+    ToyStack,
+    euler,
+    flux_call,
+    records,
+    run_generation,
+    same_seed_runs,
+    stack_blocks,
+    tiny_diffusers_flux,
+)
 
 import stretto.cache as cache
 from stretto.eval.timing import BlockCounter
-from stretto.sampling import flow_sigmas, sample_euler
+from stretto.sampling import flow_sigmas
 
 torch.set_num_threads(1)
 
 STEPS = 4
-
-
-def run_generation(model, prompts, steps=STEPS, guidance=3.0, seed=0, batched=True, sigmas=None):
-    """A minimal guided Euler generation that sets the cache step context the way pipeline.generate should."""
-    sigmas = flow_sigmas(steps) if sigmas is None else sigmas
-    cond = model.encode_prompts(prompts)
-    null = model.encode_prompts([""] * len(prompts))
-    both = type(cond).cat([cond, null])
-    cache.reset(model, sigmas)
-
-    def denoiser(x, sigma):
-        if batched:
-            with cache.step(model, sigma, branches=("cond", "uncond")):
-                v_cond, v_uncond = model(torch.cat([x, x]), sigma, both).chunk(2)
-        else:
-            with cache.step(model, sigma, branches=("cond",)):
-                v_cond = model(x, sigma, cond)
-            with cache.step(model, sigma, branches=("uncond",)):
-                v_uncond = model(x, sigma, null)
-        return v_uncond + guidance * (v_cond - v_uncond)
-
-    x = torch.randn(len(prompts), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return sample_euler(denoiser, x, sigmas)
-
-
-PROMPTS = ["red circle", "small blue square"]
 
 
 def test_no_cache_and_always_compute_are_bit_identical(tiny_flux):
@@ -97,9 +82,9 @@ def test_fora_warmup_and_final_step(tiny_flux):
 def test_batched_cfg_matches_separate_branch_calls(tiny_flux, policy):
     cache.apply(tiny_flux, policy)
     batched = run_generation(tiny_flux, PROMPTS, batched=True)
-    rec_batched = [(r.branch, r.computed, r.reused, r.forecast) for r in cache.summary(tiny_flux).records]
+    rec_batched = records(tiny_flux)
     separate = run_generation(tiny_flux, PROMPTS, batched=False)
-    rec_separate = [(r.branch, r.computed, r.reused, r.forecast) for r in cache.summary(tiny_flux).records]
+    rec_separate = records(tiny_flux)
     assert sorted(rec_batched) == sorted(rec_separate)
     assert any(r[2] or r[3] for r in rec_batched)  # something was actually skipped
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-4)
@@ -108,11 +93,8 @@ def test_batched_cfg_matches_separate_branch_calls(tiny_flux, policy):
 
 @pytest.mark.parametrize("spec", ["fora:interval=3", "taylor:order=3,interval=3,warmup=2", "firstblock:threshold=0.3"])
 def test_same_seed_same_output_across_generations(tiny_flux, spec):
-    cache.apply(tiny_flux, spec)
-    first = run_generation(tiny_flux, PROMPTS, seed=3)
-    run_generation(tiny_flux, ["green triangle"], seed=9)  # different batch and content in between
-    assert torch.equal(run_generation(tiny_flux, PROMPTS, seed=3), first)
-    cache.remove(tiny_flux)
+    first, again = same_seed_runs(tiny_flux, spec, steps=STEPS)  # seed 3, another batch with seed 9, seed 3
+    assert torch.equal(again, first)
 
 
 def test_skipping_policies_stay_close_to_full_compute(tiny_flux):
@@ -184,99 +166,6 @@ def test_dbcache_max_cached(tiny_flux):
 
 
 # ------------------------------------------------------------------ diffusers transformers
-def tiny_diffusers_flux():
-    torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4),
-    ).eval()  # fmt: skip
-
-
-def flux_call(model, x, t):
-    b = x.shape[0]
-    return model(
-        hidden_states=x,
-        encoder_hidden_states=torch.ones(b, 3, 16),
-        pooled_projections=torch.ones(b, 16),
-        timestep=t.expand(b),
-        img_ids=torch.zeros(x.shape[1], 3),
-        txt_ids=torch.zeros(3, 3),
-        guidance=None,
-        return_dict=False,
-    )[0]
-
-
-def tiny_sd3():
-    torch.manual_seed(0)
-    return SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
-        pos_embed_max_size=8,
-    ).eval()  # fmt: skip
-
-
-def sd3_call(model, x, t):
-    b = x.shape[0]
-    return model(
-        hidden_states=x,
-        encoder_hidden_states=torch.ones(b, 3, 16),
-        pooled_projections=torch.ones(b, 16),
-        timestep=t.expand(b) * 1000,
-        return_dict=False,
-    )[0]
-
-
-def tiny_dit():
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=3, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=10,
-    ).eval()  # fmt: skip
-
-
-def dit_call(model, x, t):
-    b = x.shape[0]
-    return model(x, timestep=(t * 999).long().expand(b), class_labels=torch.arange(b) % 10, return_dict=False)[0]
-
-
-def tiny_wan():
-    torch.manual_seed(0)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
-    ).eval()  # fmt: skip
-
-
-def wan_call(model, x, t):
-    b = x.shape[0]
-    return model(
-        hidden_states=x, timestep=t.expand(b) * 1000, encoder_hidden_states=torch.ones(b, 3, 16), return_dict=False
-    )[0]
-
-
-DIFFUSERS = {
-    "wan": (tiny_wan, wan_call, (2, 4, 2, 8, 8)),
-    "flux": (tiny_diffusers_flux, flux_call, (2, 16, 8)),
-    "sd3": (tiny_sd3, sd3_call, (2, 4, 8, 8)),
-    "dit": (tiny_dit, dit_call, (2, 4, 8, 8)),
-}
-
-
-def euler(model, call, shape, steps=4, branches=None):
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    sigmas = flow_sigmas(steps)
-    cache.reset(model, sigmas)
-    with torch.no_grad():
-        for i in range(steps):
-            if branches is None:  # no step context: sigma comes from the call's `timestep`
-                v = call(model, x, sigmas[i])
-            else:
-                with cache.step(model, sigmas[i], branches=branches):
-                    v = call(model, x, sigmas[i])
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return x
-
-
 @pytest.mark.parametrize("name", list(DIFFUSERS))
 def test_diffusers_transformers(name):
     make, call, shape = DIFFUSERS[name]
@@ -287,7 +176,7 @@ def test_diffusers_transformers(name):
     assert torch.equal(euler(model, call, shape), plain)
     cache.remove(model)
     cache.apply(model, cache.FORA(interval=2, warmup=0, final=False))
-    blocks = [b for lst in cache.mechanism._find_stack(model, None) for b in getattr(*lst)]
+    blocks = stack_blocks(model)
     with BlockCounter(blocks) as counter:
         out = euler(model, call, shape, branches=("cond", "uncond"))
     assert counter.counts == [2] * len(blocks)
@@ -379,26 +268,6 @@ def test_step_without_cache_is_a_no_op(tiny_flux):
 
 
 # ------------------------------------------------------------------ a toy stack with a known residual
-class AddSigma(torch.nn.Module):
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, hidden_states, sigma):
-        return hidden_states + self.scale * (1 + 2 * sigma.reshape(-1, 1))  # residual linear in sigma
-
-
-class Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(AddSigma(s) for s in (1.0, 2.0, 3.0))
-
-    def forward(self, x, timestep):
-        for block in self.blocks:
-            x = block(x, timestep)
-        return x
-
-
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_taylor_is_exact_for_a_residual_linear_in_sigma(order):
     toy = Toy()
@@ -465,15 +334,9 @@ class Shrink(torch.nn.Module):
         return hidden_states + sigma.reshape(-1, 1) * torch.ones_like(hidden_states)  # |residual| = sigma
 
 
-class ShrinkToy(torch.nn.Module):
+class ShrinkToy(ToyStack):
     def __init__(self):
-        super().__init__()
-        self.blocks = torch.nn.ModuleList([Shrink(), Shrink()])
-
-    def forward(self, x, timestep):
-        for block in self.blocks:
-            x = block(x, timestep)
-        return x
+        super().__init__([Shrink(), Shrink()])
 
 
 def test_magcache_calibrates_then_skips():

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from cache_helpers import Toy
 
 import stretto
 import stretto.cache as cache
@@ -22,27 +23,6 @@ PROMPTS = ["a small red circle on the left", "a blue square above a green triang
 
 def generate(model, policy, steps=4):
     return stretto.generate(model, PROMPTS, steps=steps, sampler="euler", guidance=3.0, seeds=0, cache=policy)
-
-
-# ------------------------------------------------------------------ a toy stack with known residuals
-class AddSigma(torch.nn.Module):
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, hidden_states, sigma):
-        return hidden_states + self.scale * (1 + 2 * sigma.reshape(-1, 1))  # residual s * (1 + 2 sigma)
-
-
-class Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(AddSigma(s) for s in (1.0, 2.0, 3.0))
-
-    def forward(self, x, timestep):
-        for block in self.blocks:
-            x = block(x, timestep)
-        return x
 
 
 SIGMAS = torch.tensor([1.0, 0.8, 0.6, 0.0])

@@ -3,10 +3,12 @@
 import argparse
 import json
 import math
+from functools import partial
 
+import cache_helpers
 import pytest
 import torch
-from test_cache import DIFFUSERS, Toy, euler
+from cache_helpers import DIFFUSERS, PROMPTS, Toy, euler, records, same_seed_runs, stack_blocks
 
 import stretto.cache as cache
 from stretto import checkpoints
@@ -14,35 +16,11 @@ from stretto.cache.calibrate import _MeanPerStep, calibrate_magcache, calibrate_
 from stretto.cache.teacache import modulated_input
 from stretto.calibrate_cli import add_calibrate_commands
 from stretto.eval.timing import BlockCounter
-from stretto.sampling import flow_sigmas, sample_euler
 
 torch.set_num_threads(1)
 
-PROMPTS = ["red circle", "small blue square"]
-
-
-def run_generation(model, prompts, steps=6, guidance=3.0, seed=0, batched=True):
-    """A minimal guided Euler generation that sets the cache step context the way pipeline.generate does."""
-    sigmas = flow_sigmas(steps)
-    cond = model.encode_prompts(prompts)
-    null = model.encode_prompts([""] * len(prompts))
-    both = type(cond).cat([cond, null])
-    cache.reset(model, sigmas)
-
-    def denoiser(x, sigma):
-        if batched:
-            with cache.step(model, sigma, branches=("cond", "uncond")):
-                v_cond, v_uncond = model(torch.cat([x, x]), sigma, both).chunk(2)
-        else:
-            with cache.step(model, sigma, branches=("cond",)):
-                v_cond = model(x, sigma, cond)
-            with cache.step(model, sigma, branches=("uncond",)):
-                v_uncond = model(x, sigma, null)
-        return v_uncond + guidance * (v_cond - v_uncond)
-
-    x = torch.randn(len(prompts), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return sample_euler(denoiser, x, sigmas)
+STEPS = 6
+run_generation = partial(cache_helpers.run_generation, steps=STEPS)
 
 
 def test_threshold_zero_is_bit_identical_to_no_cache(tiny_flux):
@@ -78,9 +56,9 @@ def test_reduces_block_evaluations_and_stays_close(tiny_flux, policy):
 def test_batched_cfg_matches_separate_branch_calls(tiny_flux, policy):
     cache.apply(tiny_flux, policy)
     batched = run_generation(tiny_flux, PROMPTS, batched=True)
-    rec_batched = sorted((r.branch, r.computed, r.reused, r.forecast) for r in cache.summary(tiny_flux).records)
+    rec_batched = sorted(records(tiny_flux))
     separate = run_generation(tiny_flux, PROMPTS, batched=False)
-    rec_separate = sorted((r.branch, r.computed, r.reused, r.forecast) for r in cache.summary(tiny_flux).records)
+    rec_separate = sorted(records(tiny_flux))
     assert rec_batched == rec_separate
     assert any(r[2] or r[3] for r in rec_batched)
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-4)
@@ -89,11 +67,8 @@ def test_batched_cfg_matches_separate_branch_calls(tiny_flux, policy):
 
 @pytest.mark.parametrize("spec", ["teacache:threshold=0.4,coefficients=2/0.5/0", "gatedtaylor:order=2,threshold=0.3"])
 def test_same_seed_same_output_across_generations(tiny_flux, spec):
-    cache.apply(tiny_flux, spec)
-    first = run_generation(tiny_flux, PROMPTS, seed=3)
-    run_generation(tiny_flux, ["green triangle"], seed=9)  # different batch and content in between
-    assert torch.equal(run_generation(tiny_flux, PROMPTS, seed=3), first)
-    cache.remove(tiny_flux)
+    first, again = same_seed_runs(tiny_flux, spec, steps=STEPS)  # seed 3, another batch with seed 9, seed 3
+    assert torch.equal(again, first)
 
 
 @pytest.mark.parametrize("name", ["flux", "sd3", "dit"])
@@ -105,7 +80,7 @@ def test_diffusers_transformers(name):
         cache.GatedTaylor(threshold=10.0, warmup=1, max_forecast=2),
     ]:
         cache.apply(model, policy)
-        blocks = [b for lst in cache.mechanism._find_stack(model, None) for b in getattr(*lst)]
+        blocks = stack_blocks(model)
         with BlockCounter(blocks) as counter:
             out = euler(model, call, shape, steps=6, branches=("cond", "uncond"))
         assert torch.isfinite(out).all()

@@ -1,38 +1,36 @@
 """Token-level feature caching (ToCa, RAS) and Stack.compute_tokens, on tiny random models (seconds on a CPU)."""
 
 from dataclasses import dataclass
+from functools import partial
 
+import cache_helpers
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
+from cache_helpers import (
+    PROMPTS,
+    ToyStack,
+    dit_call,
+    flux_call,
+    same_seed_runs,
+    sd3_call,
+    stack_blocks,
+    tiny_diffusers_flux,
+    tiny_dit,
+    tiny_sd3,
+    tiny_wan,
+)
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 import stretto.cache as cache
 from stretto.cache.policy import CachePolicy
 from stretto.cache.toca import window_winners
 from stretto.eval.timing import BlockCounter
-from stretto.sampling import flow_sigmas, sample_euler
+from stretto.sampling import flow_sigmas
 
 torch.set_num_threads(1)
 
-PROMPTS = ["red circle", "small blue square"]
-
-
-def run_generation(model, prompts, steps=6, guidance=3.0, seed=0):
-    """A guided Euler generation with batched CFG (the same helper as in test_cache.py)."""
-    sigmas = flow_sigmas(steps)
-    cond = model.encode_prompts(prompts)
-    both = type(cond).cat([cond, model.encode_prompts([""] * len(prompts))])
-    cache.reset(model, sigmas)
-
-    def denoiser(x, sigma):
-        with cache.step(model, sigma, branches=("cond", "uncond")):
-            v_cond, v_uncond = model(torch.cat([x, x]), sigma, both).chunk(2)
-        return v_uncond + guidance * (v_cond - v_uncond)
-
-    x = torch.randn(len(prompts), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return sample_euler(denoiser, x, sigmas)
+STEPS = 6
+run_generation = partial(cache_helpers.run_generation, steps=STEPS)  # batched CFG
 
 
 def cond_records(model):
@@ -91,11 +89,8 @@ def test_ratio_zero_reuses_every_token(tiny_flux):
 
 @pytest.mark.parametrize("spec", ["toca:interval=3,ratio=0.3,warmup=1", "ras:ratio=0.3,warmup=2,max_age=3"])
 def test_same_seed_same_output_across_generations(tiny_flux, spec):
-    cache.apply(tiny_flux, spec)
-    first = run_generation(tiny_flux, PROMPTS, seed=3)
-    run_generation(tiny_flux, ["green triangle"], seed=9)  # different batch and content in between
-    assert torch.equal(run_generation(tiny_flux, PROMPTS, seed=3), first)
-    cache.remove(tiny_flux)
+    first, again = same_seed_runs(tiny_flux, spec, steps=STEPS)  # seed 3, another batch with seed 9, seed 3
+    assert torch.equal(again, first)
 
 
 # ------------------------------------------------------------------ token choice
@@ -129,88 +124,27 @@ def test_ras_picks_the_largest_change_and_starved_tokens():
 
 
 # ------------------------------------------------------------------ diffusers transformers
-def tiny_diffusers_flux():
-    torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4),
-    ).eval()  # fmt: skip
-
-
 GRID_IDS = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
 
 
-def flux_call(model, x, t, img_ids=None):
-    b = x.shape[0]
-    return model(
-        hidden_states=x,
-        encoder_hidden_states=torch.ones(b, 3, 16),
-        pooled_projections=torch.ones(b, 16),
-        timestep=t.expand(b),
-        img_ids=GRID_IDS.reshape(-1, 3)[: x.shape[1]] if img_ids is None else img_ids,
-        txt_ids=torch.zeros(3, 3),
-        guidance=None,
-        return_dict=False,
-    )[0]
-
-
-def tiny_sd3():
-    torch.manual_seed(0)
-    return SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
-        pos_embed_max_size=8,
-    ).eval()  # fmt: skip
-
-
-def sd3_call(model, x, t):
-    b = x.shape[0]
-    return model(
-        hidden_states=x,
-        encoder_hidden_states=torch.ones(b, 3, 16),
-        pooled_projections=torch.ones(b, 16),
-        timestep=t.expand(b) * 1000,
-        return_dict=False,
-    )[0]
-
-
-def tiny_dit():
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=3, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=10,
-    ).eval()  # fmt: skip
-
-
-def dit_call(model, x, t):
-    b = x.shape[0]
-    return model(x, timestep=(t * 999).long().expand(b), class_labels=torch.arange(b) % 10, return_dict=False)[0]
+def grid_flux_call(model, x, t):
+    """Flux with distinct image positions (a 4x4 grid) rather than all at one."""
+    return flux_call(model, x, t, img_ids=GRID_IDS.reshape(-1, 3)[: x.shape[1]])
 
 
 DIFFUSERS = {  # each has 16 image tokens
-    "flux": (tiny_diffusers_flux, flux_call, (2, 16, 8)),
+    "flux": (tiny_diffusers_flux, grid_flux_call, (2, 16, 8)),
     "sd3": (tiny_sd3, sd3_call, (2, 4, 8, 8)),
     "dit": (tiny_dit, dit_call, (2, 4, 8, 8)),
 }
-
-
-def euler(model, call, shape, steps=5):
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    sigmas = flow_sigmas(steps)
-    cache.reset(model, sigmas)
-    with torch.no_grad():
-        for i in range(steps):
-            with cache.step(model, sigmas[i], branches=("cond", "uncond")):
-                v = call(model, x, sigmas[i])
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return x
+euler = partial(cache_helpers.euler, steps=5, branches=("cond", "uncond"))
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS))
 def test_diffusers_transformers(name):
     make, call, shape = DIFFUSERS[name]
     model = make()
-    n = len([b for owner, attr in cache.mechanism._find_stack(model, None) for b in getattr(owner, attr)])
+    n = len(stack_blocks(model))
     plain = euler(model, call, shape)
     for policy in (cache.ToCa(ratio=1.0), cache.RAS(ratio=1.0)):
         cache.apply(model, policy)
@@ -248,7 +182,7 @@ def test_compute_tokens_matches_the_model_on_those_tokens():
         expected = flux_call(model, x[:, keep], torch.tensor(0.7), img_ids=GRID_IDS.reshape(-1, 3)[keep])
         cache.apply(model, FixedTokens())
         cache.reset(model)
-        got = flux_call(model, x, torch.tensor(0.7))
+        got = grid_flux_call(model, x, torch.tensor(0.7))
     torch.testing.assert_close(got, expected)
     n = len(model.transformer_blocks) + len(model.single_transformer_blocks)
     assert cond_records(model) == [(n * 4 / 16, n * 12 / 16)]
@@ -256,11 +190,7 @@ def test_compute_tokens_matches_the_model_on_those_tokens():
 
 
 def test_wan_is_refused_clearly():
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-    ).eval()  # fmt: skip
+    model = tiny_wan(num_layers=2)
     cache.apply(model, "toca")
     x = torch.randn(1, 4, 2, 8, 8)
     with pytest.raises(ValueError, match="Flux/SD3/DiT-style blocks; WanTransformer3DModel .* 'rotary_emb'"):
@@ -275,17 +205,11 @@ class FlatBlock(torch.nn.Module):
         return hidden_states + sigma.reshape(-1, 1)
 
 
-class FlatToy(torch.nn.Module):
+class FlatToy(ToyStack):
     """A stack whose hidden states have no token dimension: (batch, channels)."""
 
     def __init__(self):
-        super().__init__()
-        self.blocks = torch.nn.ModuleList([FlatBlock(), FlatBlock()])
-
-    def forward(self, x, timestep):
-        for block in self.blocks:
-            x = block(x, timestep)
-        return x
+        super().__init__([FlatBlock(), FlatBlock()])
 
 
 def test_hidden_states_without_tokens_are_refused():
@@ -394,6 +318,6 @@ def test_unknown_attention_processors_are_refused_and_restored():
     cache.reset(model)
     with pytest.raises(ValueError, match="Model's FluxSingleTransformerBlock.attn uses MyFluxProcessor"):
         with torch.no_grad():
-            flux_call(model, torch.randn(1, 16, 8), torch.tensor(0.5))
+            grid_flux_call(model, torch.randn(1, 16, 8), torch.tensor(0.5))
     assert [m.processor for m in model.modules() if hasattr(m, "processor")] == originals
     cache.remove(model)

@@ -32,7 +32,7 @@ import torch
 
 from stretto.cache.mechanism import Call, Hidden, Stack
 from stretto.cache.policy import CachePolicy, bounded, register
-from stretto.cache.toca import refresh_tokens
+from stretto.cache.toca import full_steps, refresh_tokens
 
 
 @register
@@ -48,12 +48,7 @@ class RAS(CachePolicy):
     final: bool = bounded(True, 0, 1, "always compute every token on the schedule's final step")
 
     def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
-        since = call.index - self.warmup
-        full = since < 0
-        if self.full_every:
-            full |= since % self.full_every == 0
-        if self.final:
-            full |= call.final
+        full = full_steps(call, self.warmup, self.full_every, self.final)
         return refresh_tokens(stack, h, call, full, self._pick)
 
     def _pick(self, state: dict, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

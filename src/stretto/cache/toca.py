@@ -8,7 +8,7 @@ refreshed, over `interval`) plus how fast its residual moved when last refreshed
 per step, over the row's mean); so that the refreshed tokens spread over the image, the best token of every
 2x2 window of the token grid is taken first, then the best of the rest. One subset serves all rows of a
 call (see `Stack.compute_tokens`): batched CFG refreshes the same tokens in both branches, so it is not
-bit-equal to calling the branches separately. `refresh_tokens` is shared with RAS.
+bit-equal to calling the branches separately. `full_steps` and `refresh_tokens` are shared with RAS.
 
 What is cached, per row: the stack residual of every image token, and for every block's self-attention the
 keys and values of every image token (after the q/k norms and the rotary embedding; `kv` in the state).
@@ -53,10 +53,7 @@ class ToCa(CachePolicy):
     final: bool = bounded(True, 0, 1, "always compute every token on the schedule's final step")
 
     def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
-        since = call.index - self.warmup
-        full = (since < 0) | (since % self.interval == 0)
-        if self.final:
-            full |= call.final
+        full = full_steps(call, self.warmup, self.interval, self.final)
         return refresh_tokens(stack, h, call, full, self._pick)
 
     def _pick(self, state: dict, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -84,6 +81,18 @@ def window_winners(score: torch.Tensor, size: int = 2) -> torch.Tensor:
     best = best.scatter_reduce(0, window, score, "amax")
     candidate = torch.where(score == best[window], i, n)
     return torch.full((n_windows,), n, device=score.device).scatter_reduce(0, window, candidate, "amin")
+
+
+def full_steps(call: Call, warmup: int, every: int, final: bool) -> torch.Tensor:
+    """Per row of the call, whether every image token is recomputed: during the first `warmup` steps, every
+    `every`-th step after them (0: never), and, if `final`, on the schedule's final step."""
+    since = call.index - warmup
+    full = since < 0
+    if every:
+        full |= since % every == 0
+    if final:
+        full |= call.final
+    return full
 
 
 def refresh_tokens(stack: Stack, h: Hidden, call: Call, full: torch.Tensor, pick: Pick) -> Hidden:

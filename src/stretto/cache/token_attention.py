@@ -121,6 +121,25 @@ def _heads(attn, t: torch.Tensor, batch: int, head_dim: int) -> torch.Tensor:
     return t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
 
 
+def _image_qkv(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The queries, keys and values of `hidden_states` as (batch, heads, tokens, head_dim), after the q/k norms,
+    and head_dim: the first steps of diffusers' JointAttnProcessor2_0 and AttnProcessor2_0."""
+    batch_size = hidden_states.shape[0]
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(hidden_states)
+    value = attn.to_v(hidden_states)
+    inner_dim = key.shape[-1]
+    head_dim = inner_dim // attn.heads
+    query = _heads(attn, query, batch_size, head_dim)
+    key = _heads(attn, key, batch_size, head_dim)
+    value = _heads(attn, value, batch_size, head_dim)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, head_dim
+
+
 class _JointProcessor:
     """diffusers' JointAttnProcessor2_0 (SD3), with the image tokens' keys and values cached."""
 
@@ -132,18 +151,7 @@ class _JointProcessor:
             raise ValueError("token-level cache policies do not support attention masks")
         residual = hidden_states
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = _heads(attn, query, batch_size, head_dim)
-        key = _heads(attn, key, batch_size, head_dim)
-        value = _heads(attn, value, batch_size, head_dim)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value, head_dim = _image_qkv(attn, hidden_states)
         if encoder_hidden_states is not None:
             encoder_query = _heads(attn, attn.add_q_proj(encoder_hidden_states), batch_size, head_dim)
             encoder_key = _heads(attn, attn.add_k_proj(encoder_hidden_states), batch_size, head_dim)
@@ -189,18 +197,7 @@ class _SelfProcessor:
             raise ValueError("token-level cache policies do not support attention with a spatial or group norm")
         residual = hidden_states
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = _heads(attn, query, batch_size, head_dim)
-        key = _heads(attn, key, batch_size, head_dim)
-        value = _heads(attn, value, batch_size, head_dim)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value, head_dim = _image_qkv(attn, hidden_states)
         key, value = self.slot.merge(key, value, 0, key.shape[2], dim=2)
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
