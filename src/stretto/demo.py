@@ -60,7 +60,7 @@ def run_demo(
 
     print(f"{len(prompts)} images ({len(DEMO_PROMPTS)} prompts x {seeds} seeds), grid of the fast setting: {path}")
     header = (
-        f"{'setting':<14} {'sampler':<9} {'steps':>5} {'shift':>5} {'cache':<16} {'calls':>5} {'blocks %':>8} "
+        f"{'setting':<14} {'sampler':<9} {'steps':>5} {'shift':>5} {'cache':<25} {'calls':>5} {'blocks %':>8} "
         f"{'wall s':>7} {'speedup':>7} {'PSNR vs full':>12} {'prompt acc':>10}"
     )
     print(header)
@@ -73,7 +73,7 @@ def run_demo(
         psnr_text = "ref" if result is full else f"{psnr:.1f} dB"
         computed = result.stats.cache.compute_fraction if result.stats.cache else 1.0
         print(
-            f"{name:<14} {sampler:<9} {steps:>5} {shift:>5g} {cache or '-':<16} {result.stats.model_calls:>5} "
+            f"{name:<14} {sampler:<9} {steps:>5} {shift:>5g} {cache or '-':<25} {result.stats.model_calls:>5} "
             f"{computed:>7.0%} {result.stats.wall_s:>7.2f} {speedup:>6.1f}x {psnr_text:>12} {acc:>10.2f}"
         )
         summary[name] = {
