@@ -1,0 +1,37 @@
+"""The shipped text models still do their job, and the block model's cache is exact on its real weights."""
+
+import pytest
+import torch
+
+from stretto import checkpoints, text
+from stretto.data import text_tasks
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: checkpoints.load(name) for name in ("text-masked", "text-block")}
+
+
+def test_shipped_text_models_load_with_their_kinds(models):
+    assert models["text-masked"].kind == "masked-lm"
+    assert models["text-block"].kind == "block-lm" and models["text-block"].config.block_size == 16
+
+
+@pytest.mark.parametrize("name", ["text-masked", "text-block"])
+def test_shipped_models_duplicate_strings(models, name):
+    examples = text_tasks.held_out(8, tasks=("duplicate",))
+    res = text.generate(models[name], [e.prompt for e in examples], 64)
+    accuracy = sum(out == e.answer for out, e in zip(res.texts, examples, strict=True)) / len(examples)
+    # Measured when shipped (benchmarks/results/text.json, 16 held-out examples per task): see README.
+    assert accuracy >= 0.75, res.texts
+
+
+def test_block_cache_is_exact_on_the_shipped_block_model(models):
+    model = models["text-block"]
+    prompts = [e.prompt for e in text_tasks.held_out(2)]
+    plain = text.generate(model, prompts, 64, decode="threshold:tau=0.9", cache="none")
+    cached = text.generate(model, prompts, 64, decode="threshold:tau=0.9", cache="block")
+    assert cached.texts == plain.texts
+    assert cached.stats.positions < plain.stats.positions
