@@ -26,12 +26,14 @@ def _model_classes() -> dict[str, tuple[type, type]]:
     from stretto.eval.classifier import ShapesClassifier, ShapesClassifierConfig
     from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
     from stretto.models.text_lm import BlockDiffusionLM, MaskedDiffusionLM, TextLMConfig
+    from stretto.models.world_dit import WorldDiT, WorldDiTConfig
 
     return {
         ShapesFlux.kind: (ShapesFlux, ShapesFluxConfig),
         ShapesClassifier.kind: (ShapesClassifier, ShapesClassifierConfig),
         MaskedDiffusionLM.kind: (MaskedDiffusionLM, TextLMConfig),
         BlockDiffusionLM.kind: (BlockDiffusionLM, TextLMConfig),
+        WorldDiT.kind: (WorldDiT, WorldDiTConfig),
     }
 
 

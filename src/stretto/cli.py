@@ -192,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_text_command(train)
     add_bench_text_command(bench)
 
+    from stretto.world_cli import add_bench_stream_command, add_stream_command, add_train_world_command
+
+    add_stream_command(sub)
+    add_train_world_command(train)
+    add_bench_stream_command(bench)
+
     from stretto.calibrate_cli import add_calibrate_commands
     from stretto.search_cli import add_search_commands
 

@@ -1,0 +1,211 @@
+"""`stretto bench stream`: frames/s, latency and drift of the world model under each way of keeping the past.
+
+Rows: mode x model x stream length, each a single held-out episode at batch 1 (a user's stream), with
+`{"mode", "model", "frames", "fps", "first_frame_ms", "latency_ms_p50", "latency_ms_p95",
+"latency_ms_p95_first10pct", "latency_ms_p95_last10pct", "kv_bytes_peak", "psnr_db_vs_sim", "position_error"}`.
+- latency: from the moment a block's action is known to its frames being ready (the commit of the previous
+  block counts toward fps, not toward this latency: it runs while the user looks at the frame);
+- kv_bytes_peak: K/V bytes in use at the fullest point (0 for recompute, which keeps frames, not K/V);
+- psnr_db_vs_sim: mean per-frame PSNR against the simulator's frames for the same actions;
+- position_error: mean distance in pixels between the camera position that best explains each generated frame
+  (searched over the whole map) and the true one: did the model follow the actions?
+Plus a drift curve: PSNR against the simulator vs frame index, averaged over several episodes, for the
+teacher-forced and the Self-Forcing model (kv-rolling). Speeds are wall time within this one run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stretto import checkpoints
+from stretto.bench.machine import describe_machine
+from stretto.data import world
+from stretto.models.world_dit import WorldDiT
+from stretto.stream.world import StreamSettings, stream
+
+HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
+DEFAULT_MODELS = ("world-tf", "world-sf")
+
+
+@dataclass
+class EpisodeRun:
+    frames: torch.Tensor  # (N, B, C, H, W) generated
+    truth: torch.Tensor  # (N, B, C, H, W) simulator
+    camera: torch.Tensor  # (N, B, 2) true camera positions
+    worlds: list[torch.Tensor]
+    latency_s: np.ndarray  # per frame
+    first_frame_s: float
+    total_s: float
+    kv_bytes_peak: int
+
+
+def episode_prompt(
+    seeds: list[int], actions: list[int], device
+) -> tuple[list[world.Episode], torch.Tensor, torch.Tensor]:
+    """Simulated episodes for these map seeds and actions (action 0 is the prompt's), and the prompt block."""
+    episodes = [world.simulate(s, actions) for s in seeds]
+    prompt = torch.stack([e.frames[:1] for e in episodes]).to(device)
+    prompt_actions = torch.stack([e.actions[:1] for e in episodes]).to(device)
+    return episodes, prompt, prompt_actions
+
+
+def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: StreamSettings, seed: int = 0,
+                progress: str | None = None) -> EpisodeRun:  # fmt: skip
+    """Stream n_frames frames for the maps `seeds` (one row each) along one random action sequence."""
+    device = next(model.parameters()).device
+    actions = world.random_actions(n_frames + 1, torch.Generator().manual_seed(seed))
+    episodes, prompt, prompt_actions = episode_prompt(seeds, actions, device)
+    frames, latency, peak = [], [], 0
+    began = time.perf_counter()
+    first = None
+    gen = stream(model, prompt, prompt_actions, actions[1:], settings, seed=seed, frames=n_frames)
+    for frame in tqdm(gen, total=n_frames, desc=progress, leave=False, disable=progress is None):
+        first = first if first is not None else time.perf_counter() - began
+        frames.append(frame.pixels.cpu())
+        latency.append(frame.latency_s)
+        peak = max(peak, frame.kv_bytes)
+    total = time.perf_counter() - began
+    truth = torch.stack([e.frames[1 : n_frames + 1] for e in episodes], dim=1)
+    camera = torch.stack([e.camera[1 : n_frames + 1] for e in episodes], dim=1)
+    return EpisodeRun(torch.stack(frames), truth, camera, [e.world for e in episodes], np.array(latency), first,
+                      total, peak)  # fmt: skip
+
+
+def frame_psnr(frames: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per frame and row (N, B) for frames in [-1, 1]."""
+    mse = (frames - truth).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
+    return 10 * torch.log10(4 / mse)
+
+
+def position_error(run: EpisodeRun) -> float:
+    errors = [world.position_error(run.frames[:, b], w, run.camera[:, b]) for b, w in enumerate(run.worlds)]
+    return float(torch.cat(errors).mean())
+
+
+def row_of(mode: str, model_name: str, run: EpisodeRun, settings: StreamSettings) -> dict:
+    lat_ms = run.latency_s * 1000
+    n = len(lat_ms)
+    tenth = max(1, n // 10)
+    return {
+        "mode": mode,
+        "model": model_name,
+        "frames": n,
+        "fps": round(n / run.total_s, 2),
+        "first_frame_ms": round(run.first_frame_s * 1000, 2),
+        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 2),
+        "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 2),
+        "latency_ms_p95_first10pct": round(float(np.percentile(lat_ms[:tenth], 95)), 2),
+        "latency_ms_p95_last10pct": round(float(np.percentile(lat_ms[-tenth:], 95)), 2),
+        "kv_bytes_peak": run.kv_bytes_peak if mode != "recompute" else 0,
+        "psnr_db_vs_sim": round(float(frame_psnr(run.frames, run.truth).mean()), 2),
+        "position_error": round(position_error(run), 2),
+        "window": settings.window,
+        "sinks": settings.sinks if settings.window is not None else 0,
+        "steps": settings.steps,
+        "seconds": round(run.total_s, 2),
+    }
+
+
+def settings_for(mode: str, frames: int, steps: int, window: int, sinks: int) -> StreamSettings:
+    """kv: a cache of the whole stream; kv-rolling: window + sinks; recompute: the whole context when short,
+    the kv-rolling window when long (re-running 2,000 frames of context per call would take hours)."""
+    if mode == "kv":
+        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1)
+    if mode == "kv-rolling" or frames > 64:
+        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks)
+    return StreamSettings(mode="recompute", steps=steps, window=None)
+
+
+def run_stream_bench(
+    json_path: str | Path | None = "benchmarks/results/stream.json",
+    plot_path: str | Path | None = "benchmarks/results/stream.png",
+    models: tuple[str, ...] = DEFAULT_MODELS,
+    lengths: tuple[int, ...] = (64, 2000),
+    modes: tuple[str, ...] = ("recompute", "kv", "kv-rolling"),
+    steps: int = 4,
+    window: int = 8,
+    sinks: int = 1,
+    drift_episodes: int = 8,
+    drift_frames: int = 400,
+    device: str = "cpu",
+) -> dict:
+    loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
+    rows = []
+    for n in lengths:
+        for mode in modes:
+            for name, model in loaded.items():
+                settings = settings_for(mode, n, steps, window, sinks)
+                run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
+                rows.append(row_of(mode, name, run, settings))
+                print_row(rows[-1])
+    drift = {}
+    seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
+    for name, model in loaded.items():
+        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks)
+        run = run_episode(model, seeds, drift_frames, settings, seed=2, progress=f"drift {name}")
+        psnr = frame_psnr(run.frames, run.truth).mean(1)
+        drift[name] = {"psnr_db": [round(float(x), 2) for x in psnr]}
+    result = {
+        "machine": describe_machine(device),
+        "command": f"stretto bench stream --steps {steps} --window {window} --sinks {sinks}",
+        "held_out_map_seed": HELD_OUT_SEED,
+        "rows": rows,
+        "drift": {"mode": "kv-rolling", "episodes": drift_episodes, "frames": drift_frames, "models": drift},
+    }
+    if json_path:
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if plot_path:
+        plot_stream_bench(result, plot_path)
+    return result
+
+
+def print_row(r: dict) -> None:
+    print(
+        f"{r['mode']:<11} {r['model']:<9} {r['frames']:>5} frames {r['fps']:>7.1f} fps  "
+        f"first {r['first_frame_ms']:>7.1f} ms  p50 {r['latency_ms_p50']:>6.1f} p95 {r['latency_ms_p95']:>6.1f} "
+        f"(first 10% {r['latency_ms_p95_first10pct']:.1f}, last 10% {r['latency_ms_p95_last10pct']:.1f}) ms  "
+        f"kv {r['kv_bytes_peak'] / 2**20:.1f} MiB  "
+        f"{r['psnr_db_vs_sim']:.1f} dB  pos err {r['position_error']:.1f} px"
+    )
+
+
+def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fps, ax_drift) = plt.subplots(1, 2, figsize=(12, 4.2))
+    rows = result["rows"]
+    labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" for r in rows]
+    colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green"}
+    ax_fps.barh(range(len(rows)), [r["fps"] for r in rows], color=[colours[r["mode"]] for r in rows])
+    ax_fps.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax_fps.invert_yaxis()
+    for i, r in enumerate(rows):
+        ax_fps.text(r["fps"], i, f" {r['fps']:.1f} fps, {r['psnr_db_vs_sim']:.1f} dB", va="center", fontsize=7)
+    ax_fps.set_xlabel("frames / s (batch 1, 4 denoising steps per frame)")
+    ax_fps.set_title("throughput by mode")
+    drift = result["drift"]
+    for name, d in drift["models"].items():
+        psnr = np.array(d["psnr_db"])
+        k = 10
+        smooth = np.convolve(psnr, np.ones(k) / k, mode="valid")
+        ax_drift.plot(np.arange(len(smooth)) + k // 2, smooth, label=name)
+    ax_drift.set_xlabel("frame index")
+    ax_drift.set_ylabel("PSNR vs simulator (dB)")
+    ax_drift.set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} episodes")
+    ax_drift.legend()
+    fig.tight_layout()
+    Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot_path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,281 @@
+"""A block-causal video DiT for an action-conditioned world model (CausVid / Self Forcing, at toy scale).
+
+Frames are cut into patches (tokens). Tokens attend bidirectionally inside their block of `frames_per_block`
+frames and causally across blocks. RoPE runs over three axes: time (frame), row and column. Each frame carries
+its own noise level t and action; both modulate that frame's tokens through adaLN-zero (DiT, Peebles & Xie 2023).
+
+`model(frames, t, actions, ...)` predicts the flow-matching velocity (noise - data) of every frame.
+
+Three ways to call it, same weights:
+- plain: a clip of frames, block-causal mask built from the frame blocks (recompute mode; context frames at t=0);
+- with an explicit frame-level mask (teacher-forcing training: clean copies beside noisy ones);
+- with a `KVCache`: the frames sit at cache slots [start, start + T) and attend to every cached slot;
+  `write=True` stores their K/V (the commit of a clean block), otherwise they only override those slots.
+Cached keys are stored un-rotated. The temporal RoPE position of a cached frame is its slot in the cache, not its
+frame number in the stream, so after a rolling window evicts frames the positions stay inside the range the model
+was trained on, however long the stream runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stretto.models.text_lm import apply_rope
+from stretto.stream.kv_cache import KVCache
+
+
+@dataclass
+class WorldDiTConfig:
+    frame_size: int = 24
+    channels: int = 3
+    patch: int = 4
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_actions: int = 5
+    frames_per_block: int = 1
+    train_frames: int = 12  # clip length it was trained on: temporal RoPE distances beyond it are unseen
+    rope_axes: tuple[int, int, int] | None = None  # head dims rotated by time, row, column; None: ~1/4, 3/8, 3/8
+    rope_base: float = 100.0
+
+    def __post_init__(self):
+        if self.rope_axes is None:
+            hd = self.n_embd // self.n_head
+            t = 2 * round(hd / 8)
+            y = 2 * ((hd - t) // 4)
+            self.rope_axes = (t, y, hd - t - y)
+        self.rope_axes = tuple(self.rope_axes)
+        for name in (
+            "frame_size",
+            "channels",
+            "patch",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "n_actions",
+            "frames_per_block",
+            "train_frames",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorldDiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.frame_size % self.patch:
+            raise ValueError(f"frame_size {self.frame_size} is not a multiple of patch {self.patch}")
+        if self.n_embd % self.n_head or sum(self.rope_axes) != self.n_embd // self.n_head:
+            raise ValueError(f"rope_axes {self.rope_axes} must sum to the head dim {self.n_embd // self.n_head}")
+        if any(d % 2 for d in self.rope_axes):
+            raise ValueError(f"rope_axes {self.rope_axes} must be even")
+
+    @property
+    def grid(self) -> int:
+        return self.frame_size // self.patch
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rope_angles(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
+    """Rotation angles (..., dim/2) for integer positions (...)."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
+    return positions.to(torch.float64)[..., None] * inv_freq
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels t in [0, 1] (scaled to 1000 like DDPM timesteps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, config: WorldDiTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if kv_cache is None:
+            k_all, v_all = k, v
+        elif write:
+            kv_cache.write(layer, start, k, v)
+            k_all, v_all = kv_cache.read(layer)
+        else:
+            k_all, v_all = kv_cache.read(layer, start, k, v)
+        q, k_all = apply_rope(q, *rope_q), apply_rope(k_all, *rope_k)
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with adaLN-zero modulation per token."""
+
+    def __init__(self, config: WorldDiTConfig):
+        super().__init__()
+        d = config.n_embd
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.attn = Attention(config)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.ada = nn.Linear(d, 6 * d)
+
+    def forward(self, x, cond, rope_q, rope_k, mask, kv_cache, layer, start, write):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
+        x = x + gate1 * self.attn(
+            modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, layer, start, write
+        )
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class WorldDiT(nn.Module):
+    kind = "world-dit"
+
+    def __init__(self, config: WorldDiTConfig):
+        super().__init__()
+        self.config = config
+        c, d = config, config.n_embd
+        self.patch_in = nn.Linear(c.channels * c.patch**2, d)
+        self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action = nn.Embedding(c.n_actions, d)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.patch_out = nn.Linear(d, c.channels * c.patch**2)
+        self._init()
+        rows, cols = torch.meshgrid(torch.arange(c.grid), torch.arange(c.grid), indexing="ij")
+        self.register_buffer("spatial", torch.stack([rows.flatten(), cols.flatten()], dim=1), persistent=False)
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.action.weight, std=0.02)
+        for block in self.blocks:  # adaLN-zero: every block starts as the identity
+            nn.init.zeros_(block.ada.weight)
+        nn.init.zeros_(self.ada_out.weight)
+        nn.init.zeros_(self.patch_out.weight)
+
+    # -- tokens <-> frames ---------------------------------------------------------------------------------
+    def patchify(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T * tokens_per_frame, C * p * p)."""
+        b, t, ch, h, w = frames.shape
+        p, g = self.config.patch, self.config.grid
+        x = frames.reshape(b, t, ch, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, t * g * g, ch * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        c = self.config
+        p, g = c.patch, c.grid
+        x = tokens.reshape(tokens.shape[0], t, g, g, c.channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(tokens.shape[0], t, c.channels, c.frame_size, c.frame_size)
+
+    def rope(self, frame_pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (1, 1, T * tokens_per_frame, head_dim / 2) for the temporal positions (T,) of whole frames."""
+        c = self.config
+        n = c.tokens_per_frame
+        dt, dy, dx = c.rope_axes
+        time = frame_pos.repeat_interleave(n)
+        space = self.spatial.repeat(len(frame_pos), 1)
+        angles = torch.cat(
+            [
+                rope_angles(time, dt, c.rope_base),
+                rope_angles(space[:, 0], dy, c.rope_base),
+                rope_angles(space[:, 1], dx, c.rope_base),
+            ],
+            dim=-1,
+        )
+        return angles.cos().to(dtype)[None, None], angles.sin().to(dtype)[None, None]
+
+    def frame_blocks(self, frame_pos: torch.Tensor) -> torch.Tensor:
+        return frame_pos // self.config.frames_per_block
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        t: torch.Tensor,
+        actions: torch.Tensor,
+        frame_pos: torch.Tensor | None = None,
+        *,
+        frame_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        start: int = 0,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """frames (B, T, C, H, W) at noise levels t (B, T), actions (B, T) -> velocity (B, T, C, H, W).
+
+        frame_pos: temporal RoPE position of each frame (T,), default arange(T) (+ the cached frames before
+        `start`). frame_mask: (T, T) bool, query frame i may attend to key frame j (no cache only); default
+        block-causal. kv_cache: the T frames sit at slots [start, start + T * tokens_per_frame).
+        """
+        b, n_frames = frames.shape[:2]
+        c = self.config
+        tpf = c.tokens_per_frame
+        device = frames.device
+        if kv_cache is None:
+            if frame_pos is None:
+                frame_pos = torch.arange(n_frames, device=device)
+            if frame_mask is None:
+                blocks = self.frame_blocks(frame_pos)
+                frame_mask = blocks[None, :] <= blocks[:, None]
+            mask = frame_mask.repeat_interleave(tpf, 0).repeat_interleave(tpf, 1)
+            rope_q = rope_k = self.rope(frame_pos, frames.dtype)
+        else:
+            if start % tpf:
+                raise ValueError(f"cache slot {start} is not at a frame boundary ({tpf} tokens per frame)")
+            first = start // tpf
+            frame_pos = torch.arange(first, first + n_frames, device=device)
+            if write:
+                kv_cache.write_meta(
+                    start,
+                    frame_pos.repeat_interleave(tpf).expand(b, -1),
+                    torch.ones(b, n_frames * tpf, dtype=torch.bool, device=device),
+                    self.frame_blocks(frame_pos).repeat_interleave(tpf),
+                )
+            n_keys = max(kv_cache.length, start + n_frames * tpf) // tpf
+            rope_q = self.rope(frame_pos, frames.dtype)
+            rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)
+            mask = None  # the cache only holds earlier blocks, and a block sees all of itself
+        temb = timestep_embedding(t, c.n_embd).to(frames.dtype)
+        cond = F.silu(self.t_mlp(temb) + self.action(actions))  # (B, T, D)
+        cond = cond.repeat_interleave(tpf, dim=1)
+        x = self.patch_in(self.patchify(frames))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, rope_q, rope_k, mask, kv_cache, i, start, write)
+        shift, scale = self.ada_out(cond).chunk(2, dim=-1)
+        return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
+
+    def new_cache(self, batch: int, frames: int, sink_frames: int = 0) -> KVCache:
+        """A KVCache holding `frames` frames, the first `sink_frames` of them never evicted."""
+        p = next(self.parameters())
+        c = self.config
+        tpf = c.tokens_per_frame
+        return KVCache(
+            c.n_layer,
+            batch,
+            c.n_head,
+            c.head_dim,
+            frames * tpf,
+            dtype=p.dtype,
+            device=p.device,
+            sink_slots=sink_frames * tpf,
+        )

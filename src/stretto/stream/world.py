@@ -1,0 +1,236 @@
+"""Streaming a block-causal world model: few-step denoise a block, hand its frames out, commit it to the KV cache.
+
+The driver (CausVid / Self Forcing inference):
+1. start from the prompt block (ground-truth frames), committed to the cache at t = 0;
+2. for every next block, take its actions, start from fresh noise and run `steps` timesteps: predict x0, and
+   (if not the last step) re-noise x0 to the next level with fresh noise;
+3. yield the block's frames, then run the block once more at t = 0 with `write=True` (the commit), so the cache
+   holds clean K/V, exactly what the model saw as context in training.
+
+Modes (how the past is supplied):
+- `kv`: one KVCache holding every frame of the stream (capacity fixed up front);
+- `kv-rolling`: a KVCache of `sink_frames + window` frames; when full, the oldest non-sink block is evicted.
+  The model positions cached frames by slot, so positions never exceed the cache size: the stream runs forever;
+- `recompute`: no cache; every model call re-runs the clean context frames (all of them, or the same sinks +
+  window as kv-rolling) together with the block being denoised.
+`denoise_block` is shared with Self Forcing training, which runs this very loop with gradients on one step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from stretto.models.world_dit import WorldDiT
+from stretto.stream.kv_cache import KVCache
+
+MODES = ("recompute", "kv", "kv-rolling")
+DEFAULT_STEPS = 4
+DEFAULT_SHIFT = 3.0
+DEFAULT_WINDOW = 8  # frames kept besides the sinks (kv-rolling, and recompute when windowed)
+DEFAULT_SINKS = 1  # the prompt frame stays in the cache forever
+
+
+def few_step_timesteps(steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
+    """Noise levels 1, (steps-1)/steps, ..., 1/steps, shifted towards noise (SD3 shift; Self Forcing uses 5)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    levels = [1 - i / steps for i in range(steps)]
+    return [shift * t / (1 + (shift - 1) * t) for t in levels]
+
+
+def denoise_block(
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    timesteps: list[float],
+    grad_step: int | None = None,
+) -> torch.Tensor:
+    """Few-step sampling of one block. noise (steps, B, F, C, H, W); call(x_t, t) -> velocity. Returns x0.
+
+    grad_step: Self Forcing training. Steps before it run without gradients; its x0 (with gradients) is the
+    block's output and the later steps are skipped. None: every step, no gradients kept by this function.
+    """
+    last = len(timesteps) - 1 if grad_step is None else grad_step
+    x = noise[0]
+    for i, t in enumerate(timesteps[: last + 1]):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and i == grad_step):
+            x0 = (x - t * call(x, torch.full(x.shape[:2], t, device=x.device))).clamp(-1, 1)
+        if i < last:
+            t_next = timesteps[i + 1]
+            x = (1 - t_next) * x0 + t_next * noise[i + 1]
+    return x0
+
+
+@dataclass
+class StreamSettings:
+    mode: str = "kv-rolling"
+    steps: int = DEFAULT_STEPS
+    shift: float = DEFAULT_SHIFT
+    window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
+    sinks: int = DEFAULT_SINKS
+    max_frames: int | None = None  # kv only: capacity of the full cache, in frames
+
+    def check(self, model: WorldDiT) -> None:
+        fpb = model.config.frames_per_block
+        if self.mode not in MODES:
+            raise ValueError(f"unknown stream mode {self.mode!r}; modes: {', '.join(MODES)}")
+        if self.mode == "kv-rolling" and self.window is None:
+            raise ValueError("mode kv-rolling needs a window (frames kept besides the sinks)")
+        if self.window is not None:
+            if self.window < fpb:
+                raise ValueError(f"window {self.window} is smaller than a block ({fpb} frame(s) per block)")
+            if not 0 <= self.sinks <= self.window:
+                raise ValueError(f"sink count {self.sinks} must be in [0, window={self.window}]")
+        if self.mode == "kv" and self.max_frames is None:
+            raise ValueError("mode kv needs max_frames (the full cache is allocated up front)")
+
+
+@dataclass
+class StreamFrame:
+    """One generated frame: pixels (B, C, H, W) in [-1, 1], its index in the stream, the block's latency."""
+
+    index: int
+    pixels: torch.Tensor
+    latency_s: float
+    kv_bytes: int
+    extra: dict = field(default_factory=dict)
+
+
+class _Context:
+    """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute)."""
+
+    def __init__(self, model: WorldDiT, batch: int, settings: StreamSettings):
+        self.model, self.settings = model, settings
+        self.tpf = model.config.tokens_per_frame
+        self.cache: KVCache | None = None
+        self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and actions (B,)
+        self.actions: list[torch.Tensor] = []
+        if settings.mode == "kv":
+            self.cache = model.new_cache(batch, settings.max_frames)
+        elif settings.mode == "kv-rolling":
+            self.cache = model.new_cache(batch, settings.sinks + settings.window, settings.sinks)
+
+    @property
+    def kv_bytes(self) -> int:
+        if self.cache is not None:
+            return self.cache.nbytes
+        return sum(f.numel() * f.element_size() for f in self.frames)
+
+    def start(self, n_frames: int) -> int:
+        """The slot of the next block (kv-rolling makes room first)."""
+        if self.settings.mode == "kv-rolling":
+            return self.cache.make_room(n_frames * self.tpf)
+        if self.settings.mode == "kv":
+            start = self.cache.length
+            if start + n_frames * self.tpf > self.cache.capacity:
+                raise ValueError(f"the kv cache holds {self.settings.max_frames} frames; the stream went past it")
+            return start
+        return 0
+
+    def caller(self, actions: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """call(x_t, t) -> velocity of the block with these actions (B, F), given the past."""
+        model = self.model
+        if self.cache is not None:
+            start = self.start(actions.shape[1])
+            return lambda x, t: model(x, t, actions, kv_cache=self.cache, start=start)
+        ctx, ctx_actions = self._recompute_context()
+        n = ctx.shape[1]
+        if n == 0:
+            return lambda x, t: model(x, t, actions)
+
+        def call(x, t):
+            frames = torch.cat([ctx, x], dim=1)
+            times = torch.cat([torch.zeros(x.shape[0], n, device=x.device), t], dim=1)
+            return model(frames, times, torch.cat([ctx_actions, actions], dim=1))[:, n:]
+
+        return call
+
+    def _recompute_context(self) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, actions = self.frames, self.actions
+        s = self.settings
+        if s.window is not None and len(frames) > s.sinks + s.window:
+            keep = list(range(s.sinks)) + list(range(len(frames) - s.window, len(frames)))
+            frames, actions = [frames[i] for i in keep], [actions[i] for i in keep]
+        if not frames:
+            return torch.empty(0), torch.empty(0)
+        return torch.stack(frames, dim=1), torch.stack(actions, dim=1)
+
+    @torch.no_grad()
+    def commit(self, frames: torch.Tensor, actions: torch.Tensor) -> None:
+        """Add a finished block (B, F, C, H, W) to the past: its clean K/V (kv modes) or the frames."""
+        if self.cache is not None:
+            start = self.start(frames.shape[1])
+            t0 = torch.zeros(frames.shape[:2], device=frames.device)
+            self.model(frames, t0, actions, kv_cache=self.cache, start=start, write=True)
+            self.cache.commit(start, start + frames.shape[1] * self.tpf)
+        else:
+            self.frames.extend(frames.unbind(1))
+            self.actions.extend(actions.unbind(1))
+
+    def release(self) -> None:
+        self.cache = None
+        self.frames, self.actions = [], []
+
+
+def block_actions(actions: Iterable[int], frames_per_block: int) -> Iterator[list[int]]:
+    """Group an action stream into blocks; a short last block is padded with the last action."""
+    chunk: list[int] = []
+    for a in actions:
+        chunk.append(int(a))
+        if len(chunk) == frames_per_block:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk + [chunk[-1]] * (frames_per_block - len(chunk))
+
+
+@torch.no_grad()
+def stream(
+    model: WorldDiT,
+    prompt: torch.Tensor,
+    prompt_actions: torch.Tensor,
+    actions: Iterable[int],
+    settings: StreamSettings | None = None,
+    *,
+    seed: int = 0,
+    frames: int | None = None,
+) -> Iterator[StreamFrame]:
+    """Yield generated frames one by one, each as soon as its block is denoised.
+
+    prompt (B, F, C, H, W): the first block (ground truth), prompt_actions (B, F). actions: one action index
+    per frame, the same for every row; may be an endless iterator (interactive use). frames: stop after this
+    many generated frames. Closing the generator frees the cache.
+    """
+    settings = settings or StreamSettings()
+    settings.check(model)
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    fpb = model.config.frames_per_block
+    if prompt.shape[1] != fpb:
+        raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {prompt.shape[1]}")
+    b, device = prompt.shape[0], prompt.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    timesteps = few_step_timesteps(settings.steps, settings.shift)
+    context = _Context(model, b, settings)
+    try:
+        context.commit(prompt, prompt_actions)
+        produced = 0
+        for chunk in block_actions(actions, fpb):
+            began = time.perf_counter()
+            acts = torch.tensor(chunk, device=device).expand(b, fpb)
+            noise = torch.randn((len(timesteps), b, *prompt.shape[1:]), generator=gen).to(device, prompt.dtype)
+            block = denoise_block(context.caller(acts), noise, timesteps)
+            latency = time.perf_counter() - began
+            for i in range(fpb):
+                yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
+                produced += 1
+                if frames is not None and produced >= frames:
+                    return
+            context.commit(block, acts)
+    finally:
+        context.release()  # also on Ctrl-C or generator.close(): the cache goes with the stream
