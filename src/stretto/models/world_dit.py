@@ -138,8 +138,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
         self.ada = nn.Linear(d, 6 * d)
 
-    def forward(self, x, cond, rope_q, rope_k, mask, kv_cache, layer, start, write):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
+    def forward(self, x, cond, tpf, rope_q, rope_k, mask, kv_cache, layer, start, write):
+        # cond is per frame: modulate once per frame, then spread to its tokens (36x fewer adaLN FLOPs)
+        mods = self.ada(cond).repeat_interleave(tpf, dim=1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         x = x + gate1 * self.attn(
             modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, layer, start, write
         )
@@ -256,12 +258,11 @@ class WorldDiT(nn.Module):
             rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)
             mask = None  # the cache only holds earlier blocks, and a block sees all of itself
         temb = timestep_embedding(t, c.n_embd).to(frames.dtype)
-        cond = F.silu(self.t_mlp(temb) + self.action(actions))  # (B, T, D)
-        cond = cond.repeat_interleave(tpf, dim=1)
+        cond = F.silu(self.t_mlp(temb) + self.action(actions))  # (B, T, D): one per frame
         x = self.patch_in(self.patchify(frames))
         for i, block in enumerate(self.blocks):
-            x = block(x, cond, rope_q, rope_k, mask, kv_cache, i, start, write)
-        shift, scale = self.ada_out(cond).chunk(2, dim=-1)
+            x = block(x, cond, tpf, rope_q, rope_k, mask, kv_cache, i, start, write)
+        shift, scale = self.ada_out(cond).repeat_interleave(tpf, dim=1).chunk(2, dim=-1)
         return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
 
     def new_cache(self, batch: int, frames: int, sink_frames: int = 0) -> KVCache:
