@@ -351,3 +351,14 @@ def test_bench_stream_rows_have_the_contract_keys(tiny_world_checkpoint, tmp_pat
     assert result["rows"][0]["kv_bytes_peak"] == 0 and result["rows"][1]["kv_bytes_peak"] > 0
     assert "machine" in result and len(result["drift"]["models"][tiny_world_checkpoint]["psnr_db"]) == 5
     assert (tmp_path / "stream.png").exists()
+
+
+def test_python_api_streams_frames_with_multi_frame_blocks():
+    import stretto
+
+    model = tiny_world(frames_per_block=2).float()
+    out = list(stretto.stream_world(model, "RRUL", frames=3, mode="kv-rolling", window=4))
+    assert [f.index for f in out] == [0, 1, 2] and out[0].pixels.shape == (1, 3, 24, 24)
+    assert out[0].latency_s == out[1].latency_s  # one block, two frames
+    with pytest.raises(ValueError, match="unknown action symbol"):
+        stretto.stream_world(model, "RZ")

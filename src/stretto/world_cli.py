@@ -61,7 +61,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
     import torch
 
     from stretto import checkpoints
-    from stretto.bench.stream import episode_prompt, frame_psnr
+    from stretto.bench.stream import frame_psnr
     from stretto.data import world
     from stretto.models.world_dit import WorldDiT
     from stretto.stream.world import stream
@@ -80,13 +80,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
         else:
             pattern = world.random_actions(args.frames + 1, torch.Generator().manual_seed(args.seed))[1:]
         actions = (pattern * (args.frames // len(pattern) + 1))[: args.frames]
-    _, prompt, prompt_actions = episode_prompt([args.world], [world.STAY], args.device)
+    fpb = model.config.frames_per_block
+    prompt, prompt_actions, _ = world.prompt_block([args.world], [world.STAY] * fpb, fpb)
     frames, used, latency = [], [], []
     began = time.perf_counter()
     show = None
     if args.interactive:
         show = terminal_view() if sys.stdout.isatty() else lambda frame, caption: print(caption, flush=True)
-    gen = stream(model, prompt, prompt_actions, _recording(actions, used), settings, seed=args.seed,
+    gen = stream(model, prompt.to(args.device), prompt_actions.to(args.device), _recording(actions, used), settings,
+                 seed=args.seed,
                  frames=args.frames)  # fmt: skip
     try:
         for frame in gen if args.interactive else _progress(gen, args.frames):
@@ -102,15 +104,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
         print("no frames generated")
         return
     generated = torch.stack(frames)
-    truth = world.simulate(args.world, [world.STAY] + used[: len(frames)]).frames[1:]
+    truth = world.simulate(args.world, [world.STAY] * fpb + used[: len(frames)]).frames[fpb:]
     panels = [truth, generated] if args.compare else [generated]
     path = save_gif(panels, args.out, fps=args.gif_fps, scale=args.scale)
     psnr = frame_psnr(generated[:, None], truth[:, None]).mean()
     lat = np.array(latency)
+    rate = "" if args.interactive else f" in {seconds:.1f} s = {len(frames) / seconds:.1f} frames/s"
     print(
-        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps} steps) in {seconds:.1f} s = "
-        f"{len(frames) / seconds:.1f} frames/s; latency p50 {np.percentile(lat, 50):.1f} ms, p95 "
-        f"{np.percentile(lat, 95):.1f} ms; PSNR vs simulator {psnr:.1f} dB"
+        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps} steps){rate}; latency p50 "
+        f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms; PSNR vs simulator {psnr:.1f} dB"
     )
 
 

@@ -46,34 +46,27 @@ class EpisodeRun:
     kv_bytes_peak: int
 
 
-def episode_prompt(
-    seeds: list[int], actions: list[int], device
-) -> tuple[list[world.Episode], torch.Tensor, torch.Tensor]:
-    """Simulated episodes for these map seeds and actions (action 0 is the prompt's), and the prompt block."""
-    episodes = [world.simulate(s, actions) for s in seeds]
-    prompt = torch.stack([e.frames[:1] for e in episodes]).to(device)
-    prompt_actions = torch.stack([e.actions[:1] for e in episodes]).to(device)
-    return episodes, prompt, prompt_actions
-
-
 def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: StreamSettings, seed: int = 0,
                 progress: str | None = None) -> EpisodeRun:  # fmt: skip
     """Stream n_frames frames for the maps `seeds` (one row each) along one random action sequence."""
     device = next(model.parameters()).device
-    actions = world.random_actions(n_frames + 1, torch.Generator().manual_seed(seed))
-    episodes, prompt, prompt_actions = episode_prompt(seeds, actions, device)
+    fpb = model.config.frames_per_block
+    actions = world.random_actions(n_frames + fpb, torch.Generator().manual_seed(seed))
+    prompt, prompt_actions, episodes = world.prompt_block(seeds, actions, fpb)
     frames, latency, peak = [], [], 0
     began = time.perf_counter()
     first = None
-    gen = stream(model, prompt, prompt_actions, actions[1:], settings, seed=seed, frames=n_frames)
+    gen = stream(
+        model, prompt.to(device), prompt_actions.to(device), actions[fpb:], settings, seed=seed, frames=n_frames
+    )
     for frame in tqdm(gen, total=n_frames, desc=progress, leave=False, disable=progress is None):
         first = first if first is not None else time.perf_counter() - began
         frames.append(frame.pixels.cpu())
         latency.append(frame.latency_s)
         peak = max(peak, frame.kv_bytes)
     total = time.perf_counter() - began
-    truth = torch.stack([e.frames[1 : n_frames + 1] for e in episodes], dim=1)
-    camera = torch.stack([e.camera[1 : n_frames + 1] for e in episodes], dim=1)
+    truth = torch.stack([e.frames[fpb : fpb + n_frames] for e in episodes], dim=1)
+    camera = torch.stack([e.camera[fpb : fpb + n_frames] for e in episodes], dim=1)
     return EpisodeRun(torch.stack(frames), truth, camera, [e.world for e in episodes], np.array(latency), first,
                       total, peak)  # fmt: skip
 

@@ -98,6 +98,20 @@ def simulate(seed: int, actions: list[int] | torch.Tensor) -> Episode:
     return Episode(torch.stack(frames), torch.tensor(camera), actions, world)
 
 
+def prompt_block(
+    seeds: list[int], actions: list[int], frames_per_block: int
+) -> tuple[torch.Tensor, torch.Tensor, list[Episode]]:
+    """Episodes for these map seeds along `actions`; their first block of frames is a stream's prompt.
+
+    Returns the prompt (B, frames_per_block, C, H, W), its actions (B, frames_per_block) and the episodes.
+    """
+    if len(actions) < frames_per_block:
+        raise ValueError(f"need at least {frames_per_block} action(s) for the prompt block, got {len(actions)}")
+    episodes = [simulate(s, actions) for s in seeds]
+    prompt = torch.stack([e.frames[:frames_per_block] for e in episodes])
+    return prompt, torch.stack([e.actions[:frames_per_block] for e in episodes]), episodes
+
+
 def random_actions(n: int, gen: torch.Generator, keep: float = 0.75) -> list[int]:
     """A random walk that mostly keeps going (so it explores) and sometimes turns or stops; action 0 is N."""
     actions = [STAY]
