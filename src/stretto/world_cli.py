@@ -163,7 +163,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
     run_stream_bench(
         args.json, args.plot, models=tuple(args.models), lengths=tuple(args.frames), modes=tuple(args.modes),
         steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
-        drift_frames=args.drift_frames, device=args.device,
+        drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
     )  # fmt: skip
 
 
@@ -174,6 +174,7 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
     p.add_argument("--json", default="benchmarks/results/stream.json")
     p.add_argument("--plot", default="benchmarks/results/stream.png")
+    p.add_argument("--gif", default="benchmarks/results/stream.gif", help="simulator | each model ('' = none)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--frames", nargs="+", type=int, default=[64, 2000])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))

@@ -128,7 +128,10 @@ def run_stream_bench(
     drift_episodes: int = 8,
     drift_frames: int = 400,
     device: str = "cpu",
+    gif_path: str | Path | None = "benchmarks/results/stream.gif",
+    gif_frames: int = 240,
 ) -> dict:
+    """Every mode x model x length row, then the drift curves (and a GIF: simulator | each model)."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
     rows = []
     for n in lengths:
@@ -138,13 +141,20 @@ def run_stream_bench(
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
                 print_row(rows[-1])
-    drift = {}
+    drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
     for name, model in loaded.items():
         settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks)
         run = run_episode(model, seeds, drift_frames, settings, seed=2, progress=f"drift {name}")
         psnr = frame_psnr(run.frames, run.truth).mean(1)
         drift[name] = {"psnr_db": [round(float(x), 2) for x in psnr]}
+        panels["simulator"] = run.truth[:gif_frames, 0]
+        panels[name] = run.frames[:gif_frames, 0]
+    if gif_path:
+        from stretto.world_view import save_gif
+
+        save_gif(list(panels.values()), gif_path, fps=12, scale=4)
+        print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")
     result = {
         "machine": describe_machine(device),
         "command": f"stretto bench stream --steps {steps} --window {window} --sinks {sinks}",
