@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import stretto
 from stretto.adapters import diffusers_cache
-from stretto.bench.machine import describe_machine
+from stretto.bench.machine import describe_machine, write_json
 from stretto.cache import parse_policy
 from stretto.cache.calibrate import calibrate_magcache, calibrate_teacache
 from stretto.data.shapes import evaluation_prompts
@@ -221,9 +221,7 @@ def run_cache_bench(
         "command": f"stretto bench cache --num-images {num_images}",
         "rows": rows,
     }
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     if plot_path:
         plot_cache_bench(result, plot_path)
     print_table(rows)
@@ -380,8 +378,7 @@ def run_wall_check(
         "steps": steps, "repeats": repeats, "machine": describe_machine(device),
         "command": f"stretto bench cache --wall-check {' '.join(specs)} --num-images {num_images}", "rows": rows,
     }  # fmt: skip
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     for r in rows:
         print(f"{r['params']:<50} ideal {r['speedup_ideal']:.2f}x  wall {r['speedup_wall']:.2f}x "
               f"({r['speedup_wall'] / r['speedup_ideal']:.2f} of ideal)")  # fmt: skip

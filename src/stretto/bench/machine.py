@@ -1,10 +1,12 @@
-"""A description of the machine a benchmark ran on, stored next to its numbers."""
+"""A description of the machine a benchmark ran on, stored next to its numbers, and writing the result."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -35,3 +37,11 @@ def describe_machine(device: torch.device | str = "cpu") -> dict:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "note": "fp32; shared, noisy machine: compare speeds as ratios within one run",
     }
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    """Write a benchmark result as indented JSON, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -7,14 +7,13 @@ PSNR/SSIM against the 100-step Euler output of the same seed. Speed is wall time
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import stretto
-from stretto.bench.machine import describe_machine
+from stretto.bench.machine import describe_machine, write_json
 from stretto.data.shapes import evaluation_prompts, make_batch
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
@@ -109,9 +108,7 @@ def run_sampler_bench(
         "command": f"stretto bench samplers --num-images {num_images} --guidance {guidance} --shift {shift}",
         "rows": rows,
     }
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     if plot_path:
         plot_sampler_bench(result, plot_path)
     print_table(rows)

@@ -15,7 +15,6 @@ teacher-forced and the Self-Forcing model (kv-rolling). Speeds are wall time wit
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.machine import describe_machine
+from stretto.bench.machine import describe_machine, write_json
 from stretto.data import world
 from stretto.models.world_dit import WorldDiT
 from stretto.stream.world import StreamSettings, stream
@@ -163,9 +162,7 @@ def run_stream_bench(
         "drift": {"mode": "kv-rolling", "episodes": drift_episodes, "frames": drift_frames, "models": drift},
     }
     if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, json_path)
     if plot_path:
         plot_stream_bench(result, plot_path)
     return result

@@ -8,14 +8,13 @@ Speeds are wall time in this one run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.machine import describe_machine
+from stretto.bench.machine import describe_machine, write_json
 from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
 from stretto.text import default_block_length, generate
@@ -115,9 +114,7 @@ def run_text_bench(
         "rows": rows,
     }
     if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, json_path)
     if plot_path:
         plot_text_bench(result, plot_path)
     print_table(rows)
