@@ -36,6 +36,7 @@ DEFAULT_MODELS = ("world-tf", "world-sf")
 @dataclass
 class EpisodeRun:
     frames: torch.Tensor  # (N, B, C, H, W) generated
+    prompt: torch.Tensor  # (B, F, C, H, W) the ground-truth first block
     truth: torch.Tensor  # (N, B, C, H, W) simulator
     camera: torch.Tensor  # (N, B, 2) true camera positions
     worlds: list[torch.Tensor]
@@ -66,7 +67,7 @@ def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: Stre
     total = time.perf_counter() - began
     truth = torch.stack([e.frames[fpb : fpb + n_frames] for e in episodes], dim=1)
     camera = torch.stack([e.camera[fpb : fpb + n_frames] for e in episodes], dim=1)
-    return EpisodeRun(torch.stack(frames), truth, camera, [e.world for e in episodes], np.array(latency), first,
+    return EpisodeRun(torch.stack(frames), prompt, truth, camera, [e.world for e in episodes], np.array(latency), first,
                       total, peak)  # fmt: skip
 
 
@@ -147,6 +148,11 @@ def run_stream_bench(
         run = run_episode(model, seeds, drift_frames, settings, seed=2, progress=f"drift {name}")
         psnr = frame_psnr(run.frames, run.truth).mean(1)
         drift[name] = {"psnr_db": [round(float(x), 2) for x in psnr]}
+        # The floor any world model must beat: show the prompt frame forever (a frozen stream).
+        frozen = run.prompt[:, -1:].transpose(0, 1).expand_as(run.truth)
+        drift["frozen prompt (baseline)"] = {
+            "psnr_db": [round(float(x), 2) for x in frame_psnr(frozen, run.truth).mean(1)]
+        }
         panels["simulator"] = run.truth[:gif_frames, 0]
         panels[name] = run.frames[:gif_frames, 0]
     if gif_path:
