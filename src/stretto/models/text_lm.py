@@ -59,10 +59,15 @@ class TextLMConfig:
         return asdict(self)
 
 
-def rope_tables(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """cos, sin of shape (B, 1, T, dim/2) for integer positions (B, T) (RoFormer, Su et al. 2021)."""
+def rope_angles(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
+    """Rotation angles (..., dim/2) for integer positions (...) (RoFormer, Su et al. 2021), in float64."""
     inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
-    angles = positions.to(torch.float64)[..., None] * inv_freq
+    return positions.to(torch.float64)[..., None] * inv_freq
+
+
+def rope_tables(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """cos, sin of shape (B, 1, T, dim/2) for integer positions (B, T)."""
+    angles = rope_angles(positions, dim, base)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stretto.models.text_lm import apply_rope
+from stretto.models.text_lm import apply_rope, rope_angles
 from stretto.stream.kv_cache import KVCache
 
 
@@ -84,12 +84,6 @@ class WorldDiTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def rope_angles(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
-    """Rotation angles (..., dim/2) for integer positions (...)."""
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
-    return positions.to(torch.float64)[..., None] * inv_freq
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
