@@ -96,7 +96,7 @@ def row_of(mode: str, model_name: str, run: EpisodeRun, settings: StreamSettings
         "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 2),
         "latency_ms_p95_first10pct": round(float(np.percentile(lat_ms[:tenth], 95)), 2),
         "latency_ms_p95_last10pct": round(float(np.percentile(lat_ms[-tenth:], 95)), 2),
-        "kv_bytes_peak": run.kv_bytes_peak if mode != "recompute" else 0,
+        "kv_bytes_peak": run.kv_bytes_peak,
         "psnr_db_vs_sim": round(float(frame_psnr(run.frames, run.truth).mean()), 2),
         "position_error": round(position_error(run), 2),
         "window": settings.window,

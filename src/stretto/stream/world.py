@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -98,7 +98,6 @@ class StreamFrame:
     pixels: torch.Tensor
     latency_s: float
     kv_bytes: int
-    extra: dict = field(default_factory=dict)
 
 
 class _Context:
@@ -117,20 +116,17 @@ class _Context:
 
     @property
     def kv_bytes(self) -> int:
-        if self.cache is not None:
-            return self.cache.nbytes
-        return sum(f.numel() * f.element_size() for f in self.frames)
+        """Bytes of K/V buffers allocated (0 for recompute, which keeps frames, not K/V)."""
+        return self.cache.nbytes if self.cache is not None else 0
 
     def start(self, n_frames: int) -> int:
-        """The slot of the next block (kv-rolling makes room first)."""
+        """The cache slot of the next block (kv-rolling makes room first)."""
         if self.settings.mode == "kv-rolling":
             return self.cache.make_room(n_frames * self.tpf)
-        if self.settings.mode == "kv":
-            start = self.cache.length
-            if start + n_frames * self.tpf > self.cache.capacity:
-                raise ValueError(f"the kv cache holds {self.settings.max_frames} frames; the stream went past it")
-            return start
-        return 0
+        start = self.cache.length
+        if start + n_frames * self.tpf > self.cache.capacity:
+            raise ValueError(f"the kv cache holds {self.settings.max_frames} frames; the stream went past it")
+        return start
 
     def caller(self, actions: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """call(x_t, t) -> velocity of the block with these actions (B, F), given the past."""
