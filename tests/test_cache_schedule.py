@@ -12,9 +12,10 @@ from cache_helpers import Toy
 import stretto
 import stretto.cache as cache
 from stretto import checkpoints
-from stretto.cache.search import Candidate, non_dominated, pick, search_schedules
+from stretto.cache.schedule import pick
+from stretto.cli.search import add_search_commands
 from stretto.eval.timing import BlockCounter
-from stretto.search_cli import add_search_commands
+from stretto.tune.search import Candidate, non_dominated, search_schedules
 
 torch.set_num_threads(1)
 

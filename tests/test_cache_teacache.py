@@ -12,10 +12,10 @@ from cache_helpers import DIFFUSERS, PROMPTS, Toy, euler, records, same_seed_run
 
 import stretto.cache as cache
 from stretto import checkpoints
-from stretto.cache.calibrate import _MeanPerStep, calibrate_magcache, calibrate_teacache
 from stretto.cache.teacache import modulated_input
-from stretto.calibrate_cli import add_calibrate_commands
+from stretto.cli.tune import add_calibrate_commands
 from stretto.eval.timing import BlockCounter
+from stretto.tune.calibrate import _MeanPerStep, calibrate_magcache, calibrate_teacache
 
 torch.set_num_threads(1)
 

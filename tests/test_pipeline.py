@@ -3,7 +3,7 @@ import torch
 
 import stretto
 from stretto.data.shapes import PromptError
-from stretto.pipeline import generate
+from stretto.pipelines.image import generate
 from stretto.sampling import flow_sigmas, get_sampler
 
 PROMPTS = ["a red circle left of a blue square", "a small green triangle at the top"]

@@ -8,7 +8,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 import stretto
-from stretto.pipeline import GenerationStats, guided_denoiser
+from stretto.pipelines.image import GenerationStats, guided_denoiser
 from stretto.sampling import (
     SAMPLERS,
     TimeShiftedDenoiser,

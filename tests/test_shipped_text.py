@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from stretto import checkpoints, text
+from stretto import checkpoints
 from stretto.data import text_tasks
+from stretto.pipelines import text
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from stretto import checkpoints
-from stretto.bench.stream import frame_psnr, run_episode
-from stretto.stream.world import StreamSettings
+from stretto.bench.stream import run_episode
+from stretto.eval.metrics import frame_psnr
+from stretto.pipelines.world import StreamSettings
 
 torch.set_num_threads(1)
 MAPS = [10**6 + 100 + i for i in range(4)]  # held out: training maps are drawn below 10**6

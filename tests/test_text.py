@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stretto import text
 from stretto.data import text_tasks
+from stretto.models.kv_cache import KVCache
 from stretto.models.text_lm import (
     BlockDiffusionLM,
     MaskedDiffusionLM,
@@ -14,10 +14,10 @@ from stretto.models.text_lm import (
     gen_blocks,
     left_pad_positions,
 )
-from stretto.stream.kv_cache import KVCache
-from stretto.stream.text_decode import block_spans, finish_at_eot
-from stretto.stream.text_refresh import parse_cache
-from stretto.stream.text_rules import Factor, LowConfidence, Threshold, parse_rule
+from stretto.pipelines import text
+from stretto.pipelines.text_caches import parse_cache
+from stretto.pipelines.text_decode import block_spans, finish_at_eot
+from stretto.pipelines.text_rules import Factor, LowConfidence, Threshold, parse_rule
 from stretto.train.text import (
     TextTrainConfig,
     block_diffusion_loss,
@@ -271,7 +271,7 @@ def test_bench_rows_and_plot(tmp_path):
 def test_cli_parsers():
     import argparse
 
-    from stretto.text_cli import add_bench_text_command, add_text_command, add_train_text_command
+    from stretto.cli.text import add_bench_text_command, add_text_command, add_train_text_command
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

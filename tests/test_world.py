@@ -14,7 +14,7 @@ from stretto import checkpoints
 from stretto.cli import main
 from stretto.data import world
 from stretto.models.world_dit import WorldDiT, WorldDiTConfig
-from stretto.stream.world import StreamSettings, denoise_block, few_step_timesteps, stream
+from stretto.pipelines.world import StreamSettings, denoise_block, few_step_timesteps, stream
 from stretto.train.world import (
     WorldTrainConfig,
     self_forcing_loss,

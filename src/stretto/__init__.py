@@ -1,10 +1,14 @@
-"""stretto: make diffusion models generate fast (fewer steps, cheaper steps, streaming)."""
+"""stretto: make diffusion models generate fast (fewer steps, cheaper steps, streaming).
+
+The public API, one function per modality; each hands over to the pipeline that owns the whole run:
+images `stretto.pipelines.image`, text `stretto.pipelines.text`, world streams `stretto.pipelines.world`.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["generate", "load", "stream_world", "__version__"]
+__all__ = ["generate", "generate_text", "load", "stream_world", "__version__"]
 
 
 def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None):
@@ -16,33 +20,21 @@ def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | Non
 
 
 def generate(model, prompts, **kwargs):
-    """Generate images for prompts; see stretto.pipeline.generate for the settings."""
-    from stretto.pipeline import generate as _generate
+    """Generate images for prompts; see stretto.pipelines.image.generate for the settings."""
+    from stretto.pipelines.image import generate as _generate
 
     return _generate(model, prompts, **kwargs)
 
 
-def stream_world(model, actions, world: int = 1_000_000, seed: int = 0, frames: int | None = None, **settings):
-    """Stream a world model steered by `actions` ("RRUL..." or action indices; may be an endless iterator).
+def generate_text(model, prompts, **kwargs):
+    """Complete prompts with a diffusion LM; see stretto.pipelines.text.generate for the settings."""
+    from stretto.pipelines.text import generate as _generate
 
-    The prompt is the simulator's first view of map `world`. Yields `StreamFrame`s (pixels (1, 3, H, W) in
-    [-1, 1], index, latency) as soon as each block is denoised; `settings` are those of
-    stretto.stream.world.StreamSettings (mode, steps, window, sinks, ...). Closing the generator frees its cache.
-    """
-    from stretto.data.world import STAY, parse_actions, prompt_block
-    from stretto.stream.world import StreamSettings, stream
+    return _generate(model, prompts, **kwargs)
 
-    if isinstance(actions, str):
-        actions = parse_actions(actions)
-    fpb = model.config.frames_per_block
-    device = next(model.parameters()).device
-    prompt, prompt_actions, _ = prompt_block([world], [STAY] * fpb, fpb)
-    return stream(
-        model,
-        prompt.to(device),
-        prompt_actions.to(device),
-        actions,
-        StreamSettings(**settings),
-        seed=seed,
-        frames=frames,
-    )
+
+def stream_world(model, actions, **kwargs):
+    """Stream a world model steered by actions; see stretto.pipelines.world.stream_world."""
+    from stretto.pipelines.world import stream_world as _stream_world
+
+    return _stream_world(model, actions, **kwargs)

@@ -8,7 +8,7 @@ import stretto
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import psnr_db
 from stretto.images import save_images
-from stretto.pipeline import DEFAULT_SAMPLER, DEFAULT_SHIFT, DEFAULT_STEPS
+from stretto.pipelines.image import DEFAULT_SAMPLER, DEFAULT_SHIFT, DEFAULT_STEPS
 
 DEMO_CACHE = "taylor:order=1,interval=7"
 

@@ -1,10 +1,11 @@
-"""Writing generated images: single PNGs and labelled prompt x seed grids."""
+"""Writing generated images: single PNGs, labelled prompt x seed grids, and GIFs of frame streams."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -55,4 +56,20 @@ def save_images(
         image_grid(images, 1, 1, scale=4, pad=0).save(path)
     else:
         image_grid(images, rows, images.shape[0] // rows, row_labels=row_labels, col_labels=col_labels).save(path)
+    return path
+
+
+def save_gif(panels: list[torch.Tensor], path: str | Path, fps: float = 12.0, scale: int = 4) -> Path:
+    """Frames (N, C, H, W) of each panel side by side, as an endlessly looping GIF."""
+    if scale < 1 or fps <= 0:
+        raise ValueError(f"GIF scale must be >= 1 and fps > 0, got scale {scale}, fps {fps}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gap = np.full((panels[0].shape[2], 2, 3), 255, dtype=np.uint8)
+    images = []
+    for i in range(panels[0].shape[0]):
+        row = np.concatenate([x for p in panels for x in (to_uint8(p[i : i + 1])[0], gap)][:-1], axis=1)
+        img = Image.fromarray(row)
+        images.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from stretto.pipeline import Generation, GenerationStats, initial_noise
+from stretto.pipelines.image import Generation, GenerationStats, initial_noise
 from stretto.sampling import flow_sigmas, get_sampler
 
 CACHES = ("none", "firstblock", "taylorseer", "magcache", "pab", "fastercache")

@@ -26,12 +26,12 @@ import stretto
 from stretto.adapters import diffusers_cache
 from stretto.bench.machine import describe_machine, write_json
 from stretto.cache import parse_policy
-from stretto.cache.calibrate import calibrate_magcache, calibrate_teacache
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
 from stretto.eval.timing import ComputeCounter
-from stretto.pipeline import DEFAULT_GUIDANCE
+from stretto.pipelines.image import DEFAULT_GUIDANCE
+from stretto.tune.calibrate import calibrate_magcache, calibrate_teacache
 
 SEARCH_RESULT = "benchmarks/results/cache-search.json"  # `stretto search cache` output, used when it fits
 CALIBRATION_PROMPTS = 8

@@ -17,7 +17,7 @@ from stretto.bench.machine import describe_machine, write_json
 from stretto.data.shapes import evaluation_prompts, make_batch
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
-from stretto.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT
+from stretto.pipelines.image import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT
 from stretto.sampling import SAMPLERS, nfe_per_sampler
 
 REFERENCE_STEPS = 100

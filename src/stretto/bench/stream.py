@@ -26,8 +26,9 @@ from tqdm import tqdm
 from stretto import checkpoints
 from stretto.bench.machine import describe_machine, write_json
 from stretto.data import world
+from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
-from stretto.stream.world import StreamSettings, stream
+from stretto.pipelines.world import StreamSettings, stream
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
@@ -69,12 +70,6 @@ def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: Stre
     camera = torch.stack([e.camera[fpb : fpb + n_frames] for e in episodes], dim=1)
     return EpisodeRun(torch.stack(frames), prompt, truth, camera, [e.world for e in episodes], np.array(latency), first,
                       total, peak)  # fmt: skip
-
-
-def frame_psnr(frames: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per frame and row (N, B) for frames in [-1, 1]."""
-    mse = (frames - truth).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
-    return 10 * torch.log10(4 / mse)
 
 
 def position_error(run: EpisodeRun) -> float:
@@ -156,7 +151,7 @@ def run_stream_bench(
         panels["simulator"] = run.truth[:gif_frames, 0]
         panels[name] = run.frames[:gif_frames, 0]
     if gif_path:
-        from stretto.world_view import save_gif
+        from stretto.images import save_gif
 
         save_gif(list(panels.values()), gif_path, fps=12, scale=4)
         print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")

@@ -17,7 +17,7 @@ from stretto import checkpoints
 from stretto.bench.machine import describe_machine, write_json
 from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
-from stretto.text import default_block_length, generate
+from stretto.pipelines.text import default_block_length, generate
 
 BASELINE = ("lowconf:tokens=1", "none")
 RULES = ("lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1")

@@ -3,7 +3,7 @@
 ECAD ("Evolutionary Caching to Accelerate Your Off-the-Shelf Diffusion Model", Aggarwal et al., 2025)
 searches, with a genetic algorithm (NSGA-II), binary schedules that say for every step and block whether
 to compute it or reuse its cached output, and keeps the Pareto front of quality vs compute. This policy
-runs one such schedule; `stretto.cache.search` is the search.
+runs one such schedule; `stretto.tune.search` is the search.
 
 Mask text: one group per step separated by "/", one character per block, "1" compute, "0" reuse, e.g.
 "111111/100001/111111". Steps beyond the mask compute every block. A reused block adds its own residual
@@ -15,9 +15,11 @@ step index. A row without stored state, or a block not computed yet, computes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,10 +56,27 @@ def format_pattern(mask: torch.Tensor) -> str:
     return "/".join("".join("1" if b else "0" for b in row) for row in mask.tolist())
 
 
+def _value(member: Any, key: str) -> float:
+    value = member.get(key) if isinstance(member, dict) else getattr(member, key)
+    return math.inf if value is None else float(value)  # a null PSNR is the identical, full-compute image
+
+
+def pick(front: Sequence[Any], min_psnr: float) -> Any:
+    """The cheapest front member (Candidate or JSON dict) whose PSNR is at least `min_psnr` dB."""
+    if not front:
+        raise ValueError("the front is empty; nothing to pick from")
+    fits = [m for m in front if _value(m, "psnr_db") >= min_psnr]
+    if not fits:
+        best = max(front, key=lambda m: _value(m, "psnr_db"))
+        raise ValueError(
+            f"no front member reaches {min_psnr:g} dB PSNR; the best available is "
+            f"{_value(best, 'psnr_db'):.2f} dB (compute fraction {_value(best, 'compute_fraction'):.3f})"
+        )
+    return min(fits, key=lambda m: (_value(m, "compute_fraction"), -_value(m, "psnr_db")))
+
+
 def _pattern_from_file(path: str, min_psnr: float) -> str:
     """The mask of the cheapest member of a saved search front with PSNR >= min_psnr."""
-    from stretto.cache.search import pick
-
     try:
         data = json.loads(Path(path).read_text())
     except OSError as err:

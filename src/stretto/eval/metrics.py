@@ -30,6 +30,12 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(peak_signal_noise_ratio(a.float(), b.float(), data_range=2.0, dim=(1, 2, 3)))
 
 
+def frame_psnr(frames: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per frame and row (N, B) for frames in [-1, 1]."""
+    mse = (frames - truth).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
+    return 10 * torch.log10(4 / mse)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-image SSIM of two image batches in [-1, 1] (1.0 for identical images)."""
     a, b = (a.double() + 1) / 2, (b.double() + 1) / 2  # float64: identical images give 1 to ~1e-12

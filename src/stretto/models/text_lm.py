@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stretto.data.text_tasks import TOKENIZER
-from stretto.stream.kv_cache import KVCache
+from stretto.models.kv_cache import KVCache
 
 
 @dataclass

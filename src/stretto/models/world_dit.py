@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stretto.models.kv_cache import KVCache
 from stretto.models.text_lm import apply_rope, rope_angles
-from stretto.stream.kv_cache import KVCache
 
 
 @dataclass

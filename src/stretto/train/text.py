@@ -157,7 +157,7 @@ def block_diffusion_loss(model: TextLM, ids: torch.Tensor, p: int, gen: torch.Ge
 
 def quick_eval(model: TextLM, cfg: TextTrainConfig) -> dict[str, float]:
     """Held-out exact match per task with threshold decoding and the model's default cache."""
-    from stretto.text import generate
+    from stretto.pipelines.text import generate
 
     examples = text_tasks.held_out(cfg.eval_per_task, tasks=cfg.task_list)
     res = generate(model.eval(), [e.prompt for e in examples], cfg.gen_length, decode="threshold:tau=0.9")

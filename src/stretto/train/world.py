@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from stretto import checkpoints
 from stretto.data import world
 from stretto.models.world_dit import WorldDiT, WorldDiTConfig
-from stretto.stream.world import (
+from stretto.pipelines.world import (
     DEFAULT_SHIFT,
     DEFAULT_SINKS,
     DEFAULT_STEPS,

@@ -1,39 +1,16 @@
-"""Showing a world stream: GIFs, a terminal view in 24-bit colour, and actions read from the keyboard."""
+"""Watching a world stream live: a terminal view in 24-bit colour, and actions read from the keyboard."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from stretto.data.shapes import to_uint8
 from stretto.data.world import ACTIONS, parse_actions
 
 KEYS = {"w": "U", "a": "L", "s": "D", "d": "R", " ": "N", "\x1b[A": "U", "\x1b[B": "D", "\x1b[C": "R", "\x1b[D": "L"}
-
-
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> (H, W, C) uint8."""
-    return ((frame.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
-def save_gif(panels: list[torch.Tensor], path: str | Path, fps: float = 12.0, scale: int = 4) -> Path:
-    """Frames (N, C, H, W) of each panel side by side, as an endlessly looping GIF."""
-    if scale < 1 or fps <= 0:
-        raise ValueError(f"GIF scale must be >= 1 and fps > 0, got scale {scale}, fps {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gap = np.full((panels[0].shape[2], 2, 3), 255, dtype=np.uint8)
-    images = []
-    for i in range(panels[0].shape[0]):
-        row = np.concatenate([x for p in panels for x in (to_uint8(p[i]), gap)][:-1], axis=1)
-        img = Image.fromarray(row)
-        images.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return path
 
 
 def terminal_view() -> Callable[[torch.Tensor, str], None]:
@@ -41,7 +18,7 @@ def terminal_view() -> Callable[[torch.Tensor, str], None]:
     drawn = [0]
 
     def show(frame: torch.Tensor, caption: str) -> None:
-        px = to_uint8(frame)
+        px = to_uint8(frame[None])[0]
         lines = []
         for y in range(0, px.shape[0] - 1, 2):
             cells = (

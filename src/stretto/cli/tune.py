@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stretto.cache.calibrate import MAX_DEGREE
+from stretto.tune.calibrate import MAX_DEGREE
 
 DEFAULTS = {"steps": 50, "sampler": "euler", "guidance": 3.0, "num_prompts": 8}
 
@@ -21,7 +21,7 @@ def _setup(args: argparse.Namespace):
     """Check the shared flags; the model, the prompts and the generation settings."""
     import stretto
     from stretto.data.shapes import evaluation_prompts
-    from stretto.pipeline import check_settings
+    from stretto.pipelines.image import check_settings
 
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
@@ -53,8 +53,8 @@ def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
     import numpy as np
 
     from stretto.bench.machine import describe_machine
-    from stretto.cache.calibrate import calibrate_teacache
     from stretto.cache.teacache import TeaCache
+    from stretto.tune.calibrate import calibrate_teacache
 
     if not 1 <= args.degree <= MAX_DEGREE:
         raise ValueError(f"--degree must be in [1, {MAX_DEGREE}], got {args.degree}")
@@ -98,7 +98,7 @@ def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
 
 def cmd_calibrate_magcache(args: argparse.Namespace) -> None:
     from stretto.bench.machine import describe_machine
-    from stretto.cache.calibrate import calibrate_magcache
+    from stretto.tune.calibrate import calibrate_magcache
 
     model, prompts, settings = _setup(args)
     fit = calibrate_magcache(model, prompts, **settings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stretto.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT, DEFAULT_STEPS, MAX_GUIDANCE
+from stretto.pipelines.image import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT, DEFAULT_STEPS, MAX_GUIDANCE
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -186,20 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_bench_cache)
 
-    from stretto.text_cli import add_bench_text_command, add_text_command, add_train_text_command
+    from stretto.cli.text import add_bench_text_command, add_text_command, add_train_text_command
 
     add_text_command(sub)
     add_train_text_command(train)
     add_bench_text_command(bench)
 
-    from stretto.world_cli import add_bench_stream_command, add_stream_command, add_train_world_command
+    from stretto.cli.world import add_bench_stream_command, add_stream_command, add_train_world_command
 
     add_stream_command(sub)
     add_train_world_command(train)
     add_bench_stream_command(bench)
 
-    from stretto.calibrate_cli import add_calibrate_commands
-    from stretto.search_cli import add_search_commands
+    from stretto.cli.search import add_search_commands
+    from stretto.cli.tune import add_calibrate_commands
 
     add_calibrate_commands(sub)
     add_search_commands(sub)

@@ -25,7 +25,7 @@ def cmd_train_world(args: argparse.Namespace) -> None:
 
 
 def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
-    from stretto.stream.world import DEFAULT_SINKS, DEFAULT_WINDOW
+    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_WINDOW
 
     p = train_subparsers.add_parser(
         "world", help="the action-conditioned world model: teacher forcing, then Self Forcing (resumes from --out)"
@@ -49,7 +49,7 @@ def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, frames: int):
-    from stretto.stream.world import StreamSettings
+    from stretto.pipelines.world import StreamSettings
 
     window = None if args.mode == "kv" else args.window
     return StreamSettings(mode=args.mode, steps=args.steps, window=window, sinks=args.sinks, max_frames=frames + 1)
@@ -62,11 +62,12 @@ def cmd_stream(args: argparse.Namespace) -> None:
     import torch
 
     from stretto import checkpoints
-    from stretto.bench.stream import frame_psnr
+    from stretto.cli.world_view import keyboard_actions, terminal_view
     from stretto.data import world
+    from stretto.eval.metrics import frame_psnr
+    from stretto.images import save_gif
     from stretto.models.world_dit import WorldDiT
-    from stretto.stream.world import stream
-    from stretto.world_view import keyboard_actions, save_gif, terminal_view
+    from stretto.pipelines.world import stream
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
@@ -131,7 +132,7 @@ def _progress(gen, total: int):
 
 def add_stream_command(subparsers) -> argparse.ArgumentParser:
     from stretto.data.world import ACTION_NAMES
-    from stretto.stream.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
+    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
 
     keys = ", ".join(f"{k}={v}" for k, v in ACTION_NAMES.items())
     p = subparsers.add_parser("stream", help="stream the world model block by block, steered by actions")
@@ -170,7 +171,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
 
 def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     from stretto.bench.stream import DEFAULT_MODELS
-    from stretto.stream.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
+    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
 
     p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
     p.add_argument("--json", default="benchmarks/results/stream.json")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.stream.kv_cache import KVCache
-from stretto.stream.text_rules import parse_options
+from stretto.models.kv_cache import KVCache
+from stretto.pipelines.text_rules import parse_options
 
 CACHE_MODES = ("none", "prefix", "dual", "block")
 MODES_FOR = {"masked-lm": ("none", "prefix", "dual"), "block-lm": ("none", "block")}

@@ -10,10 +10,10 @@ import torch
 
 from stretto.data.text_tasks import TOKENIZER
 from stretto.models.text_lm import TextLM
-from stretto.stream.text_decode import DecodeStats
-from stretto.stream.text_decode import decode as decode_canvas
-from stretto.stream.text_refresh import parse_cache
-from stretto.stream.text_rules import parse_rule
+from stretto.pipelines.text_caches import parse_cache
+from stretto.pipelines.text_decode import DecodeStats
+from stretto.pipelines.text_decode import decode as decode_canvas
+from stretto.pipelines.text_rules import parse_rule
 
 
 @dataclass

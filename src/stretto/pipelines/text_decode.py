@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stretto.models.text_lm import TextLM, gen_blocks, left_pad_positions
-from stretto.stream.text_refresh import CacheSpec, RefreshPolicy, parse_cache
-from stretto.stream.text_rules import parse_rule
+from stretto.pipelines.text_caches import CacheSpec, RefreshPolicy, parse_cache
+from stretto.pipelines.text_rules import parse_rule
 
 
 def block_spans(gen_start: int, gen_length: int, block_length: int) -> Iterator[tuple[int, int]]:

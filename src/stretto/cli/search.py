@@ -20,9 +20,10 @@ CALIBRATION_PROMPT_SEED = 4321  # evaluation_prompts' default seed (1234) is the
 def cmd_search_cache(args: argparse.Namespace) -> None:
     import stretto
     from stretto.bench.machine import describe_machine
-    from stretto.cache.search import pick, search_schedules
+    from stretto.cache.schedule import pick
     from stretto.data.shapes import evaluation_prompts
-    from stretto.pipeline import check_settings
+    from stretto.pipelines.image import check_settings
+    from stretto.tune.search import search_schedules
 
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
@@ -89,7 +90,7 @@ def cmd_search_cache(args: argparse.Namespace) -> None:
         print(f"or: --cache schedule:file={args.json},min_psnr={args.budget_psnr:g}")
 
 
-# (origin prefix, marker, colour, legend) of the search's seed masks (see stretto.cache.search.seed_masks)
+# (origin prefix, marker, colour, legend) of the search's seed masks (see stretto.tune.search.seed_masks)
 SEED_FAMILIES = (
     ("fora", "^", "tab:orange", "seed: FORA-like, full step every N"),
     ("first+last", "s", "tab:green", "seed: first+last block always, middle every N"),

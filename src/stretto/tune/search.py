@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from stretto.cache.schedule import Schedule, format_pattern
 from stretto.eval.metrics import psnr_db
-from stretto.pipeline import check_settings, generate
+from stretto.pipelines.image import check_settings, generate
 
 MIN_POPULATION = 4
 FORA_INTERVALS = (2, 3, 4, 6, 8)
@@ -90,25 +89,6 @@ def non_dominated(candidates: Sequence[Candidate]) -> list[Candidate]:
             front.append(candidates[i])
             best = candidates[i].psnr_db
     return front
-
-
-def _value(member: Any, key: str) -> float:
-    value = member.get(key) if isinstance(member, dict) else getattr(member, key)
-    return math.inf if value is None else float(value)  # a null PSNR is the identical, full-compute image
-
-
-def pick(front: Sequence[Any], min_psnr: float) -> Any:
-    """The cheapest front member (Candidate or JSON dict) whose PSNR is at least `min_psnr` dB."""
-    if not front:
-        raise ValueError("the front is empty; nothing to pick from")
-    fits = [m for m in front if _value(m, "psnr_db") >= min_psnr]
-    if not fits:
-        best = max(front, key=lambda m: _value(m, "psnr_db"))
-        raise ValueError(
-            f"no front member reaches {min_psnr:g} dB PSNR; the best available is "
-            f"{_value(best, 'psnr_db'):.2f} dB (compute fraction {_value(best, 'compute_fraction'):.3f})"
-        )
-    return min(fits, key=lambda m: (_value(m, "compute_fraction"), -_value(m, "psnr_db")))
 
 
 def seed_masks(steps: int, blocks: int, warmup: int = 1) -> list[tuple[str, torch.Tensor]]:

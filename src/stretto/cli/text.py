@@ -16,7 +16,7 @@ DEFAULT_TEXT_MODEL = "text-masked"
 def cmd_text(args: argparse.Namespace) -> None:
     from stretto import checkpoints
     from stretto.data.text_tasks import TOKENIZER
-    from stretto.text import generate
+    from stretto.pipelines.text import generate
 
     model = checkpoints.load(args.model, device=getattr(args, "device", "cpu"))
     if model.kind not in ("masked-lm", "block-lm"):

@@ -118,7 +118,7 @@ def calibrate_teacache(
     degree: int = 4,
 ) -> TeaCacheFit:
     """Fit TeaCache's coefficients for `model` on full-compute generations of `prompts` (one batched run)."""
-    from stretto.pipeline import generate
+    from stretto.pipelines.image import generate
 
     _check(prompts, steps)
     if not isinstance(degree, int) or isinstance(degree, bool) or not 1 <= degree <= MAX_DEGREE:
@@ -165,7 +165,7 @@ def calibrate_magcache(
 ) -> MagCacheFit:
     """MagCache's ratios for `model`: its calibration mode on one full-compute batched run of `prompts`, the
     ratio per step index averaged over all prompts and both CFG branches."""
-    from stretto.pipeline import generate
+    from stretto.pipelines.image import generate
 
     _check(prompts, steps)
     policy = MagCache()

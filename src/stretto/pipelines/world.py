@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from stretto.data.world import STAY, parse_actions, prompt_block
+from stretto.models.kv_cache import KVCache
 from stretto.models.world_dit import WorldDiT
-from stretto.stream.kv_cache import KVCache
 
 MODES = ("recompute", "kv", "kv-rolling")
 DEFAULT_STEPS = 4
@@ -230,3 +231,33 @@ def stream(
             context.commit(block, acts)
     finally:
         context.release()  # also on Ctrl-C or generator.close(): the cache goes with the stream
+
+
+def stream_world(
+    model: WorldDiT,
+    actions: str | Iterable[int],
+    world: int = 1_000_000,
+    seed: int = 0,
+    frames: int | None = None,
+    **settings,
+) -> Iterator[StreamFrame]:
+    """Stream a world model steered by `actions` ("RRUL..." or action indices; may be an endless iterator).
+
+    The prompt is the simulator's first view of map `world`. Yields `StreamFrame`s (pixels (1, 3, H, W) in
+    [-1, 1], index, latency) as soon as each block is denoised; `settings` are those of `StreamSettings`
+    (mode, steps, window, sinks, ...). Closing the generator frees its cache.
+    """
+    if isinstance(actions, str):
+        actions = parse_actions(actions)
+    fpb = model.config.frames_per_block
+    device = next(model.parameters()).device
+    prompt, prompt_actions, _ = prompt_block([world], [STAY] * fpb, fpb)
+    return stream(
+        model,
+        prompt.to(device),
+        prompt_actions.to(device),
+        actions,
+        StreamSettings(**settings),
+        seed=seed,
+        frames=frames,
+    )
