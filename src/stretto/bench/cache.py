@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import stretto
 from stretto.adapters import diffusers_cache
-from stretto.bench.machine import describe_machine, write_json
+from stretto.bench.report import describe_machine, write_json
 from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy

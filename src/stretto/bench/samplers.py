@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import stretto
-from stretto.bench.machine import describe_machine, write_json
+from stretto.bench.report import describe_machine, write_json
 from stretto.data.shapes import evaluation_prompts, make_batch
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.machine import describe_machine, write_json
+from stretto.bench.report import describe_machine, write_json
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT

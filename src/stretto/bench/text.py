@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.machine import describe_machine, write_json
+from stretto.bench.report import describe_machine, write_json
 from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text import default_block_length, generate

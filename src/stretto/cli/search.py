@@ -19,7 +19,7 @@ CALIBRATION_PROMPT_SEED = 4321  # evaluation_prompts' default seed (1234) is the
 
 def cmd_search_cache(args: argparse.Namespace) -> None:
     import stretto
-    from stretto.bench.machine import describe_machine
+    from stretto.bench.report import describe_machine
     from stretto.cache.schedule import pick
     from stretto.data.shapes import evaluation_prompts
     from stretto.pipelines.image import check_settings

@@ -52,7 +52,7 @@ def _figure():
 def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from stretto.bench.machine import describe_machine
+    from stretto.bench.report import describe_machine
     from stretto.cache.teacache import TeaCache
     from stretto.tune.calibrate import calibrate_teacache
 
@@ -97,7 +97,7 @@ def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate_magcache(args: argparse.Namespace) -> None:
-    from stretto.bench.machine import describe_machine
+    from stretto.bench.report import describe_machine
     from stretto.tune.calibrate import calibrate_magcache
 
     model, prompts, settings = _setup(args)
