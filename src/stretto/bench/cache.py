@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import stretto
 from stretto.adapters import diffusers_cache
-from stretto.bench.report import describe_machine, write_json
+from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy
@@ -173,8 +173,8 @@ class CacheBench:
 
 
 def run_cache_bench(
-    json_path: str | Path = "benchmarks/results/cache.json",
-    plot_path: str | Path | None = "benchmarks/results/cache.png",
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
     model: str = "shapes-flux",
     device: str | torch.device = "cpu",
     num_images: int = 128,
@@ -221,10 +221,11 @@ def run_cache_bench(
         "command": f"stretto bench cache --num-images {num_images}",
         "rows": rows,
     }
-    write_json(result, json_path)
+    if json_path:
+        write_json(result, json_path)
     if plot_path:
         plot_cache_bench(result, plot_path)
-    print_table(rows)
+    print_table(rows, TABLE)
     return result
 
 
@@ -290,25 +291,23 @@ def label(row: dict) -> str:
     return f"{row['engine']} {row['policy']}" + (f" {row['params']}" if row["params"] else "")
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'row':<58} {'setup':>12} {'compute':>7} {'ideal':>6} {'wall':>6} {'PSNR':>6} {'FID':>6} {'acc':>6}")
-    for r in rows:
-        psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
-        print(
-            f"{label(r)[:58]:<58} {r['sampler'] + ' ' + str(r['steps']):>12} {r['compute_fraction']:>7.3f} "
-            f"{r['speedup_ideal']:>5.2f}x {r['speedup_wall']:>5.2f}x {psnr:>6} {r['fid']:>6.2f} {r['prompt_acc']:>6.3f}"
-        )
+def psnr_cell(row: dict) -> str:
+    """PSNR against full compute, 'ref' for full compute itself."""
+    return "ref" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
+
+
+TABLE = [
+    ("row", lambda r: label(r)[:58], "<58"), ("setup", lambda r: f"{r['sampler']} {r['steps']}", ">12"),
+    ("compute", "compute_fraction", ">7.3f"), ("ideal", lambda r: f"{r['speedup_ideal']:.2f}x", ">6"),
+    ("wall", lambda r: f"{r['speedup_wall']:.2f}x", ">6"), ("PSNR", psnr_cell, ">6"), ("FID", "fid", ">6.2f"),
+    ("acc", "prompt_acc", ">6.3f"),
+]  # fmt: skip
 
 
 def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
     """Wall-clock speedup vs FID and vs PSNR, one colour per engine, one marker per policy; one row per setup."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     setups = result["setups"]
-    fig, axes = plt.subplots(len(setups), 2, figsize=(13, 4.8 * len(setups)), squeeze=False)
+    plt, fig, axes = new_figure(len(setups), 2, figsize=(13, 4.8 * len(setups)))
     colours = {"stretto": "tab:blue", "diffusers": "tab:orange"}
     policies = sorted({r["policy"] for r in result["rows"] if r["policy"] != "none"})
     markers = dict(zip(policies, ["o", "s", "D", "^", "v", "<", ">", "P", "X", "*", "d", "p", "h", "1", "2", "3", "4"],
@@ -334,14 +333,12 @@ def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
     handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items()]
     axes[0][1].legend(handles=handles, fontsize=8, ncol=2)
     fig.suptitle(f"feature caches on {result['model']} ({result['num_images']} prompts, guidance {result['guidance']})")
-    fig.tight_layout()
-    fig.savefig(plot_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, plot_path, dpi=110)
 
 
 def run_wall_check(
     specs: list[str],
-    json_path: str | Path = "benchmarks/results/cache-wall.json",
+    json_path: str | Path | None = None,
     model: str = "shapes-flux",
     device: str | torch.device = "cpu",
     num_images: int = 64,
@@ -378,7 +375,8 @@ def run_wall_check(
         "steps": steps, "repeats": repeats, "machine": describe_machine(device),
         "command": f"stretto bench cache --wall-check {' '.join(specs)} --num-images {num_images}", "rows": rows,
     }  # fmt: skip
-    write_json(result, json_path)
+    if json_path:
+        write_json(result, json_path)
     for r in rows:
         print(f"{r['params']:<50} ideal {r['speedup_ideal']:.2f}x  wall {r['speedup_wall']:.2f}x "
               f"({r['speedup_wall'] / r['speedup_ideal']:.2f} of ideal)")  # fmt: skip

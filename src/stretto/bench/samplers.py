@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import stretto
-from stretto.bench.report import describe_machine, write_json
+from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.data.shapes import evaluation_prompts, make_batch
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
@@ -34,8 +34,8 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 
 def run_sampler_bench(
-    json_path: str | Path = "benchmarks/results/samplers.json",
-    plot_path: str | Path | None = "benchmarks/results/samplers.png",
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
     model: str = "shapes-flux",
     device: str | torch.device = "cpu",
     num_images: int = 256,
@@ -108,10 +108,11 @@ def run_sampler_bench(
         "command": f"stretto bench samplers --num-images {num_images} --guidance {guidance} --shift {shift}",
         "rows": rows,
     }
-    write_json(result, json_path)
+    if json_path:
+        write_json(result, json_path)
     if plot_path:
         plot_sampler_bench(result, plot_path)
-    print_table(rows)
+    print_table(rows, TABLE)
     return result
 
 
@@ -120,24 +121,21 @@ def label(row: dict) -> str:
     return f"{row['sampler']} {row['variant']}" if row.get("variant") else row["sampler"]
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'sampler':<20} {'steps':>5} {'nfe':>4} {'FID':>7} {'prompt acc':>10} {'PSNR dB':>8} {'wall s':>7}")
-    for r in rows:
-        psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
-        print(
-            f"{label(r):<20} {r['steps']:>5} {r['nfe']:>4} {r['fid']:>7.2f} {r['prompt_acc']:>10.3f} "
-            f"{psnr:>8} {r['wall_s']:>7.2f}"
-        )
+def psnr_cell(row: dict) -> str:
+    """PSNR against the reference, 'ref' for the reference itself."""
+    return "ref" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
+
+
+TABLE = [
+    ("sampler", label, "<20"), ("steps", "steps", ">5"), ("nfe", "nfe", ">4"), ("FID", "fid", ">7.2f"),
+    ("prompt acc", "prompt_acc", ">10.3f"), ("PSNR dB", psnr_cell, ">8"), ("wall s", "wall_s", ">7.2f"),
+]  # fmt: skip
 
 
 def plot_sampler_bench(result: dict, plot_path: str | Path) -> None:
     """FID vs NFE and PSNR vs NFE, one line per sampler; the reference's FID as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_fid, ax_acc, ax_psnr) = plt.subplots(1, 3, figsize=(16, 4.4))
+    _, fig, axes = new_figure(1, 3, figsize=(16, 4.4))
+    ax_fid, ax_acc, ax_psnr = axes[0]
     rows = [r for r in result["rows"] if not r.get("reference")]
     for name in dict.fromkeys(label(r) for r in rows):
         mine = sorted((r for r in rows if label(r) == name), key=lambda r: r["nfe"])
@@ -165,6 +163,4 @@ def plot_sampler_bench(result: dict, plot_path: str | Path) -> None:
         f"stretto samplers on {result['model']} ({n} prompts x 1 seed, guidance {result['guidance']})",
         fontsize=11,
     )
-    fig.tight_layout()
-    fig.savefig(plot_path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, plot_path, dpi=120)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.report import describe_machine, write_json
+from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
@@ -112,8 +112,8 @@ def settings_for(mode: str, frames: int, steps: int, window: int, sinks: int) ->
 
 
 def run_stream_bench(
-    json_path: str | Path | None = "benchmarks/results/stream.json",
-    plot_path: str | Path | None = "benchmarks/results/stream.png",
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
     models: tuple[str, ...] = DEFAULT_MODELS,
     lengths: tuple[int, ...] = (64, 2000),
     modes: tuple[str, ...] = ("recompute", "kv", "kv-rolling"),
@@ -123,19 +123,20 @@ def run_stream_bench(
     drift_episodes: int = 8,
     drift_frames: int = 400,
     device: str = "cpu",
-    gif_path: str | Path | None = "benchmarks/results/stream.gif",
+    gif_path: str | Path | None = None,
     gif_frames: int = 240,
 ) -> dict:
     """Every mode x model x length row, then the drift curves (and a GIF: simulator | each model)."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
     rows = []
+    print(table_header(TABLE))
     for n in lengths:
         for mode in modes:
             for name, model in loaded.items():
                 settings = settings_for(mode, n, steps, window, sinks)
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
-                print_row(rows[-1])
+                print(table_row(rows[-1], TABLE))
     drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
     for name, model in loaded.items():
@@ -169,23 +170,19 @@ def run_stream_bench(
     return result
 
 
-def print_row(r: dict) -> None:
-    print(
-        f"{r['mode']:<11} {r['model']:<9} {r['frames']:>5} frames {r['fps']:>7.1f} fps  "
-        f"first {r['first_frame_ms']:>7.1f} ms  p50 {r['latency_ms_p50']:>6.1f} p95 {r['latency_ms_p95']:>6.1f} "
-        f"(first 10% {r['latency_ms_p95_first10pct']:.1f}, last 10% {r['latency_ms_p95_last10pct']:.1f}) ms  "
-        f"kv {r['kv_bytes_peak'] / 2**20:.1f} MiB  "
-        f"{r['psnr_db_vs_sim']:.1f} dB  pos err {r['position_error']:.1f} px"
-    )
+TABLE = [
+    ("mode", "mode", "<11"), ("model", "model", "<9"), ("frames", "frames", ">6"), ("fps", "fps", ">7.1f"),
+    ("first ms", "first_frame_ms", ">8.1f"), ("p50 ms", "latency_ms_p50", ">7.1f"),
+    ("p95 ms", "latency_ms_p95", ">7.1f"),
+    ("p95 first10%", "latency_ms_p95_first10pct", ">12.1f"), ("p95 last10%", "latency_ms_p95_last10pct", ">11.1f"),
+    ("KV MiB", lambda r: r["kv_bytes_peak"] / 2**20, ">7.1f"), ("PSNR dB", "psnr_db_vs_sim", ">7.1f"),
+    ("pos err px", "position_error", ">10.1f"),
+]  # fmt: skip
 
 
 def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_fps, ax_drift) = plt.subplots(1, 2, figsize=(12, 4.2))
+    _, fig, axes = new_figure(1, 2, figsize=(12, 4.2))
+    ax_fps, ax_drift = axes[0]
     rows = result["rows"]
     labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" for r in rows]
     colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green"}
@@ -206,7 +203,4 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     ax_drift.set_ylabel("PSNR vs simulator (dB)")
     ax_drift.set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} episodes")
     ax_drift.legend()
-    fig.tight_layout()
-    Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot_path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, plot_path, dpi=130)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.report import describe_machine, write_json
+from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text import default_block_length, generate
@@ -66,8 +66,8 @@ def evaluate(
 
 
 def run_text_bench(
-    json_path: str | Path | None = "benchmarks/results/text.json",
-    plot_path: str | Path | None = "benchmarks/results/text.png",
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
     models: dict[str, TextLM] | list[str] | tuple[str, ...] = DEFAULT_MODELS,
     n_per_task: int = 8,
     batch_size: int = 8,
@@ -117,17 +117,14 @@ def run_text_bench(
         write_json(result, json_path)
     if plot_path:
         plot_text_bench(result, plot_path)
-    print_table(rows)
+    print_table(rows, TABLE)
     return result
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<12} {'decode':<18} {'cache':<16} {'acc':>6} {'tok/s':>8} {'nfe':>6} {'speedup':>7}")
-    for r in rows:
-        print(
-            f"{r['model']:<12} {r['decode']:<18} {r['cache']:<16} {r['accuracy']:>6.3f} "
-            f"{r['tokens_per_s']:>8.1f} {r['nfe']:>6.1f} {r['speedup']:>6.2f}x"
-        )
+TABLE = [
+    ("model", "model", "<12"), ("decode", "decode", "<18"), ("cache", "cache", "<16"), ("acc", "accuracy", ">6.3f"),
+    ("tok/s", "tokens_per_s", ">8.1f"), ("nfe", "nfe", ">6.1f"), ("speedup", lambda r: f"{r['speedup']:.2f}x", ">7"),
+]  # fmt: skip
 
 
 def pareto_rows(rows: list[dict]) -> list[dict]:
@@ -147,12 +144,8 @@ def pareto_rows(rows: list[dict]) -> list[dict]:
 
 def plot_text_bench(result: dict, plot_path: str | Path) -> None:
     """Accuracy vs tokens/s: one colour per model, one marker per cache."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    _, fig, axes = new_figure(figsize=(8, 5))
+    ax = axes[0][0]
     markers = dict(zip(dict.fromkeys(r["cache"].split(":")[0] for r in result["rows"]), "osD^v<>p", strict=False))
     colors = {m: f"C{i}" for i, m in enumerate(result["models"])}
     for r in result["rows"]:
@@ -170,7 +163,4 @@ def plot_text_bench(result: dict, plot_path: str | Path) -> None:
     ax.set_title(f"text decoding: rule x cache ({result['n_examples']} held-out examples)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot_path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, plot_path, dpi=130)
