@@ -5,6 +5,7 @@ import torch
 from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
 
 import stretto.cache as cache
+from stretto.cache.block_list import find_stack
 from stretto.sampling import flow_sigmas, sample_euler
 
 PROMPTS = ["red circle", "small blue square"]
@@ -53,7 +54,7 @@ def records(model):
 
 def stack_blocks(model):
     """The blocks of the model's block stack, as the cache mechanism finds them."""
-    return [b for owner, attr in cache.mechanism._find_stack(model, None) for b in getattr(owner, attr)]
+    return [b for owner, attr in find_stack(model, None) for b in getattr(owner, attr)]
 
 
 # ------------------------------------------------------------------ diffusers transformers

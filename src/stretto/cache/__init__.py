@@ -9,17 +9,17 @@
     cache.remove(model)
 
 `model` may be a stretto model, a diffusers transformer (Flux, SD3, DiT, Wan, ...) or a diffusers
-pipeline (its `.transformer` is used). See mechanism.py for how the stack is taken over.
+pipeline (its `.transformer` is used). mechanism.py maps the mechanism's files; block_list.py says how the
+stack is taken over, stack.py what a policy sees.
 """
 
+from stretto.cache.accounting import CacheSummary, StepRecord
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
 from stretto.cache.fora import FORA
 from stretto.cache.gated_taylor import GatedTaylor
 from stretto.cache.magcache import MagCache
 from stretto.cache.mechanism import (
-    CacheSummary,
-    StepRecord,
     applied,
     apply,
     get_handle,

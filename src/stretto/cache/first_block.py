@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 
 @register

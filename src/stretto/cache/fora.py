@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 
 @register

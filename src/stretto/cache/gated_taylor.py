@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack, add, put, split, sub, take
+from stretto.cache.hidden import Hidden, add, put, split, sub, take
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 from stretto.cache.taylor import taylor_forecast, taylor_update
 from stretto.cache.teacache import relative_l1
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 
 @register

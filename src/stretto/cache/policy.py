@@ -13,7 +13,8 @@ import dataclasses
 from typing import ClassVar
 
 from stretto import spec
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
+from stretto.cache.stack import Call, Stack
 from stretto.spec import bounded
 
 __all__ = ["POLICIES", "CachePolicy", "available", "bounded", "parse_policy", "register"]

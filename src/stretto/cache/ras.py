@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 from stretto.cache.toca import full_steps, refresh_tokens
 
 

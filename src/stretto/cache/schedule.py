@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack, add, put, sub, take
+from stretto.cache.hidden import Hidden, add, put, sub, take
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 PATTERN_HELP = "one group of '1' (compute) / '0' (reuse) per block for each step, steps separated by '/'"
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack, add, per_row, put, split, sub, take
+from stretto.cache.hidden import Hidden, add, per_row, put, split, sub, take
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 
 def taylor_forecast(state: dict, sigma: torch.Tensor, key: str = "") -> Hidden:

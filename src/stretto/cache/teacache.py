@@ -3,7 +3,7 @@
 The timestep-modulated input of block 0 changes between steps roughly as much as the stack's output does,
 and it is available before any block runs. Per row, its relative L1 change mean|m - m_prev| / mean|m_prev|
 against the previous call of the same branch is rescaled by a per-model polynomial (`coefficients`, fitted
-offline by `stretto calibrate cache teacache`, see calibrate.py) into an estimate of the output residual's
+offline by `stretto calibrate cache teacache`, see stretto.tune.calibrate) into an estimate of the output residual's
 change, and accumulated over consecutive reused steps. While the accumulator stays below `threshold` the
 whole stack's residual cached on the last computed step is added to the input; otherwise the stack is
 computed and the accumulator reset. `warmup` early steps, the final step (`final`) and rows without stored
@@ -29,8 +29,9 @@ import torch
 from diffusers.models.normalization import AdaLayerNormZero, AdaLayerNormZeroSingle, SD35AdaLayerNormZeroX
 from torch import nn
 
-from stretto.cache.mechanism import Call, Hidden, Stack
+from stretto.cache.hidden import Hidden
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 
 def modulated_input(block: nn.Module, hidden_states: torch.Tensor, extras: dict) -> torch.Tensor:

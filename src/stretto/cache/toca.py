@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.mechanism import Call, Hidden, Stack, add, put, split, sub, take
+from stretto.cache.hidden import Hidden, add, put, split, sub, take
 from stretto.cache.policy import CachePolicy, bounded, register
+from stretto.cache.stack import Call, Stack
 
 Pick = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]  # (state, rows, their step index) -> tokens
 

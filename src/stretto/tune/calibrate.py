@@ -1,16 +1,17 @@
 """Calibrating TeaCache and MagCache for a model: full-compute generations that record what the policies need.
 
 - `calibrate_teacache` records, per call and batch row, x = the relative L1 change of block 0's modulated
-  input (TeaCache's signal, see teacache.py) and y = the relative L1 change of the stack's output residual
-  (output - input on the image tokens: what TeaCache reuses), both against the previous call of the same
-  CFG branch, and fits y ~ polyval(c, x) by least squares (numpy.polyfit). TeaCache (Liu et al., CVPR 2025)
-  rescales its signal by such a polynomial; no public project ships the fitting tool.
+  input (TeaCache's signal, see stretto/cache/teacache.py) and y = the relative L1 change of the stack's
+  output residual (output - input on the image tokens: what TeaCache reuses), both against the previous
+  call of the same CFG branch, and fits y ~ polyval(c, x) by least squares (numpy.polyfit). TeaCache
+  (Liu et al., CVPR 2025) rescales its signal by such a polynomial; no public project ships the fitting tool.
 - `calibrate_magcache` runs MagCache (Ma et al., 2025) in its calibration mode and averages the residual
   magnitude ratio per step index over all prompts and both CFG branches.
 
-Both run `stretto.generate`, so the model is a stretto text-to-image model; the recording goes through the
-normal cache mechanism, so any block stack the mechanism supports can be calibrated the same way.
-`stretto calibrate cache teacache|magcache` (calibrate_cli.py) is the command for it.
+Both run the image pipeline (`stretto.pipelines.image.generate`), so the model is a stretto text-to-image
+model; the recording is a cache policy that goes through the normal cache mechanism (stretto.cache), so any
+block stack the mechanism supports can be calibrated the same way. `stretto calibrate cache teacache|magcache`
+(stretto/cli/tune.py) is the command for it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from stretto.cache.hidden import Hidden
 from stretto.cache.magcache import MagCache
-from stretto.cache.mechanism import Call, Hidden, Stack
 from stretto.cache.policy import CachePolicy
+from stretto.cache.stack import Call, Stack
 from stretto.cache.teacache import modulated_input, relative_l1
+from stretto.pipelines.image import generate
 
 MAX_DEGREE = 10
 
@@ -118,8 +121,6 @@ def calibrate_teacache(
     degree: int = 4,
 ) -> TeaCacheFit:
     """Fit TeaCache's coefficients for `model` on full-compute generations of `prompts` (one batched run)."""
-    from stretto.pipelines.image import generate
-
     _check(prompts, steps)
     if not isinstance(degree, int) or isinstance(degree, bool) or not 1 <= degree <= MAX_DEGREE:
         raise ValueError(f"degree must be an integer in [1, {MAX_DEGREE}], got {degree!r}")
@@ -165,8 +166,6 @@ def calibrate_magcache(
 ) -> MagCacheFit:
     """MagCache's ratios for `model`: its calibration mode on one full-compute batched run of `prompts`, the
     ratio per step index averaged over all prompts and both CFG branches."""
-    from stretto.pipelines.image import generate
-
     _check(prompts, steps)
     policy = MagCache()
     policy.calibration = _MeanPerStep()

@@ -49,6 +49,7 @@ class Candidate:
 
     @property
     def pattern(self) -> str:
+        """The mask as `Schedule` pattern text ("111/101/...")."""
         return format_pattern(self.mask)
 
     @property
