@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stretto
-from stretto.adapters import diffusers_cache
+from stretto.bench import diffusers_caches
 from stretto.eval.timing import ComputeCounter
 
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def test_compute_counter_names_blocks_it_cannot_count():
 def test_diffusers_loop_without_cache_matches_stretto(shapes):
     ours = stretto.generate(shapes, PROMPTS, **KW).images
     for params in ({}, {"batched": True}):
-        theirs = diffusers_cache.generate(shapes, PROMPTS, "none", params, **KW).images
+        theirs = diffusers_caches.generate(shapes, PROMPTS, "none", params, **KW).images
         assert torch.allclose(theirs, ours, atol=1e-5), params
 
 
@@ -51,23 +51,23 @@ def test_diffusers_loop_without_cache_matches_stretto(shapes):
 )
 def test_diffusers_caches_skip_work_on_stretto_model(shapes, name, params):
     with ComputeCounter(shapes.blocks) as full:
-        plain = diffusers_cache.generate(shapes, PROMPTS, "none", {}, **KW).images
+        plain = diffusers_caches.generate(shapes, PROMPTS, "none", {}, **KW).images
     with ComputeCounter(shapes.blocks) as cached:
-        images = diffusers_cache.generate(shapes, PROMPTS, name, params, **KW).images
+        images = diffusers_caches.generate(shapes, PROMPTS, name, params, **KW).images
     assert cached.tokens < full.tokens
     assert torch.isfinite(images).all() and not torch.equal(images, plain)
     # the cache is disabled afterwards: the plain run again gives the plain images
-    assert torch.equal(diffusers_cache.generate(shapes, PROMPTS, "none", {}, **KW).images, plain)
+    assert torch.equal(diffusers_caches.generate(shapes, PROMPTS, "none", {}, **KW).images, plain)
 
 
 def test_diffusers_magcache_calibration_gives_one_ratio_per_step(shapes):
-    ratios = diffusers_cache.calibrate_magcache(shapes, PROMPTS, **KW)
+    ratios = diffusers_caches.calibrate_magcache(shapes, PROMPTS, **KW)
     assert len(ratios) == KW["steps"] and all(r > 0 for r in ratios)
 
 
 def test_unknown_diffusers_cache_is_named():
     with pytest.raises(ValueError, match="unknown diffusers cache 'nope'.*firstblock"):
-        diffusers_cache.make_config("nope", {}, 4, lambda: 0)
+        diffusers_caches.make_config("nope", {}, 4, lambda: 0)
 
 
 def test_tiny_bench_rows_and_plot(tmp_path):

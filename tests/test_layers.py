@@ -15,7 +15,7 @@ LAYERS = [
     {"models"},
     {"eval", "checkpoints", "cache"},
     {"pipelines"},
-    {"", "adapters", "train", "distill", "tune", "bench", "serve", "demo"},  # "": the `stretto` API facade
+    {"", "train", "distill", "tune", "bench", "serve", "demo"},  # "": the `stretto` API facade
     {"cli"},
 ]
 

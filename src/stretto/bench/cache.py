@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import stretto
-from stretto.adapters import diffusers_cache
+from stretto.bench import diffusers_caches
 from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
@@ -112,7 +112,7 @@ class CacheBench:
         if engine == "stretto":
             cache = None if name == "none" else params
             return self.timed(lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images)
-        return self.timed(lambda: diffusers_cache.generate(self.net, self.prompts, name, params, **kw).images)
+        return self.timed(lambda: diffusers_caches.generate(self.net, self.prompts, name, params, **kw).images)
 
     def calibrate(self, sampler: str, steps: int) -> tuple[dict[str, str], dict[str, list[float]]]:
         """TeaCache's polynomial and MagCache's ratios for stretto, and diffusers' MagCache ratios by its own
@@ -124,7 +124,7 @@ class CacheBench:
             "teacache": calibrate_teacache(self.net, prompts, **kw).coefficients_text,
             "magcache": calibrate_magcache(self.net, prompts, **kw).ratios_text,
         }
-        return ours, {"magcache": diffusers_cache.calibrate_magcache(self.net, prompts, **kw)}
+        return ours, {"magcache": diffusers_caches.calibrate_magcache(self.net, prompts, **kw)}
 
     def setup_rows(self, sampler: str, steps: int, jobs: list[tuple[str, str, object]]) -> list[dict]:
         """Full-compute references and every job at one (sampler, steps), as result rows."""
@@ -259,7 +259,7 @@ class Quality:
 
 def cfg_mode(engine: str, name: str) -> str:
     """How a row runs classifier-free guidance (see CFG_MODES)."""
-    return "stretto" if engine == "stretto" else "batched" if name in diffusers_cache.BATCHED else "separate"
+    return "stretto" if engine == "stretto" else "batched" if name in diffusers_caches.BATCHED else "separate"
 
 
 def policy_name(engine: str, name: str) -> str:

@@ -1,1 +1,0 @@
-"""Bridges to diffusers: running diffusers' own caches on stretto's models, for comparison."""
