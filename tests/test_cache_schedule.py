@@ -13,7 +13,7 @@ import stretto
 import stretto.cache as cache
 from stretto import checkpoints
 from stretto.cache.schedule import pick
-from stretto.cli.search import add_search_commands
+from stretto.cli.tune import add_search_commands
 from stretto.eval.timing import BlockCounter
 from stretto.tune.search import Candidate, non_dominated, search_schedules
 

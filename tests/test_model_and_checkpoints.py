@@ -60,3 +60,35 @@ def test_shipped_models_load_offline():
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
     classifier = checkpoints.load("shapes-classifier")
     assert classifier.kind == "shapes-classifier"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ([1, 2], r"m/config.json must hold a JSON object, got \[1, 2\]"),
+        ("flux", r"m/config.json must hold a JSON object, got \"flux\""),
+        ({"kind": "shapes-flux"}, r"m/config.json has no 'config' entry"),
+        ({"kind": "shapes-flux", "config": [4]}, r"m/config.json: 'config' must be a JSON object, got \[4\]"),
+        ({"kind": "shapes-flux", "config": {"heads": -2}}, r"m/config.json: config.heads is -2; sizes and ids must"),
+        ({"kind": "shapes-flux", "config": {"axes_dims_rope": [4, -6, 6]}}, r"config.axes_dims_rope is \[4, -6, 6\]"),
+        (
+            {"kind": "shapes-flux", "config": {"vocab": ["a"], "colour": 3}},
+            r"m/config.json does not build a shapes-flux",
+        ),
+    ],
+)
+def test_a_broken_config_is_a_one_line_error_naming_the_file(config, message, tiny_flux, tmp_path):
+    checkpoints.save(tiny_flux, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoints.CheckpointError, match=message) as caught:
+        checkpoints.load(tmp_path / "m")
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+
+
+def test_a_kind_can_be_one_of_several(tiny_flux, tmp_path):
+    checkpoints.save(tiny_flux, tmp_path / "m")
+    assert isinstance(checkpoints.load(tmp_path / "m", kind=("shapes-flux", "world-dit")), ShapesFlux)
+    with pytest.raises(
+        checkpoints.CheckpointError, match="is a 'shapes-flux', expected one of 'masked-lm', 'block-lm'"
+    ):
+        checkpoints.check_kind(tmp_path / "m", ("masked-lm", "block-lm"))

@@ -95,3 +95,11 @@ def test_non_finite_values_stop_with_the_step(tiny_flux):
 def test_top_level_api(tiny_flux):
     result = stretto.generate(tiny_flux, PROMPTS[:1], steps=2)
     assert result.images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("prompt", ["", "  "])
+def test_an_empty_prompt_needs_guidance_zero(tiny_flux, prompt):
+    with pytest.raises(PromptError, match=f"prompt '{prompt}' is .*guidance=0"):
+        generate(tiny_flux, [PROMPTS[0], prompt], steps=2)
+    unconditional = generate(tiny_flux, [prompt], steps=2, guidance=0.0)
+    assert unconditional.stats.model_calls == 2 and torch.isfinite(unconditional.images).all()

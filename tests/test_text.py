@@ -271,7 +271,9 @@ def test_bench_rows_and_plot(tmp_path):
 def test_cli_parsers():
     import argparse
 
-    from stretto.cli.text import add_bench_text_command, add_text_command, add_train_text_command
+    from stretto.cli.bench import add_bench_text_command
+    from stretto.cli.text import add_text_command
+    from stretto.cli.train import add_train_text_command
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

@@ -6,6 +6,7 @@ Never pickle. Shipped checkpoints live in `stretto/weights/<name>/` and load wit
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -69,27 +70,70 @@ def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float3
 
 
 def read_config(folder: str | Path) -> dict:
+    """A checkpoint's config.json as a dict with its `kind` and `config`, or a CheckpointError naming the problem."""
     path = resolve(folder) / "config.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"corrupt checkpoint config {path}: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint config {path} must hold a JSON object, got {_excerpt(meta)}")
+    if "config" not in meta:
+        raise CheckpointError(f"checkpoint config {path} has no 'config' entry (the model's settings)")
+    if not isinstance(meta["config"], dict):
+        raise CheckpointError(
+            f"checkpoint config {path}: 'config' must be a JSON object, got {_excerpt(meta['config'])}"
+        )
+    for key, value in meta["config"].items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(n, int) and not isinstance(n, bool) and n < 0 for n in numbers):
+            raise CheckpointError(f"checkpoint config {path}: config.{key} is {value}; sizes and ids must be >= 0")
+    return meta
 
 
-def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu", kind: str | None = None):
-    """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`."""
+def _excerpt(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
+    """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json."""
+    found = read_config(name_or_path).get("kind")
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    if found not in kinds:
+        expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
+        raise CheckpointError(f"checkpoint {str(name_or_path)!r} is a {found!r}, expected {expected}")
+    return found
+
+
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    kind: str | Sequence[str] | None = None,
+):
+    """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`.
+
+    `kind`: the model kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
+    """
     folder = resolve(name_or_path)
     meta = read_config(folder)
     classes = _model_classes()
     if meta.get("kind") not in classes:
         raise CheckpointError(f"checkpoint {folder} has kind {meta.get('kind')!r}; known kinds: {sorted(classes)}")
-    if kind is not None and meta["kind"] != kind:
-        raise CheckpointError(f"checkpoint {folder} is a {meta['kind']!r}, expected a {kind!r}")
+    if kind is not None:
+        check_kind(name_or_path, kind)
     model_cls, config_cls = classes[meta["kind"]]
     try:
         model = model_cls(config_cls(**meta["config"]))
+    except (TypeError, ValueError, RuntimeError, ArithmeticError) as err:
+        # A config that does not build its model (unknown field, sizes that do not fit together).
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint config {folder / 'config.json'} does not build a {meta['kind']}: {reason}"
+        ) from None
+    try:
         tensors = load_file(folder / "model.safetensors")
-    except (SafetensorError, TypeError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise CheckpointError(f"corrupt checkpoint {folder}: {err}") from None
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)

@@ -1,64 +1,60 @@
-"""The calibration commands of the CLI: `stretto calibrate cache teacache|magcache`.
+"""`stretto calibrate cache teacache|magcache` and `stretto search cache`: tuning an acceleration for a model.
 
-cli.py calls `add_calibrate_commands(subparsers)`; each handler takes the argparse namespace and raises
-ValueError on bad input (cli.py prints it as an error). Each command runs full-compute generations of the
-chosen model on deterministic prompts, writes the recorded numbers as JSON and a plot, and prints the
-ready-to-use `--cache` string.
+Each runs full-compute (calibrate) or cached (search) generations of the chosen model on deterministic prompts,
+writes the numbers as JSON and a plot (to stretto-results/ unless given paths), and prints the ready-to-use
+`--cache` string.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import math
 
+from stretto.cli import args as shared
 from stretto.tune.calibrate import MAX_DEGREE
 
-DEFAULTS = {"steps": 50, "sampler": "euler", "guidance": 3.0, "num_prompts": 8}
+CALIBRATE_DEFAULTS = {"steps": 50, "sampler": "euler", "guidance": 3.0, "num_prompts": 8}
+SEARCH_DEFAULTS = {"num_prompts": 4, "population": 24, "generations": 12}
+CALIBRATION_PROMPT_SEED = 4321  # evaluation_prompts' default seed (1234) is the benchmarks' prompt set
 
 
-def _setup(args: argparse.Namespace):
-    """Check the shared flags; the model, the prompts and the generation settings."""
+def _setup(args: argparse.Namespace, prompt_seed: int | None = None):
+    """Check the shared flags; the model and the prompts."""
     import stretto
     from stretto.data.shapes import evaluation_prompts
+    from stretto.models.shapes_flux import ShapesFlux
     from stretto.pipelines.image import check_settings
 
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    check_settings(args.steps, args.sampler, args.guidance, 1.0)
+    model = stretto.load(args.model, device=args.device, kind=ShapesFlux.kind)
+    if prompt_seed is None:
+        return model, evaluation_prompts(args.num_prompts)
+    return model, evaluation_prompts(args.num_prompts, seed=prompt_seed)
+
+
+def _calibration_setup(args: argparse.Namespace):
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2 (calibration measures changes between steps), got {args.steps}")
-    check_settings(args.steps, args.sampler, args.guidance, 1.0)
-    model = stretto.load(args.model, device=args.device, kind="shapes-flux")
-    prompts = evaluation_prompts(args.num_prompts)
+    model, prompts = _setup(args)
     settings = {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance, "seeds": 0}
     return model, prompts, settings
 
 
-def _write_json(path: str, result: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _written(args: argparse.Namespace) -> str:
+    return f"wrote {args.json}" + (f" and {args.plot}" if args.plot else "")
 
 
 def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from stretto.bench.report import describe_machine
+    from stretto.bench.report import describe_machine, write_json
     from stretto.cache.teacache import TeaCache
+    from stretto.cli.tune_plots import plot_teacache_fit
     from stretto.tune.calibrate import calibrate_teacache
 
     if not 1 <= args.degree <= MAX_DEGREE:
         raise ValueError(f"--degree must be in [1, {MAX_DEGREE}], got {args.degree}")
-    model, prompts, settings = _setup(args)
+    model, prompts, settings = _calibration_setup(args)
     fit = calibrate_teacache(model, prompts, degree=args.degree, **settings)
     result = {
         "method": "teacache",
@@ -72,35 +68,20 @@ def cmd_calibrate_teacache(args: argparse.Namespace) -> None:
         "spec": fit.spec(),
         "pairs": {"index": fit.index, "x": fit.x, "y": fit.y},
     }
-    _write_json(args.json, result)
+    write_json(result, args.json)
     if args.plot:
-        plt = _figure()
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        points = ax.scatter(fit.x, fit.y, c=fit.index, s=8, cmap="viridis", alpha=0.7)
-        fig.colorbar(points, ax=ax, label="step index")
-        grid = np.linspace(min(fit.x), max(fit.x), 200)
-        ax.plot(grid, np.polyval(fit.coefficients, grid), "r-", lw=1.5, label=f"degree {args.degree}, R² {fit.r2:.3f}")
-        ax.set_xlabel("relative L1 change of block 0's modulated input")
-        ax.set_ylabel("relative L1 change of the stack output residual")
-        ax.set_title(f"TeaCache calibration: {args.model}, {args.sampler} {args.steps} steps", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
-    print(
-        f"fitted {len(fit.x)} pairs, R^2 {fit.r2:.4f}; wrote {args.json}" + (f" and {args.plot}" if args.plot else "")
-    )
+        plot_teacache_fit(fit, args.plot, f"{args.model}, {args.sampler} {args.steps} steps")
+    print(f"fitted {len(fit.x)} pairs, R^2 {fit.r2:.4f}; {_written(args)}")
     print(f'--cache "{fit.spec()}"')
     print(f"(add threshold=T to the string, default {TeaCache().threshold:g}: a higher threshold skips more steps)")
 
 
 def cmd_calibrate_magcache(args: argparse.Namespace) -> None:
-    from stretto.bench.report import describe_machine
+    from stretto.bench.report import describe_machine, write_json
+    from stretto.cli.tune_plots import plot_magcache_ratios
     from stretto.tune.calibrate import calibrate_magcache
 
-    model, prompts, settings = _setup(args)
+    model, prompts, settings = _calibration_setup(args)
     fit = calibrate_magcache(model, prompts, **settings)
     result = {
         "method": "magcache",
@@ -111,35 +92,86 @@ def cmd_calibrate_magcache(args: argparse.Namespace) -> None:
         "ratios": fit.ratios,
         "spec": fit.spec(),
     }
-    _write_json(args.json, result)
+    write_json(result, args.json)
     if args.plot:
-        plt = _figure()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(range(len(fit.ratios)), fit.ratios, "o-", ms=3)
-        ax.axhline(1.0, color="gray", ls=":", lw=1)
-        ax.set_xlabel("step index")
-        ax.set_ylabel("residual magnitude ratio to the previous step")
-        ax.set_title(f"MagCache calibration: {args.model}, {args.sampler} {args.steps} steps", fontsize=10)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
-    print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
+        plot_magcache_ratios(fit.ratios, args.plot, f"{args.model}, {args.sampler} {args.steps} steps")
+    print(_written(args))
     print(f'--cache "{fit.spec()}"')
 
 
-def _add_common(p: argparse.ArgumentParser, method: str) -> None:
-    p.add_argument("--model", default="shapes-flux", help="shipped model name or checkpoint folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="sampler steps, >= 2 (default 50)")
-    p.add_argument("--sampler", default=DEFAULTS["sampler"], help="sampler (default euler)")
-    p.add_argument("--guidance", type=float, default=DEFAULTS["guidance"], help="CFG scale (default 3.0)")
-    p.add_argument(
-        "--num-prompts", type=int, default=DEFAULTS["num_prompts"], help="deterministic evaluation prompts (default 8)"
+def cmd_search_cache(args: argparse.Namespace) -> None:
+    from stretto.bench.report import describe_machine, write_json
+    from stretto.cache.schedule import pick
+    from stretto.cli.tune_plots import plot_search
+    from stretto.tune.search import search_schedules
+
+    if args.population < 4:
+        raise ValueError(f"--population must be >= 4, got {args.population}")
+    if args.generations < 0:
+        raise ValueError(f"--generations must be >= 0, got {args.generations}")
+    if args.budget_psnr is not None and not args.budget_psnr > 0:
+        raise ValueError(f"--budget-psnr must be > 0 dB, got {args.budget_psnr}")
+    model, prompts = _setup(args, prompt_seed=CALIBRATION_PROMPT_SEED)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    result = search_schedules(
+        model, prompts, args.steps, args.sampler, args.guidance, seeds, args.population, args.generations,
+        seed=args.seed,
+    )  # fmt: skip
+    out = {
+        "method": "ecad-nsga2",
+        "machine": describe_machine(args.device),
+        "model": args.model,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "num_prompts": args.num_prompts,
+        "prompts": prompts,
+        "seeds": seeds,
+        "population": args.population,
+        "generations": args.generations,
+        "search_seed": args.seed,
+        "model_runs": result.model_runs,
+        "wall_s": round(result.seconds, 1),
+        "blocks": len(model.blocks),
+        "objectives": "minimise compute fraction and 1/PSNR (dB, vs the full-compute images of the same prompts)",
+        "reference": {"compute_fraction": 1.0, "psnr_db": None, "note": "full compute; PSNR null means identical"},
+        "front": [c.as_dict() for c in result.front],
+        "evaluated": [c.as_dict(with_mask=False) for c in result.evaluated],
+        "command": (
+            f"stretto search cache --model {args.model} --steps {args.steps} --sampler {args.sampler} "
+            f"--guidance {args.guidance} --num-prompts {args.num_prompts} --population {args.population} "
+            f"--generations {args.generations} --seed {args.seed}"
+        ),
+    }
+    write_json(out, args.json)
+    if args.plot:
+        plot_search(out, args.plot)
+    print(
+        f"evaluated {result.model_runs} schedules in {result.seconds:.0f} s; front of {len(result.front)}; "
+        + _written(args)
     )
-    p.add_argument("--json", default=f"benchmarks/results/calibrate-{method}.json")
-    p.add_argument("--plot", default=f"benchmarks/results/calibrate-{method}.png", help="PNG path ('' for none)")
+    print(f"{'compute':>8} {'speedup':>8} {'PSNR dB':>8}  origin")
+    for c in result.front:
+        psnr = "ref" if math.isinf(c.psnr_db) else f"{c.psnr_db:.2f}"
+        print(f"{c.compute_fraction:>8.3f} {c.speedup_ideal:>7.2f}x {psnr:>8}  {c.origin}")
+    if args.budget_psnr is not None:
+        best = pick(result.front, args.budget_psnr)
+        print(
+            f"cheapest with PSNR >= {args.budget_psnr:g} dB: compute {best.compute_fraction:.3f} "
+            f"({best.speedup_ideal:.2f}x ideal), PSNR {best.psnr_db:.2f} dB"
+        )
+        print(f"--cache {best.spec}")
+        print(f"or: --cache schedule:file={args.json},min_psnr={args.budget_psnr:g}")
+
+
+def _add_tuning_args(p: argparse.ArgumentParser, name: str, num_prompts: int, prompts: str, min_steps: int) -> None:
+    """The flags calibration and search share: model, device, sampling settings, prompts, outputs."""
+    shared.add_model(p)
+    shared.add_device(p)
+    d = CALIBRATE_DEFAULTS
+    shared.add_image_sampling(p, steps=d["steps"], sampler=d["sampler"], guidance=d["guidance"], min_steps=min_steps)
+    p.add_argument("--num-prompts", type=int, default=num_prompts, help=f"{prompts} (default {num_prompts})")
+    shared.add_results(p, name)
 
 
 def add_calibrate_commands(subparsers) -> argparse.ArgumentParser:
@@ -150,10 +182,30 @@ def add_calibrate_commands(subparsers) -> argparse.ArgumentParser:
         dest="method", required=True
     )
     p = methods.add_parser("teacache", help="fit TeaCache's rescaling polynomial (input change -> output change)")
-    _add_common(p, "teacache")
+    _add_tuning_args(p, "calibrate-teacache", CALIBRATE_DEFAULTS["num_prompts"], "deterministic evaluation prompts", 2)
     p.add_argument("--degree", type=int, default=4, help=f"polynomial degree in [1, {MAX_DEGREE}] (default 4)")
     p.set_defaults(func=cmd_calibrate_teacache)
     p = methods.add_parser("magcache", help="measure MagCache's residual magnitude ratio per step")
-    _add_common(p, "magcache")
+    _add_tuning_args(p, "calibrate-magcache", CALIBRATE_DEFAULTS["num_prompts"], "deterministic evaluation prompts", 2)
     p.set_defaults(func=cmd_calibrate_magcache)
     return calibrate
+
+
+def add_search_commands(subparsers) -> argparse.ArgumentParser:
+    """`stretto search cache`."""
+    search = subparsers.add_parser("search", help="search an acceleration's settings for a model")
+    what = search.add_subparsers(dest="what", required=True)
+    p = what.add_parser(
+        "cache",
+        help="ECAD-style NSGA-II search for explicit cache schedules (steps x blocks): compute vs PSNR front",
+    )
+    d = SEARCH_DEFAULTS
+    _add_tuning_args(p, "cache-search", d["num_prompts"], "deterministic calibration prompts", 1)
+    p.add_argument("--population", type=int, default=d["population"], help="masks per generation (>= 4)")
+    p.add_argument("--generations", type=int, default=d["generations"], help="rounds of offspring (>= 0)")
+    shared.add_seed(p, "search seed and first noise seed")
+    p.add_argument(
+        "--budget-psnr", type=float, default=None, help="print the cheapest front schedule with at least this PSNR"
+    )
+    p.set_defaults(func=cmd_search_cache)
+    return search

@@ -13,7 +13,7 @@ import torch
 
 from stretto import cache as feature_cache
 from stretto.cache import CacheSummary
-from stretto.data.shapes import IMAGE_SIZE, check_vocabulary
+from stretto.data.shapes import IMAGE_SIZE, PromptError, check_vocabulary
 from stretto.eval.timing import BlockCounter, measure
 from stretto.sampling import TimeShiftedDenoiser, flow_sigmas, get_sampler
 
@@ -55,6 +55,21 @@ def check_settings(steps: int, sampler: str, guidance: float, shift: float) -> N
         raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
     if not 0.0 < shift <= 100.0:
         raise ValueError(f"shift must be in (0, 100], got {shift}")
+
+
+def check_prompts(prompts: Sequence[str], guidance: float) -> None:
+    """Raise PromptError naming a prompt outside the vocabulary, or a blank one unless guidance is 0.
+
+    An empty prompt is the model's unconditional prompt: asked for with guidance 0 it gives unconditional
+    samples; with any other guidance it is almost always a mistake (a missing prompt), so it is refused.
+    """
+    for p in prompts:
+        if not p.strip() and guidance != 0.0:
+            raise PromptError(
+                f"prompt {p!r} is {'blank' if p else 'empty'}; for unconditional samples pass an empty prompt "
+                "with guidance=0 (the CLI: stretto generate --unconditional)"
+            )
+        check_vocabulary(p)
 
 
 def initial_noise(seeds: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -107,10 +122,10 @@ def generate(
     `time_shift` evaluates the network at a variance-matched sigma (the Time-Shift Sampler idea).
     `cache` is a feature-cache policy or a `--cache` string such as "taylor:order=2,interval=3", applied
     for this call only (a cache already applied with stretto.cache.apply is used as well).
+    Unconditional samples: an empty prompt with guidance=0 (an empty prompt with any other guidance is an error).
     """
     prompts = list(prompts)
-    for p in prompts:
-        check_vocabulary(p)
+    check_prompts(prompts, guidance)
     check_settings(steps, sampler, guidance, shift)
     if isinstance(cache, str):
         cache = feature_cache.parse_policy(cache)

@@ -1,0 +1,102 @@
+"""The arguments several commands share, each defined once: model, device, sampling settings, cache, seed, outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+from stretto.pipelines.image import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT, MAX_GUIDANCE
+
+# Benchmarks, calibrations and searches write here unless given paths; the committed results in
+# benchmarks/results/ change only when a command names them.
+RESULTS_DIR = "stretto-results"
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+MAX_TRAIN_SEED = 2**32 - 1  # training seeds generators with seed * 1_000_003 + step, which must stay in 64 bits
+
+
+class IntInRange(argparse.Action):
+    """Store an integer flag; outside [low, high] a ValueError naming the flag (main prints it as one line)."""
+
+    def __init__(self, option_strings, dest, low: int = 0, high: int = MAX_SEED, **kwargs):
+        super().__init__(option_strings, dest, type=int, **kwargs)
+        self.low, self.high = low, high
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{option_string} must be an integer in [{self.low}, {self.high}], got {value}")
+        setattr(namespace, self.dest, value)
+
+
+def add_model(p: argparse.ArgumentParser, default: str = "shapes-flux", what: str = "text-to-image model") -> None:
+    """--model: a shipped name or a checkpoint folder."""
+    p.add_argument("--model", default=default, help=f"{what}: shipped name or checkpoint folder (default {default})")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """--device."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+
+
+def add_image_sampling(
+    p: argparse.ArgumentParser,
+    steps: int,
+    sampler: str = DEFAULT_SAMPLER,
+    guidance: float = DEFAULT_GUIDANCE,
+    min_steps: int = 1,
+) -> None:
+    """--steps, --sampler and --guidance of the text-to-image commands."""
+    from stretto.sampling import SAMPLERS
+
+    p.add_argument("--steps", type=int, default=steps, help=f"sampler steps, >= {min_steps} (default {steps})")
+    p.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
+    add_guidance(p, guidance)
+
+
+def add_guidance(p: argparse.ArgumentParser, default: float = DEFAULT_GUIDANCE) -> None:
+    """--guidance: the classifier-free guidance scale."""
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=default,
+        help=f"classifier-free guidance scale in [0, {MAX_GUIDANCE:g}] (default {default:g}; 1: conditional only)",
+    )
+
+
+def add_shift(p: argparse.ArgumentParser, default: float = DEFAULT_SHIFT) -> None:
+    """--shift: the SD3/Flux timestep shift."""
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=default,
+        help=f"SD3/Flux timestep shift in (0, 100], 1 = none (default {default:g})",
+    )
+
+
+def add_image_cache(p: argparse.ArgumentParser) -> None:
+    """--cache: a feature-cache spec for the text-to-image model."""
+    p.add_argument(
+        "--cache",
+        default=None,
+        help='feature cache, e.g. "taylor", "fora:interval=3", "dbcache:first=1,threshold=0.1" '
+        "(stretto.cache.available() lists all policies and parameters; default none)",
+    )
+
+
+def add_seed(p: argparse.ArgumentParser, what: str, default: int = 0, high: int = MAX_SEED) -> None:
+    """--seed, checked against [0, high] as it is parsed."""
+    p.add_argument("--seed", action=IntInRange, low=0, high=high, default=default,
+                   help=f"{what}, in [0, {high}] (default {default})")  # fmt: skip
+
+
+def add_results(p: argparse.ArgumentParser, name: str, plot: bool = True) -> None:
+    """--json (and --plot): where a benchmark, calibration or search writes; stretto-results/ unless given."""
+    p.add_argument(
+        "--json",
+        default=f"{RESULTS_DIR}/{name}.json",
+        help=f"result JSON (default {RESULTS_DIR}/{name}.json; the committed results are in benchmarks/results/)",
+    )
+    if plot:
+        p.add_argument(
+            "--plot",
+            default=f"{RESULTS_DIR}/{name}.png",
+            help=f"plot PNG, '' for none (default {RESULTS_DIR}/{name}.png)",
+        )

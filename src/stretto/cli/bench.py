@@ -1,0 +1,168 @@
+"""`stretto bench samplers|cache|text|stream`: the benchmarks, written to stretto-results/ unless given paths."""
+
+from __future__ import annotations
+
+import argparse
+
+from stretto.cli import args as shared
+from stretto.cli.text import TEXT_KINDS
+
+
+def cmd_bench_samplers(args: argparse.Namespace) -> None:
+    from stretto.bench.samplers import run_sampler_bench
+    from stretto.checkpoints import check_kind
+    from stretto.models.shapes_flux import ShapesFlux
+
+    check_kind(args.model, ShapesFlux.kind)
+    run_sampler_bench(
+        json_path=args.json,
+        plot_path=args.plot,
+        model=args.model,
+        device=args.device,
+        num_images=args.num_images,
+        guidance=args.guidance,
+        shift=args.shift,
+        nfes=args.nfe,
+    )
+
+
+def cmd_bench_cache(args: argparse.Namespace) -> None:
+    from stretto.bench.cache import run_cache_bench, run_wall_check
+    from stretto.checkpoints import check_kind
+    from stretto.models.shapes_flux import ShapesFlux
+
+    check_kind(args.model, ShapesFlux.kind)
+    if args.wall_check:
+        json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
+        run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images)
+        return
+    setups = []
+    for item in args.setup:
+        sampler, _, steps = item.partition(":")
+        if not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--setup must look like SAMPLER:STEPS, e.g. euler:50, got {item!r}")
+        setups.append((sampler, int(steps)))
+    run_cache_bench(
+        json_path=args.json or f"{shared.RESULTS_DIR}/cache.json",
+        plot_path=args.plot,
+        model=args.model,
+        device=args.device,
+        num_images=args.num_images,
+        guidance=args.guidance,
+        setups=tuple(setups),
+        policies=args.policies,
+        engines=tuple(args.engines),
+    )
+
+
+def cmd_bench_text(args: argparse.Namespace) -> None:
+    from stretto.bench.text import run_text_bench
+    from stretto.checkpoints import check_kind
+
+    models = args.models.split(",")
+    for name in models:
+        check_kind(name, TEXT_KINDS)
+    run_text_bench(
+        json_path=args.json,
+        plot_path=args.plot,
+        models=models,
+        n_per_task=args.n_per_task,
+        batch_size=args.batch_size,
+        gen_length=args.gen_length,
+        device=args.device,
+    )
+
+
+def cmd_bench_stream(args: argparse.Namespace) -> None:
+    from stretto.bench.stream import run_stream_bench
+
+    for n in args.frames:
+        if n < 1:
+            raise ValueError(f"--frames must be >= 1, got {n}")
+    run_stream_bench(
+        args.json, args.plot, models=tuple(args.models), lengths=tuple(args.frames), modes=tuple(args.modes),
+        steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
+        drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
+    )  # fmt: skip
+
+
+def add_bench_samplers_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench samplers`."""
+    p = bench_subparsers.add_parser("samplers", help="every sampler at NFE 2..32 vs a 100-step Euler reference")
+    shared.add_results(p, "samplers")
+    p.add_argument("--num-images", type=int, default=256, help="prompts, one image each (default 256)")
+    p.add_argument("--nfe", type=int, nargs="+", default=[2, 4, 8, 16, 32], help="model calls per image to test")
+    shared.add_guidance(p)
+    shared.add_shift(p)
+    shared.add_model(p)
+    shared.add_device(p)
+    p.set_defaults(func=cmd_bench_samplers)
+    return p
+
+
+def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench cache`."""
+    p = bench_subparsers.add_parser("cache", help="every cache policy and diffusers' own caches vs full compute")
+    p.add_argument("--json", default=None, help=f"result JSON (default {shared.RESULTS_DIR}/cache.json, with "
+                   f"--wall-check {shared.RESULTS_DIR}/cache-wall.json; the committed results are in "
+                   "benchmarks/results/)")  # fmt: skip
+    p.add_argument("--plot", default=f"{shared.RESULTS_DIR}/cache.png",
+                   help=f"plot PNG, '' for none (default {shared.RESULTS_DIR}/cache.png)")  # fmt: skip
+    p.add_argument("--num-images", type=int, default=128, help="prompts, one image each (default 128)")
+    p.add_argument("--setup", nargs="+", default=["euler:50", "dpm++2m:20"], help="SAMPLER:STEPS; the first gets "
+                   "every setting, the others one middle setting per policy")  # fmt: skip
+    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (both engines)")
+    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers"], help="stretto and/or diffusers")
+    p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
+                   "specs interleaved with full compute (euler 50), to --json")  # fmt: skip
+    shared.add_guidance(p)
+    shared.add_model(p)
+    shared.add_device(p)
+    p.set_defaults(func=cmd_bench_cache)
+    return p
+
+
+def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench text`."""
+    p = bench_subparsers.add_parser("text", help="every decoding rule x cache on the held-out text tasks")
+    shared.add_results(p, "text")
+    p.add_argument("--models", default="text-masked,text-block", help="comma-separated names or folders")
+    p.add_argument("--n-per-task", type=int, default=8, help="held-out examples per task (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default 64)")
+    shared.add_device(p)
+    p.set_defaults(func=cmd_bench_text)
+    return p
+
+
+def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench stream`."""
+    from stretto.bench.stream import DEFAULT_MODELS
+    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
+
+    p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
+    shared.add_results(p, "stream")
+    p.add_argument("--gif", default=f"{shared.RESULTS_DIR}/stream.gif",
+                   help="GIF of simulator | each model, '' for none (default stretto-results/stream.gif)")  # fmt: skip
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="world models: names or folders")
+    p.add_argument("--frames", nargs="+", type=int, default=[64, 2000], help="stream lengths to time (each >= 1)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how the past is kept")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per block")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames kept besides the sinks")
+    p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="sink frames never evicted")
+    p.add_argument("--drift-episodes", type=int, default=8, help="held-out episodes of the drift curve (default 8)")
+    p.add_argument("--drift-frames", type=int, default=400, help="frames per drift episode (default 400)")
+    shared.add_device(p)
+    p.set_defaults(func=cmd_bench_stream)
+    return p
+
+
+def add_bench_commands(subparsers) -> argparse.ArgumentParser:
+    """`stretto bench ...`."""
+    bench = subparsers.add_parser("bench", help="benchmarks: speed and quality")
+    what = bench.add_subparsers(dest="what", required=True)
+    add_bench_samplers_command(what)
+    add_bench_cache_command(what)
+    add_bench_text_command(what)
+    add_bench_stream_command(what)
+    return bench

@@ -1,0 +1,138 @@
+"""`stretto train image|classifier|text|world`: the training runs behind the shipped checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+from stretto.cli import args as shared
+
+
+def cmd_train_image(args: argparse.Namespace) -> None:
+    from stretto.train.image import ImageTrainConfig, train_image
+
+    cfg = ImageTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(f"exported {train_image(cfg)}")
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from stretto import checkpoints
+    from stretto.train.classifier import heldout_accuracy, train_classifier
+
+    folder = train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    print(f"exported {folder}")
+    model = checkpoints.load(folder, kind="shapes-classifier")
+    for noise in (0.0, 0.05, 0.1):
+        print(f"held-out exact-scene accuracy, noise {noise}: {heldout_accuracy(model, noise=noise):.4f}")
+
+
+def cmd_train_text(args: argparse.Namespace) -> None:
+    from stretto.train.text import TextTrainConfig, train_text
+
+    cfg = TextTrainConfig(
+        out=args.out or f"runs/text-{args.model}",
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        n_layer=args.n_layer,
+        n_embd=args.n_embd,
+        block_size=args.block_size,
+        tasks=args.tasks,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        semi_ar=args.semi_ar,
+    )
+    print(f"exported {train_text(cfg)}")
+
+
+def cmd_train_world(args: argparse.Namespace) -> None:
+    from stretto.train.world import WorldTrainConfig, train_world
+
+    out = args.out or ("runs/world-tf" if args.mode == "teacher-forcing" else "runs/world-sf")
+    cfg = WorldTrainConfig(
+        out=out, mode=args.mode, init=args.init, steps=args.steps, batch_size=args.batch_size, frames=args.frames,
+        lr=args.lr, seed=args.seed, frames_per_block=args.frames_per_block, context_noise=args.context_noise,
+        window=args.window, sinks=args.sinks, save_every=args.save_every, tf_weight=args.tf_weight,
+    )  # fmt: skip
+    print(f"exported {train_world(cfg)}")
+
+
+def _add_run_args(p: argparse.ArgumentParser, out: str | None, steps: int, batch_size: int, out_text: str = "") -> None:
+    """--out, --steps, --batch-size and --seed, which every training run takes."""
+    p.add_argument("--out", default=out, help=f"checkpoint folder; a run there is resumed (default {out_text or out})")
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
+    shared.add_seed(p, "seed of the initial weights and the batches", high=shared.MAX_TRAIN_SEED)
+
+
+def add_train_image_command(train_subparsers) -> argparse.ArgumentParser:
+    """`stretto train image`."""
+    p = train_subparsers.add_parser("image", help="the text-to-image flow-matching Flux (resumes from --out)")
+    _add_run_args(p, "runs/shapes-flux", steps=10000, batch_size=64)
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
+    p.set_defaults(func=cmd_train_image)
+    return p
+
+
+def add_train_classifier_command(train_subparsers) -> argparse.ArgumentParser:
+    """`stretto train classifier`."""
+    p = train_subparsers.add_parser("classifier", help="the evaluation classifier (prompt accuracy and FID features)")
+    _add_run_args(p, "runs/shapes-classifier", steps=1600, batch_size=128)
+    p.set_defaults(func=cmd_train_classifier)
+    return p
+
+
+def add_train_text_command(train_subparsers) -> argparse.ArgumentParser:
+    """`stretto train text`."""
+    p = train_subparsers.add_parser(
+        "text", help="a masked (LLaDA) or block (BD3-LM) diffusion LM on the text tasks (resumes from --out)"
+    )
+    p.add_argument("--model", choices=("masked", "block"), default="masked", help="which LM (default masked)")
+    _add_run_args(p, None, steps=5000, batch_size=32, out_text="runs/text-<model>")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--n-layer", type=int, default=4, help="transformer layers (default 4)")
+    p.add_argument("--n-embd", type=int, default=128, help="model width (default 128)")
+    p.add_argument("--block-size", type=int, default=16, help="block-lm only: tokens per block (default 16)")
+    p.add_argument("--tasks", default="all", help="comma-separated: copy,reverse,sort,duplicate,running_sum,add")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (default 250)")
+    p.add_argument(
+        "--semi-ar", type=float, default=0.5, help="masked only: fraction of block-decoding-shaped masks (0: LLaDA)"
+    )
+    p.add_argument("--eval-every", type=int, default=500, help="held-out exact match every N steps (0: at the end)")
+    p.set_defaults(func=cmd_train_text)
+    return p
+
+
+def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
+    """`stretto train world`."""
+    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_WINDOW
+
+    p = train_subparsers.add_parser(
+        "world", help="the action-conditioned world model: teacher forcing, then Self Forcing (resumes from --out)"
+    )
+    p.add_argument("--mode", choices=("teacher-forcing", "self-forcing"), default="teacher-forcing",
+                   help="training objective (default teacher-forcing)")  # fmt: skip
+    p.add_argument("--init", default=None, help="self-forcing: the teacher-forced checkpoint to start from")
+    _add_run_args(p, None, steps=3000, batch_size=12, out_text="runs/world-tf or runs/world-sf, by --mode")
+    p.add_argument("--frames", type=int, default=10, help="clip length (teacher forcing) / rollout length (self)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--frames-per-block", type=int, default=1, help="frames denoised together (default 1)")
+    p.add_argument("--context-noise", type=float, default=0.0, help="teacher forcing: max noise of the context")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="self forcing: rolling cache window")
+    p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="self forcing: sink frames")
+    p.add_argument("--tf-weight", type=float, default=0.0, help="self forcing: + this x teacher-forcing loss")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (default 250)")
+    p.set_defaults(func=cmd_train_world)
+    return p
+
+
+def add_train_commands(subparsers) -> argparse.ArgumentParser:
+    """`stretto train ...`, one subcommand per shipped model family."""
+    train = subparsers.add_parser("train", help="train a shipped model")
+    what = train.add_subparsers(dest="what", required=True)
+    add_train_image_command(what)
+    add_train_classifier_command(what)
+    add_train_text_command(what)
+    add_train_world_command(what)
+    return train
