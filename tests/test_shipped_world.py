@@ -6,6 +6,7 @@ import torch
 from stretto import checkpoints
 from stretto.bench.stream import run_episode
 from stretto.eval.metrics import frame_psnr
+from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, cache_bytes
 from stretto.pipelines.world import StreamSettings
 
 torch.set_num_threads(1)
@@ -37,3 +38,19 @@ def test_cache_is_exact_on_the_shipped_weights(models):
     kv = run_episode(model, MAPS[:2], n, StreamSettings(mode="kv", window=None, max_frames=n + 1), seed=0)
     recompute = run_episode(model, MAPS[:2], n, StreamSettings(mode="recompute", window=None), seed=0)
     torch.testing.assert_close(kv.frames, recompute.frames, rtol=0, atol=1e-4)
+
+
+def test_default_kv_budget_holds_long_streams_and_refuses_typos(models):
+    model = models["world-sf"]
+    c, dtype = model.config, next(model.parameters()).dtype
+
+    def mib(frames):
+        return cache_bytes(c.n_layer, 1, c.n_head, c.head_dim, frames * c.tokens_per_frame, dtype) / 2**20
+
+    assert 280 < mib(2001) < DEFAULT_BUDGET_BYTES / 2**20  # `--mode kv --frames 2000`: the whole stream kept
+    cache = model.new_cache(1, 2001)
+    assert cache.nbytes == cache_bytes(c.n_layer, 1, c.n_head, c.head_dim, 2001 * c.tokens_per_frame, dtype)
+    del cache
+    for frames in (100_001, 20_001):  # `--window 100000` (~14 GB) and `--mode kv --frames 20000` (~3 GB)
+        with pytest.raises(ValueError, match=rf"needs {mib(frames):,.1f} MiB .* over its budget of 1,024.0 MiB"):
+            model.new_cache(1, frames)

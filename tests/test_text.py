@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from stretto.data import text_tasks
-from stretto.models.kv_cache import KVCache
+from stretto.models.kv_cache import KVCache, cache_bytes
 from stretto.models.text_lm import (
     BlockDiffusionLM,
     MaskedDiffusionLM,
@@ -15,9 +18,10 @@ from stretto.models.text_lm import (
     left_pad_positions,
 )
 from stretto.pipelines import text
-from stretto.pipelines.text_caches import parse_cache
-from stretto.pipelines.text_decode import block_spans, finish_at_eot
-from stretto.pipelines.text_rules import Factor, LowConfidence, Threshold, parse_rule
+from stretto.pipelines.text.caches import BlockCache, DualCache, NoCache, PrefixCache, parse_cache
+from stretto.pipelines.text.decode import block_spans, decode, finish_at_eot
+from stretto.pipelines.text.refresh import DelayedCaching, DriftRefresh, Periodic
+from stretto.pipelines.text.rules import Factor, LowConfidence, Threshold, parse_rule
 from stretto.train.text import (
     TextTrainConfig,
     block_diffusion_loss,
@@ -78,6 +82,93 @@ def test_kv_cache_write_read_override_evict():
         c.write(0, 5, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
 
 
+def test_kv_cache_refuses_to_allocate_past_its_budget():
+    fits = KVCache(layers=2, batch=1, heads=2, head_dim=4, capacity=8)
+    assert fits.nbytes == cache_bytes(2, 1, 2, 4, 8)
+    assert KVCache(2, 1, 2, 4, 8, budget_bytes=fits.nbytes).nbytes == fits.nbytes  # the limit itself is allowed
+    message = (
+        rf"^the KV cache needs {fits.nbytes / 2**20:.3g} MiB \(8 slots x 2 layers x batch 1\), over its budget of "
+        rf"{(fits.nbytes - 1) / 2**20:.3g} MiB; pass a larger budget_bytes to KVCache$"
+    )
+    with pytest.raises(ValueError, match=message):
+        KVCache(2, 1, 2, 4, 8, budget_bytes=fits.nbytes - 1)
+    # The default budget is checked before allocating: a terabyte-sized request fails at once.
+    with pytest.raises(ValueError, match=r"needs 1,048,576\.0 MiB .* over its budget of 1,024\.0 MiB"):
+        KVCache(1, 1, 1, 2**26, 2**11)
+
+
+def test_kv_cache_holds_no_probe_state():
+    m = tiny()
+    canvas, _ = text.make_canvas(m, PROMPTS, 16)
+    cache = m.new_cache(2, canvas.shape[1])
+    plain = m(canvas, kv_cache=cache)
+    changed = canvas.clone()
+    changed[:, -3] = 5
+    logits, probe = m(changed, kv_cache=cache, probe_layer=1)
+    assert set(vars(cache)) == {"k", "v", "positions", "valid", "blocks", "capacity", "sink_slots", "length", "writes"}
+    for gone in ("commit", "committed", "track_drift", "drift", "attention", "wants_attention", "note_attention"):
+        assert not hasattr(cache, gone)
+    # The probe comes back with the logits: drift of every layer's overwritten keys, attention mass at layer 1.
+    assert logits.shape == plain.shape and probe.layer == 1 and probe.start == 0
+    assert sorted(probe.drift) == [0, 1] and probe.drift[0].shape == canvas.shape
+    moved = probe.drift[0] > 1e-6  # layer 0's keys depend on the token alone: only the changed slot moved
+    assert moved[:, -3].all() and moved.sum() == 2
+    assert probe.attention.shape == canvas.shape
+    assert torch.allclose(probe.attention.sum(-1), torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(m(changed, kv_cache=m.new_cache(2, canvas.shape[1])), logits, atol=1e-10)
+    with pytest.raises(ValueError, match=r"probe_layer must be in \[0, 2\), got 2"):
+        m(canvas, probe_layer=2)
+
+
+# -- specs: rules and cache modes ------------------------------------------------------------------
+CANONICAL_CACHES = [
+    "none", "prefix", "dual", "dual:every=4", "dual:drift=0.05", "dual:drift=0.02,layer=2", "dual:delay",
+    "prefix:delay", "prefix:every=3,delay", "dual:every=4,drift=0.05,layer=1,delay", "block", "block:fuse",
+]  # fmt: skip
+
+
+def test_specs_read_back_as_their_canonical_strings():
+    for spec in CANONICAL_CACHES:
+        assert str(parse_cache(spec)) == spec
+    for spec in ("lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1"):
+        assert str(parse_rule(spec)) == spec
+    assert str(parse_rule("baseline")) == "lowconf:tokens=1" and str(parse_rule("factor")) == "factor:f=1"
+    assert str(parse_cache("dual:delay=true,every=0")) == "dual:delay" and str(parse_cache("block:fuse=no")) == "block"
+    # The published benchmark's spec strings name the same settings today.
+    rows = json.loads((Path(__file__).parents[1] / "benchmarks/results/text.json").read_text())["rows"]
+    assert all(str(parse_cache(r["cache"])) == r["cache"] and str(parse_rule(r["decode"])) == r["decode"] for r in rows)
+
+
+def test_cache_modes_and_refresh_options_are_small_classes():
+    assert type(parse_cache("none")) is NoCache and not NoCache.uses_kv
+    assert parse_cache("block:fuse") == BlockCache(fuse=True)
+    prefix = parse_cache("prefix:every=3,delay")
+    assert type(prefix) is PrefixCache and [type(o) for o in prefix.refresh] == [Periodic, DelayedCaching]
+    dual = parse_cache("dual:drift=0.02,layer=1")
+    assert type(dual) is DualCache and dual.refresh == (DriftRefresh(0.02, 1),)
+    assert parse_cache("dual").refresh == ()
+    assert Periodic(3).periodic(6) and not Periodic(3).periodic(4)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("triple", r"unknown cache 'triple'; allowed: block, dual, none, prefix"),
+        ("dual:fuse", r"unknown parameter 'fuse' for cache 'dual'; allowed: every: an integer"),
+        ("block:every=2", r"unknown parameter 'every' for cache 'block'; allowed: fuse: true or false"),
+        ("none:delay", r"unknown parameter 'delay' for cache 'none'; allowed: none"),
+        ("dual:every=-1", r"DualCache.every must be an integer in \[0, 10000\], got -1"),
+        ("prefix:drift=3", r"PrefixCache.drift must be a number in \[0, 2\], got 3.0"),
+        ("dual:every=x", r"DualCache.every must be an integer in \[0, 10000\], got 'x'"),
+        ("dual:delay=maybe", r"DualCache.delay must be true or false, got 'maybe'"),
+        ("prefix:layer=1", r"PrefixCache.layer applies with drift only, got layer=1 alone"),
+    ],
+)
+def test_bad_cache_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_cache(spec)
+
+
 # -- decoding rules --------------------------------------------------------------------------------
 def test_rules_select():
     inf = float("-inf")
@@ -95,11 +186,13 @@ def test_rules_select():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("threshold:tau=1.5", r"tau must be in \(0, 1\], got 1.5"),
-        ("threshold:tau=0", r"tau must be in \(0, 1\]"),
-        ("greedy", r"unknown decoding rule 'greedy'; allowed"),
-        ("threshold:k=3", r"unknown option 'k'.*allowed: \['tau'\]"),
-        ("factor:f=x", "not a valid float"),
+        ("threshold:tau=1.5", r"Threshold.tau must be a number in \(0, 1\], got 1.5"),
+        ("threshold:tau=0", r"Threshold.tau must be a number in \(0, 1\], got 0"),
+        ("factor:f=-1", r"Factor.f must be a number in \(0, 1000\], got -1"),
+        ("lowconf:tokens=0", r"LowConfidence.tokens must be an integer in \[1, 10000\], got 0"),
+        ("greedy", r"unknown decoding rule 'greedy'; allowed: baseline, factor, lowconf, threshold"),
+        ("threshold:k=3", r"unknown parameter 'k' for decoding rule 'threshold'; allowed: tau: a number"),
+        ("factor:f=x", r"Factor.f must be a number .*, got 'x'"),
     ],
 )
 def test_bad_rules(spec, match):
@@ -110,11 +203,15 @@ def test_bad_rules(spec, match):
 def test_bad_caches_and_inputs():
     m, bm = tiny(), tiny(BlockDiffusionLM, 8)
     with pytest.raises(ValueError, match=r"unknown cache 'triple'; allowed"):
-        parse_cache("triple")
-    with pytest.raises(ValueError, match="does not apply to a masked-lm"):
+        text.generate(m, PROMPTS, 16, 8, cache="triple")
+    with pytest.raises(ValueError, match=r"cache 'block' does not apply to a masked-lm; allowed: \['none', 'prefix'"):
         text.generate(m, PROMPTS, 16, 8, cache="block")
-    with pytest.raises(ValueError, match="does not apply to a block-lm"):
+    with pytest.raises(ValueError, match=r"does not apply to a block-lm; allowed: \['none', 'block'\]"):
         text.generate(bm, PROMPTS, 16, 8, cache="dual")
+    with pytest.raises(ValueError, match=r"DualCache.layer must be in \[0, 2\) for this model, got 2"):
+        text.generate(m, PROMPTS, 16, 8, cache="dual:drift=0.1,layer=2")
+    with pytest.raises(ValueError, match=r"gen_length \(36\) must be a multiple of the model's block size \(8\)"):
+        text.generate(bm, PROMPTS, 36, 4, cache="block")
     with pytest.raises(ValueError, match=r"multiple of block_length"):
         text.generate(m, PROMPTS, 20, 8)
     with pytest.raises(ValueError, match=r"exceeds the model's context of 96"):
@@ -165,6 +262,18 @@ def test_steps_commit_and_never_remask(rule, cache):
         prev = canvas
     assert not (res.canvas == MASK).any() and res.stats.steps == len(seen)
     assert res.stats.nfe >= res.stats.steps and len(res.texts) == 2 and res.tokens_per_s > 0
+
+
+@pytest.mark.parametrize("spec", ["dual:every=3,delay", "prefix:drift=1e-9,delay", "block:fuse"])
+def test_a_parsed_mode_starts_fresh_at_every_generation(spec):
+    m = tiny(BlockDiffusionLM, 8) if spec.startswith("block") else tiny()
+    mode, rule = parse_cache(spec), parse_rule("threshold:tau=0.5")
+    runs = []
+    for fresh in (mode, mode, parse_cache(spec)):  # the same object twice, then a new one
+        canvas, gen_start = text.make_canvas(m, PROMPTS, 24)
+        runs.append((canvas, decode(m, canvas, gen_start, 8, rule, fresh, early_stop=False)))
+    assert all(torch.equal(c, runs[0][0]) and s == runs[0][1] for c, s in runs)
+    assert runs[0][1].cache_bytes > 0 and text.generate(m, PROMPTS, 16, 8, cache="none").stats.cache_bytes == 0
 
 
 def test_drift_refresh_triggers_by_bound():

@@ -181,6 +181,7 @@ def test_closing_a_stream_releases_its_cache():
         (StreamSettings(mode="kv-rolling", window=1), "window 1 is smaller than a block"),
         (StreamSettings(mode="kv-rolling", window=4, sinks=5), "sink count 5 must be in"),
         (StreamSettings(mode="kv", window=None), "mode kv needs max_frames"),
+        (StreamSettings(kv_budget_mib=0), "StreamSettings.kv_budget_mib must be a number of MiB > 0, got 0"),
     ],
 )
 def test_bad_stream_settings_are_clear(settings, message):
@@ -192,6 +193,22 @@ def test_bad_stream_settings_are_clear(settings, message):
 def test_kv_mode_says_when_the_stream_outgrows_the_cache():
     with pytest.raises(ValueError, match="the kv cache holds 3 frames"):
         run(tiny_world(), 5, StreamSettings(mode="kv", window=None, max_frames=3))
+
+
+def test_stream_fails_before_allocating_a_cache_over_its_budget():
+    model = tiny_world()
+    made = []
+    new_cache = model.new_cache
+    model.new_cache = lambda *a, **k: made.append(c := new_cache(*a, **k)) or c
+    with pytest.raises(
+        ValueError, match=r"over its budget of 1\.0 MiB; raise it with --kv-budget-mib .*smaller window"
+    ):
+        run(model, 2, StreamSettings(mode="kv-rolling", window=100, kv_budget_mib=1))
+    with pytest.raises(ValueError, match=r"over its budget of 0\.5 MiB; raise it with --kv-budget-mib .*kv-rolling"):
+        run(model, 2, StreamSettings(mode="kv", window=None, max_frames=100, kv_budget_mib=0.5))
+    assert made == []  # refused before anything was allocated
+    frames, out = run(model, 2, StreamSettings(mode="kv-rolling", window=8, kv_budget_mib=1))
+    assert len(made) == 1 and 0 < out[0].kv_bytes <= 2**20
 
 
 def test_few_step_schedule_and_grad_step():
@@ -290,6 +307,15 @@ def test_stream_bad_input_is_one_clear_line(args, message, tiny_world_checkpoint
     assert main(["stream", "--model", tiny_world_checkpoint, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_stream_over_the_kv_budget_is_one_clear_line(tiny_world_checkpoint, tmp_path, capsys):
+    out = tmp_path / "never.gif"
+    assert main(["stream", "--model", tiny_world_checkpoint, "--window", "100000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error" in line]  # the progress bar may come first
+    assert line.startswith("stretto: error: the KV cache needs") and "Traceback" not in err
+    assert "over its budget of 1,024.0 MiB; raise it with --kv-budget-mib" in line and not out.exists()
 
 
 def test_stream_refuses_a_checkpoint_of_another_kind(tiny_flux, tmp_path, capsys):

@@ -6,20 +6,40 @@ either *writes* its fresh K/V into those slots (overwriting what was there: repe
 reuse its slot) or only *overrides* them for that call. Keys are stored before RoPE, with each slot's position
 kept beside them, so positions can be re-applied (or shifted) when the keys are read.
 
-Per slot the cache also keeps: the RoPE position (per row), a validity flag (padding is never attended to),
-a block index (for block-causal masks) and a committed flag (clean K/V that will not change any more).
-A rolling window with sink slots evicts the oldest non-sink block when a new block does not fit
-(StreamingLLM's attention sinks; Self Forcing's rolling KV cache).
+Per slot the cache also keeps: the RoPE position (per row), a validity flag (padding is never attended to)
+and a block index (for block-causal masks). A rolling window with sink slots evicts the oldest non-sink block
+when a new block does not fit (StreamingLLM's attention sinks; Self Forcing's rolling KV cache).
+
+Allocation is bounded: a cache whose buffers would exceed `budget_bytes` (default `DEFAULT_BUDGET_BYTES`) is
+refused before any memory is taken, with one line saying the size asked, the limit and how to raise it.
+The cache holds K/V and slot metadata only; what a model call measures about it (Elastic-Cache's key drift and
+attention mass) is returned by that call (`stretto.models.kv_attention.Probe`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+MIB = 2**20
+# Far above what the shipped models ask (a 2,000-frame world stream with every frame kept is ~283 MiB), far
+# below what a typo asks (`--window 100000` would be ~14 GiB): a mistake fails in one line, not in the OOM killer.
+DEFAULT_BUDGET_BYTES = 1024 * MIB
+
+
+def cache_bytes(
+    layers: int, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype = torch.float32
+) -> int:
+    """Bytes a KVCache of this shape allocates: K and V, plus positions, validity and block index per slot."""
+    kv = 2 * layers * batch * heads * capacity * head_dim * dtype.itemsize
+    return kv + batch * capacity * (torch.long.itemsize + torch.bool.itemsize) + capacity * torch.long.itemsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:,.1f} MiB" if n >= MIB else f"{n / MIB:.3g} MiB"
 
 
 class KVCache:
-    """Preallocated per-layer K/V buffers with slot-range writes, commit, eviction and byte accounting."""
+    """Preallocated per-layer K/V buffers with slot-range writes, eviction, byte accounting and a memory budget."""
 
     def __init__(
         self,
@@ -32,27 +52,31 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         sink_slots: int = 0,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        budget_hint: str = "pass a larger budget_bytes to KVCache",
     ):
         for name, value in (("layers", layers), ("batch", batch), ("heads", heads), ("head_dim", head_dim)):
             if value < 1:
                 raise ValueError(f"KVCache {name} must be >= 1, got {value}")
         if not 0 <= sink_slots < capacity:
             raise ValueError(f"KVCache sink_slots must be in [0, capacity={capacity}), got {sink_slots}")
+        if budget_bytes < 1:
+            raise ValueError(f"KVCache budget_bytes must be >= 1, got {budget_bytes}")
+        asked = cache_bytes(layers, batch, heads, head_dim, capacity, dtype)
+        if asked > budget_bytes:  # checked before allocating: a cache that does not fit is never half-made
+            raise ValueError(
+                f"the KV cache needs {_mib(asked)} ({capacity:,} slots x {layers} layers x batch {batch}), "
+                f"over its budget of {_mib(budget_bytes)}; {budget_hint}"
+            )
         shape = (layers, batch, heads, capacity, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.blocks = torch.zeros(capacity, dtype=torch.long, device=device)
-        self.committed = torch.zeros(capacity, dtype=torch.bool, device=device)
         self.capacity, self.sink_slots = capacity, sink_slots
         self.length = 0  # slots [0, length) hold data
         self.writes = 0  # slot-layer writes, for counting
-        # Elastic-Cache probes: drift of overwritten keys per layer; attention mass over keys at one layer.
-        self.track_drift = False
-        self.drift: dict[int, tuple[int, torch.Tensor]] = {}
-        self.attention_layer: int | None = None
-        self.attention: torch.Tensor | None = None
 
     # -- memory accounting -------------------------------------------------------------------------------
     @property
@@ -79,28 +103,14 @@ class KVCache:
         self.positions[:, start:end] = positions
         self.valid[:, start:end] = valid
         self.blocks[start:end] = blocks
-        self.committed[start:end] = False
         self.length = max(self.length, end)
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Overwrite slots [start, start + T) of one layer with un-rotated keys and values (B, H, T, D)."""
         end = self._check_range(start, k.shape[2])
-        if self.track_drift:
-            drift = torch.zeros(k.shape[0], k.shape[2], dtype=k.dtype, device=k.device)
-            old_end = min(end, self.length)
-            if old_end > start:
-                old = self.k[layer, :, :, start:old_end]
-                cos = F.cosine_similarity(old, k[:, :, : old_end - start], dim=-1).mean(1)
-                drift[:, : old_end - start] = 1 - cos
-            self.drift[layer] = (start, drift)
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         self.writes += end - start
-
-    def commit(self, start: int, end: int) -> None:
-        """Mark slots as holding clean K/V (a finished block after its commit pass)."""
-        self._check_range(start, end - start)
-        self.committed[start:end] = True
 
     # -- reads -------------------------------------------------------------------------------------------
     def read(
@@ -137,14 +147,6 @@ class KVCache:
         blk = torch.cat([self.blocks[:start], blocks, self.blocks[end:n]])
         return pos, val, blk
 
-    # -- probes (Elastic-Cache drift test) ---------------------------------------------------------------
-    def wants_attention(self, layer: int) -> bool:
-        return self.attention_layer == layer
-
-    def note_attention(self, mass: torch.Tensor) -> None:
-        """Attention mass per key slot (B, Tk), averaged over heads and queries, from the probed layer."""
-        self.attention = mass
-
     # -- eviction and the rolling window -------------------------------------------------------------------
     def evict(self, start: int, end: int) -> None:
         """Drop slots [start, end) and move later slots down (their stored positions are kept)."""
@@ -157,11 +159,9 @@ class KVCache:
                 buf[:, :, :, start : start + tail] = buf[:, :, :, end : self.length].clone()
             for buf in (self.positions, self.valid):
                 buf[:, start : start + tail] = buf[:, end : self.length].clone()
-            for buf in (self.blocks, self.committed):
-                buf[start : start + tail] = buf[end : self.length].clone()
+            self.blocks[start : start + tail] = self.blocks[end : self.length].clone()
         self.length = max(start, self.length - n)
         self.valid[:, self.length :] = False
-        self.committed[self.length :] = False
 
     def make_room(self, n: int) -> int:
         """Rolling window: evict the oldest non-sink n-slot blocks until n more fit; returns the next slot."""
@@ -174,7 +174,6 @@ class KVCache:
         return self.length
 
     def reset(self) -> None:
-        self.length, self.writes, self.attention = 0, 0, None
-        self.drift.clear()
+        """Empty the cache (buffers stay allocated)."""
+        self.length, self.writes = 0, 0
         self.valid.zero_()
-        self.committed.zero_()

@@ -7,7 +7,9 @@
   change and a KV cache is exact. The prompt is block 0; generated block i (`block_size` tokens) is block i+1.
 
 `model(ids, positions, blocks, kv_cache=..., start=..., write=..., gen_start=...)` returns logits. With a
-`KVCache` the T input tokens sit at cache slots [start, start + T) and attend to every slot the cache holds.
+`KVCache` the T input tokens sit at cache slots [start, start + T) and attend to every slot the cache holds
+(`stretto.models.kv_attention`). With `probe_layer=l` it returns (logits, `Probe`): the drift of every key the
+call overwrote and the attention mass over keys at layer l, which Elastic-Cache's refresh test reads.
 
 Besides RoPE (relative), each token gets two learned absolute position embeddings: its distance from the start
 of the prompt and its offset from the start of the answer (`gen_start`). RoPE alone cannot tell an answer token
@@ -18,14 +20,13 @@ The model knows nothing about decoding rules or when a cache is refreshed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stretto.data.text_tasks import TOKENIZER
+from stretto.models.kv_attention import Probe, kv_attention, rope_angles
 from stretto.models.kv_cache import KVCache
 
 
@@ -59,21 +60,10 @@ class TextLMConfig:
         return asdict(self)
 
 
-def rope_angles(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
-    """Rotation angles (..., dim/2) for integer positions (...) (RoFormer, Su et al. 2021), in float64."""
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
-    return positions.to(torch.float64)[..., None] * inv_freq
-
-
 def rope_tables(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """cos, sin of shape (B, 1, T, dim/2) for integer positions (B, T)."""
     angles = rope_angles(positions, dim, base)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -83,25 +73,10 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool):
+    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool, probe):
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if kv_cache is None:
-            k_all, v_all = k, v
-        elif write:  # this call's tokens replace their slots; attend to everything the cache holds
-            kv_cache.write(layer, start, k, v)
-            k_all, v_all = kv_cache.read(layer)
-        else:
-            k_all, v_all = kv_cache.read(layer, start, k, v)
-        # Keys are cached un-rotated, so RoPE is applied here, from each slot's stored position.
-        q, k_all = apply_rope(q, *rope_q), apply_rope(k_all, *rope_k)
-        if kv_cache is not None and kv_cache.wants_attention(layer):
-            att = (q @ k_all.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-            kv_cache.note_attention(att.mean(dim=(1, 2)))
-            y = att @ v_all
-        else:
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = kv_attention(q, k, v, rope_q, rope_k, mask, kv_cache, layer, start, write, probe)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -116,8 +91,8 @@ class Block(nn.Module):
             nn.Linear(4 * config.n_embd, config.n_embd),
         )
 
-    def forward(self, x, rope_q, rope_k, mask, kv_cache, layer, start, write):
-        x = x + self.attn(self.ln1(x), rope_q, rope_k, mask, kv_cache, layer, start, write)
+    def forward(self, x, rope_q, rope_k, mask, kv_cache, layer, start, write, probe):
+        x = x + self.attn(self.ln1(x), rope_q, rope_k, mask, kv_cache, layer, start, write, probe)
         return x + self.mlp(self.ln2(x))
 
 
@@ -168,15 +143,20 @@ class TextLM(nn.Module):
         attn_mask: torch.Tensor | None = None,
         gen_start: int = 0,
         slots: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab).
+        probe_layer: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Probe]:
+        """ids (B, T) -> logits (B, T, vocab), or (logits, Probe) when probe_layer is given.
 
         positions: RoPE positions (B, T), default start + arange(T). blocks: block index (T,) of each token
         (block-causal models). kv_cache: the T tokens sit at slots [start, start + T) and attend to all cached
         slots; `write` stores their K/V there, otherwise they override those slots for this call only.
         attn_mask: an explicit (B, 1, T, Tk) mask, used by block-diffusion training.
         gen_start: the slot where the answer starts; slots: the slot of each token (T,), default start + arange(T).
+        probe_layer: also return a `Probe` with the drift of the keys this call overwrote (every layer, when it
+        writes to a cache) and the attention mass over keys at this layer (Elastic-Cache's refresh test).
         """
+        if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
+            raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
         b, t = ids.shape
         if slots is None:
             slots = torch.arange(t, device=ids.device) + start
@@ -203,9 +183,11 @@ class TextLM(nn.Module):
         dim, base = self.config.head_dim, self.config.rope_base
         rope_q = rope_tables(positions, dim, base, x.dtype)
         rope_k = rope_q if kv_cache is None else rope_tables(k_pos, dim, base, x.dtype)
+        probe = None if probe_layer is None else Probe(probe_layer, start)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope_q, rope_k, attn_mask, kv_cache, i, start, write)
-        return self.lm_head(self.ln_f(x))
+            x = block(x, rope_q, rope_k, attn_mask, kv_cache, i, start, write, probe)
+        logits = self.lm_head(self.ln_f(x))
+        return logits if probe is None else (logits, probe)
 
     def new_cache(self, batch: int, capacity: int, **kwargs) -> KVCache:
         """A KVCache shaped for this model (the cache manager allocates; the model only says the shapes)."""

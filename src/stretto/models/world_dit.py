@@ -10,7 +10,8 @@ Three ways to call it, same weights:
 - plain: a clip of frames, block-causal mask built from the frame blocks (recompute mode; context frames at t=0);
 - with an explicit frame-level mask (teacher-forcing training: clean copies beside noisy ones);
 - with a `KVCache`: the frames sit at cache slots [start, start + T) and attend to every cached slot;
-  `write=True` stores their K/V (the commit of a clean block), otherwise they only override those slots.
+  `write=True` stores their K/V (the commit of a clean block), otherwise they only override those slots
+  (`stretto.models.kv_attention`, the attention the text LMs share).
 Cached keys are stored un-rotated. The temporal RoPE position of a cached frame is its slot in the cache, not its
 frame number in the stream, so after a rolling window evicts frames the positions stay inside the range the model
 was trained on, however long the stream runs.
@@ -25,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stretto.models.kv_cache import KVCache
-from stretto.models.text_lm import apply_rope, rope_angles
+from stretto.models.kv_attention import kv_attention, rope_angles
+from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
 
 
 @dataclass
@@ -108,15 +109,7 @@ class Attention(nn.Module):
     def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if kv_cache is None:
-            k_all, v_all = k, v
-        elif write:
-            kv_cache.write(layer, start, k, v)
-            k_all, v_all = kv_cache.read(layer)
-        else:
-            k_all, v_all = kv_cache.read(layer, start, k, v)
-        q, k_all = apply_rope(q, *rope_q), apply_rope(k_all, *rope_k)
-        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = kv_attention(q, k, v, rope_q, rope_k, mask, kv_cache, layer, start, write)
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
@@ -259,7 +252,14 @@ class WorldDiT(nn.Module):
         shift, scale = self.ada_out(cond).repeat_interleave(tpf, dim=1).chunk(2, dim=-1)
         return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
 
-    def new_cache(self, batch: int, frames: int, sink_frames: int = 0) -> KVCache:
+    def new_cache(
+        self,
+        batch: int,
+        frames: int,
+        sink_frames: int = 0,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        budget_hint: str = "pass a larger budget_bytes to new_cache",
+    ) -> KVCache:
         """A KVCache holding `frames` frames, the first `sink_frames` of them never evicted."""
         p = next(self.parameters())
         c = self.config
@@ -273,4 +273,6 @@ class WorldDiT(nn.Module):
             dtype=p.dtype,
             device=p.device,
             sink_slots=sink_frames * tpf,
+            budget_bytes=budget_bytes,
+            budget_hint=budget_hint,
         )

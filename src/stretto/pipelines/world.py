@@ -13,6 +13,8 @@ Modes (how the past is supplied):
   The model positions cached frames by slot, so positions never exceed the cache size: the stream runs forever;
 - `recompute`: no cache; every model call re-runs the clean context frames (all of them, or the same sinks +
   window as kv-rolling) together with the block being denoised.
+The KV cache is allocated within `StreamSettings.kv_budget_mib` (default 1,024 MiB): a stream whose cache
+would need more fails before anything is allocated, with the size asked and how to raise the limit.
 `denoise_block` is shared with Self Forcing training, which runs this very loop with gradients on one step.
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from stretto.data.world import STAY, parse_actions, prompt_block
-from stretto.models.kv_cache import KVCache
+from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, MIB, KVCache
 from stretto.models.world_dit import WorldDiT
 
 MODES = ("recompute", "kv", "kv-rolling")
@@ -33,6 +35,11 @@ DEFAULT_STEPS = 4
 DEFAULT_SHIFT = 3.0
 DEFAULT_WINDOW = 8  # frames kept besides the sinks (kv-rolling, and recompute when windowed)
 DEFAULT_SINKS = 1  # the prompt frame stays in the cache forever
+DEFAULT_KV_BUDGET_MIB = DEFAULT_BUDGET_BYTES // MIB
+KV_BUDGET_HINT = {
+    "kv": "raise it with --kv-budget-mib (StreamSettings.kv_budget_mib), or use mode kv-rolling",
+    "kv-rolling": "raise it with --kv-budget-mib (StreamSettings.kv_budget_mib), or use a smaller window",
+}
 
 
 def few_step_timesteps(steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
@@ -75,9 +82,13 @@ class StreamSettings:
     window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
     sinks: int = DEFAULT_SINKS
     max_frames: int | None = None  # kv only: capacity of the full cache, in frames
+    kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
 
     def check(self, model: WorldDiT) -> None:
         fpb = model.config.frames_per_block
+        budget = self.kv_budget_mib
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+            raise ValueError(f"StreamSettings.kv_budget_mib must be a number of MiB > 0, got {budget!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown stream mode {self.mode!r}; modes: {', '.join(MODES)}")
         if self.mode == "kv-rolling" and self.window is None:
@@ -110,10 +121,11 @@ class _Context:
         self.cache: KVCache | None = None
         self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and actions (B,)
         self.actions: list[torch.Tensor] = []
+        budget = {"budget_bytes": int(settings.kv_budget_mib * MIB), "budget_hint": KV_BUDGET_HINT.get(settings.mode)}
         if settings.mode == "kv":
-            self.cache = model.new_cache(batch, settings.max_frames)
+            self.cache = model.new_cache(batch, settings.max_frames, **budget)
         elif settings.mode == "kv-rolling":
-            self.cache = model.new_cache(batch, settings.sinks + settings.window, settings.sinks)
+            self.cache = model.new_cache(batch, settings.sinks + settings.window, settings.sinks, **budget)
 
     @property
     def kv_bytes(self) -> int:
@@ -164,7 +176,6 @@ class _Context:
             start = self.start(frames.shape[1])
             t0 = torch.zeros(frames.shape[:2], device=frames.device)
             self.model(frames, t0, actions, kv_cache=self.cache, start=start, write=True)
-            self.cache.commit(start, start + frames.shape[1] * self.tpf)
         else:
             self.frames.extend(frames.unbind(1))
             self.actions.extend(actions.unbind(1))

@@ -1,4 +1,11 @@
-"""Text generation with masked diffusion LMs: `stretto.text.generate(model, prompts, ...)`."""
+"""Text generation with masked diffusion LMs: `stretto.pipelines.text.generate(model, prompts, ...)`.
+
+The pieces, one file each: `decode` (the block iterator and the driver), `rules` (which positions a step
+commits), `caches` (KV cache modes: none, prefix, dual, block), `refresh` (when a prefix / dual cache
+recomputes stale K/V), `model_calls` (the counted model calls and the generation's KV cache).
+`generate` parses the rule and cache specs once, checks them and the block layout against the model, builds
+the canvas and hands the parsed objects to `decode`.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,11 @@ import torch
 
 from stretto.data.text_tasks import TOKENIZER
 from stretto.models.text_lm import TextLM
-from stretto.pipelines.text_caches import parse_cache
-from stretto.pipelines.text_decode import DecodeStats
-from stretto.pipelines.text_decode import decode as decode_canvas
-from stretto.pipelines.text_rules import parse_rule
+from stretto.pipelines.text.caches import parse_cache
+from stretto.pipelines.text.decode import check_blocks
+from stretto.pipelines.text.decode import decode as decode_canvas
+from stretto.pipelines.text.model_calls import DecodeStats
+from stretto.pipelines.text.rules import parse_rule
 
 
 @dataclass
@@ -95,14 +103,13 @@ def generate(
     if isinstance(prompts, str):
         prompts = [prompts]
     block_length = block_length or default_block_length(model)
-    cache = default_cache(model) if cache is None else cache
-    rule, spec = parse_rule(decode), parse_cache(cache)  # fail on bad specs before any work
-    spec.check_model(model.kind, model.config.n_layer)
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    # Parsed and checked once, before any work; decode takes the objects as they are.
+    rule, mode = parse_rule(decode), parse_cache(default_cache(model) if cache is None else cache)
+    mode.check_model(model)
+    check_blocks(model, gen_length, block_length)
     canvas, gen_start = make_canvas(model, list(prompts), gen_length)
     t0 = time.perf_counter()
-    stats = decode_canvas(model, canvas, gen_start, block_length, rule, spec, early_stop, callback)
+    stats = decode_canvas(model, canvas, gen_start, block_length, rule, mode, early_stop, callback)
     seconds = time.perf_counter() - t0
     gen = canvas[:, gen_start:].cpu()
     texts = [TOKENIZER.decode(row) for row in gen]

@@ -1,0 +1,105 @@
+"""Block-wise decoding of masked diffusion LMs: the block iterator and the driver that ties the pieces.
+
+The pieces (the dInfer split): `block_spans` walks the generation region block by block (semi-autoregressive,
+LLaDA); a rule (`rules`) picks the positions to commit each step; a cache mode (`caches`, with its `refresh`
+options) decides which slots each step runs against the KV cache; `ModelCalls` (`model_calls`) runs and counts
+the model calls. `decode` runs them and counts everything: model calls (nfe), steps, token positions evaluated,
+refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability of x0. A committed token is
+never re-masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from stretto.models.text_lm import TextLM
+from stretto.pipelines.text.caches import CacheMode
+from stretto.pipelines.text.model_calls import DecodeStats, ModelCalls
+from stretto.pipelines.text.rules import Rule
+
+
+def block_spans(gen_start: int, gen_length: int, block_length: int) -> Iterator[tuple[int, int]]:
+    """Slot ranges [start, end) of the blocks of the generation region, left to right."""
+    if block_length < 1 or gen_length < 1:
+        raise ValueError(f"gen_length and block_length must be >= 1, got {gen_length} and {block_length}")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    for s in range(gen_start, gen_start + gen_length, block_length):
+        yield s, s + block_length
+
+
+def check_blocks(model: TextLM, gen_length: int, block_length: int) -> None:
+    """Raise ValueError unless blocks of block_length tile gen_length and fit the model's own blocks."""
+    if block_length < 1 or gen_length < 1:
+        raise ValueError(f"gen_length and block_length must be >= 1, got {gen_length} and {block_length}")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    model_block = model.config.block_size
+    if model_block and model_block % block_length:
+        raise ValueError(f"block_length ({block_length}) must divide the model's block size ({model_block})")
+    if model_block and gen_length % model_block:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of the model's block size ({model_block})")
+
+
+def finish_at_eot(canvas: torch.Tensor, gen_start: int, mask_id: int, eot_id: int) -> torch.Tensor:
+    """Early stop: a row whose first end-of-text has no mask before it is done; the rest becomes end-of-text.
+
+    Returns the bool (B,) of rows that are done.
+    """
+    g = canvas[:, gen_start:]
+    is_eot = g == eot_id
+    idx = torch.arange(g.shape[1])
+    first = torch.where(is_eot.any(1), is_eot.float().argmax(1), g.shape[1])
+    done = is_eot.any(1) & ~((g == mask_id) & (idx[None] < first[:, None])).any(1)
+    fill = done[:, None] & (idx[None] > first[:, None]) & (g == mask_id)
+    g[fill] = eot_id
+    return done
+
+
+@torch.no_grad()
+def decode(
+    model: TextLM,
+    canvas: torch.Tensor,
+    gen_start: int,
+    block_length: int,
+    rule: Rule,
+    cache: CacheMode,
+    early_stop: bool = True,
+    callback: Callable[[torch.Tensor, dict], None] | None = None,
+) -> DecodeStats:
+    """Fill the masked slots [gen_start, end) of `canvas` (B, S) in place (prompts left-padded with <pad>).
+
+    rule and cache are parsed objects already checked against the model and the block layout (`generate`
+    does both, once); the cache mode's state starts fresh here.
+    """
+    cfg = model.config
+    calls = ModelCalls(model, canvas, gen_start, with_cache=cache.uses_kv)
+    stats = calls.stats
+    cache.start()
+    for bs, be in block_spans(gen_start, canvas.shape[1] - gen_start, block_length):
+        if early_stop and not (canvas[:, gen_start:] == cfg.mask_id).any():
+            break
+        stats.blocks += 1
+        rule.start_block((canvas[:, bs:be] == cfg.mask_id).sum(1), be - bs)
+        cache.start_block(calls, bs, be)
+        step = 0
+        while (is_masked := canvas[:, bs:be] == cfg.mask_id).any():
+            logits = cache.logits(calls, bs, be, step).float()
+            # Only characters and end-of-text are answers (an untrained model may favour <mask>).
+            logits[..., [cfg.mask_id, cfg.pad_id]] = float("-inf")
+            probs = logits.softmax(-1)
+            conf, x0 = probs.max(-1)
+            conf = conf.masked_fill(~is_masked, float("-inf"))
+            commit = rule.select(conf, step) & is_masked
+            block = canvas[:, bs:be]
+            block[commit] = x0[commit]
+            step += 1
+            stats.steps += 1
+            if early_stop:
+                finish_at_eot(canvas, gen_start, cfg.mask_id, cfg.eot_id)
+            if callback is not None:
+                callback(canvas, {"block": (bs, be), "step": step, "committed": commit, "nfe": stats.nfe})
+        cache.end_block(calls, bs, be)
+    return stats

@@ -1,0 +1,60 @@
+"""One generation's model calls over the canvas, each counted, and the KV cache they share.
+
+A cache mode (`caches`) decides which slot range each call runs; `ModelCalls` runs it against the one
+`KVCache` of the generation (allocated here, within the cache's default memory budget) and counts it into
+`DecodeStats`: model calls (nfe), token positions run, refreshes, blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from stretto.models.kv_attention import Probe
+from stretto.models.text_lm import TextLM, gen_blocks, left_pad_positions
+
+
+@dataclass
+class DecodeStats:
+    """What one generation cost, counted rather than timed."""
+
+    nfe: int = 0  # model calls (one call runs the whole batch)
+    steps: int = 0  # decoding steps (commit rounds)
+    positions: int = 0  # token positions run through the model, per row, summed over calls
+    refreshes: int = 0  # full passes made inside a block by a refresh option
+    blocks: int = 0  # blocks decoded (fewer than gen_length / block_length after an early stop)
+    cache_bytes: int = 0  # bytes allocated by the KV cache
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ModelCalls:
+    """Runs the model on slot ranges [lo, hi) of the canvas (B, S), against the generation's KV cache if any."""
+
+    def __init__(self, model: TextLM, canvas: torch.Tensor, gen_start: int, with_cache: bool):
+        cfg = model.config
+        self.model, self.canvas, self.gen_start = model, canvas, gen_start
+        self.end = canvas.shape[1]
+        self.mask_id, self.n_layer, self.model_block = cfg.mask_id, cfg.n_layer, cfg.block_size
+        self.positions = left_pad_positions(canvas, cfg.pad_id)
+        self.blocks = gen_blocks(gen_start, self.end, cfg.block_size, canvas.device)
+        self.stats = DecodeStats()
+        self.kv = model.new_cache(canvas.shape[0], self.end) if with_cache else None
+        if self.kv is not None:
+            self.stats.cache_bytes = self.kv.nbytes
+
+    def __call__(self, lo: int, hi: int, probe_layer: int | None = None) -> tuple[torch.Tensor, Probe | None]:
+        """Logits (B, hi - lo, vocab) of slots [lo, hi), whose K/V are written to the cache; and the probe."""
+        self.stats.nfe += 1
+        self.stats.positions += hi - lo
+        out = self.model(
+            self.canvas[:, lo:hi], self.positions[:, lo:hi], self.blocks[lo:hi],
+            kv_cache=self.kv, start=lo, gen_start=self.gen_start, probe_layer=probe_layer,
+        )  # fmt: skip
+        return out if probe_layer is not None else (out, None)
+
+    def settled(self, lo: int, hi: int) -> torch.Tensor:
+        """bool (B, hi - lo): slots holding their final token."""
+        return self.canvas[:, lo:hi] != self.mask_id
