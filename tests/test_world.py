@@ -318,6 +318,14 @@ def test_stream_over_the_kv_budget_is_one_clear_line(tiny_world_checkpoint, tmp_
     assert "over its budget of 1,024.0 MiB; raise it with --kv-budget-mib" in line and not out.exists()
 
 
+def test_the_kv_budget_flag_raises_and_lowers_the_limit(tiny_world_checkpoint, tmp_path, capsys):
+    out = tmp_path / "w.gif"
+    args = ["stream", "--model", tiny_world_checkpoint, "--frames", "3", "--out", str(out)]
+    assert main([*args, "--kv-budget-mib", "1e-4"]) == 2
+    assert "over its budget of 9.92e-05 MiB" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--window", "4000", "--kv-budget-mib", "100000"]) == 0 and out.exists()
+
+
 def test_stream_refuses_a_checkpoint_of_another_kind(tiny_flux, tmp_path, capsys):
     folder = checkpoints.save(tiny_flux, tmp_path / "flux")
     assert main(["stream", "--model", str(folder)]) == 2

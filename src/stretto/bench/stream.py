@@ -28,7 +28,7 @@ from stretto.bench.report import describe_machine, new_figure, save_figure, tabl
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
-from stretto.pipelines.world import StreamSettings, stream
+from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, StreamSettings, stream
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
@@ -101,13 +101,15 @@ def row_of(mode: str, model_name: str, run: EpisodeRun, settings: StreamSettings
     }
 
 
-def settings_for(mode: str, frames: int, steps: int, window: int, sinks: int) -> StreamSettings:
+def settings_for(
+    mode: str, frames: int, steps: int, window: int, sinks: int, kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB
+) -> StreamSettings:
     """kv: a cache of the whole stream; kv-rolling: window + sinks; recompute: the whole context when short,
     the kv-rolling window when long (re-running 2,000 frames of context per call would take hours)."""
     if mode == "kv":
-        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1)
+        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1, kv_budget_mib=kv_budget_mib)
     if mode == "kv-rolling" or frames > 64:
-        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks)
+        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, kv_budget_mib=kv_budget_mib)
     return StreamSettings(mode="recompute", steps=steps, window=None)
 
 
@@ -125,6 +127,7 @@ def run_stream_bench(
     device: str = "cpu",
     gif_path: str | Path | None = None,
     gif_frames: int = 240,
+    kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
 ) -> dict:
     """Every mode x model x length row, then the drift curves (and a GIF: simulator | each model)."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
@@ -133,7 +136,7 @@ def run_stream_bench(
     for n in lengths:
         for mode in modes:
             for name, model in loaded.items():
-                settings = settings_for(mode, n, steps, window, sinks)
+                settings = settings_for(mode, n, steps, window, sinks, kv_budget_mib)
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
                 print(table_row(rows[-1], TABLE))

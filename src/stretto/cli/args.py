@@ -100,3 +100,15 @@ def add_results(p: argparse.ArgumentParser, name: str, plot: bool = True) -> Non
             default=f"{RESULTS_DIR}/{name}.png",
             help=f"plot PNG, '' for none (default {RESULTS_DIR}/{name}.png)",
         )
+
+
+def add_kv_budget(p: argparse.ArgumentParser) -> None:
+    """--kv-budget-mib: the most memory the KV cache may allocate (a bad window or length fails before it)."""
+    from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB
+
+    p.add_argument(
+        "--kv-budget-mib",
+        type=float,
+        default=DEFAULT_KV_BUDGET_MIB,
+        help=f"most KV cache memory to allocate, MiB (default {DEFAULT_KV_BUDGET_MIB:g}); larger asks fail up front",
+    )

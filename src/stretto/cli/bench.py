@@ -83,6 +83,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
         args.json, args.plot, models=tuple(args.models), lengths=tuple(args.frames), modes=tuple(args.modes),
         steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
         drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
+        kv_budget_mib=args.kv_budget_mib,
     )  # fmt: skip
 
 
@@ -150,6 +151,7 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per block")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames kept besides the sinks")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="sink frames never evicted")
+    shared.add_kv_budget(p)
     p.add_argument("--drift-episodes", type=int, default=8, help="held-out episodes of the drift curve (default 8)")
     p.add_argument("--drift-frames", type=int, default=400, help="frames per drift episode (default 400)")
     shared.add_device(p)

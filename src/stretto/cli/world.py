@@ -41,7 +41,7 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     stream = world_pipeline.stream_world(
         model, _recording(actions, used), world=args.world, seed=args.seed, frames=args.frames, mode=args.mode,
         steps=args.steps, window=None if args.mode == "kv" else args.window, sinks=args.sinks,
-        max_frames=args.frames + 1,
+        max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib,
     )  # fmt: skip
     show = None
     if args.interactive:
@@ -122,6 +122,7 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per block")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames kept besides the sinks")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="sink frames never evicted")
+    shared.add_kv_budget(p)
     p.add_argument("--interactive", action="store_true", help="read actions from the keyboard (arrows/WASD, q)")
     p.add_argument("--compare", action="store_true", help="GIF shows the simulator's frames beside the model's")
     p.add_argument("--scale", type=int, default=4, help="GIF pixel scale")
