@@ -162,7 +162,7 @@ class DualCache(PrefixCache):
 class BlockCache(CacheMode):
     """The exact cache of block-causal models (BD3-LM, Arriola et al. 2025; Fast-dLLM v2, Wu et al. 2025)."""
 
-    fuse: bool = bounded(False, 0, 1, "write a finished block's K/V in the next block's first pass , Fast-dLLM v2")
+    fuse: bool = bounded(False, 0, 1, "write a finished block's K/V in the next block's first pass (Fast-dLLM v2)")
     name: ClassVar[str] = "block"
     kinds: ClassVar[tuple[str, ...]] = ("block-lm",)
 
