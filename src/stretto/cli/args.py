@@ -102,10 +102,19 @@ def add_results(p: argparse.ArgumentParser, name: str, plot: bool = True) -> Non
         )
 
 
-def add_kv_budget(p: argparse.ArgumentParser) -> None:
-    """--kv-budget-mib: the most memory the KV cache may allocate (a bad window or length fails before it)."""
-    from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB
+def add_stream_settings(p: argparse.ArgumentParser) -> None:
+    """The world stream's settings: denoising steps per block, rolling window, sinks, KV memory budget."""
+    from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW
 
+    p.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps per block (default {DEFAULT_STEPS})"
+    )
+    p.add_argument(
+        "--window", type=int, default=DEFAULT_WINDOW, help=f"frames kept besides the sinks (default {DEFAULT_WINDOW})"
+    )
+    p.add_argument(
+        "--sinks", type=int, default=DEFAULT_SINKS, help=f"sink frames never evicted (default {DEFAULT_SINKS})"
+    )
     p.add_argument(
         "--kv-budget-mib",
         type=float,

@@ -139,7 +139,7 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
 def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench stream`."""
     from stretto.bench.stream import DEFAULT_MODELS
-    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
+    from stretto.pipelines.world import MODES
 
     p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
     shared.add_results(p, "stream")
@@ -148,10 +148,7 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="world models: names or folders")
     p.add_argument("--frames", nargs="+", type=int, default=[64, 2000], help="stream lengths to time (each >= 1)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how the past is kept")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per block")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames kept besides the sinks")
-    p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="sink frames never evicted")
-    shared.add_kv_budget(p)
+    shared.add_stream_settings(p)
     p.add_argument("--drift-episodes", type=int, default=8, help="held-out episodes of the drift curve (default 8)")
     p.add_argument("--drift-frames", type=int, default=400, help="frames per drift episode (default 400)")
     shared.add_device(p)

@@ -106,7 +106,7 @@ def _progress(frames: Iterator, total: int) -> Iterator:
 def add_stream_command(subparsers) -> argparse.ArgumentParser:
     """`stretto stream`."""
     from stretto.data.world import ACTION_NAMES
-    from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW, MODES
+    from stretto.pipelines.world import MODES
 
     keys = ", ".join(f"{k}={v}" for k, v in ACTION_NAMES.items())
     p = subparsers.add_parser("stream", help="stream the world model block by block, steered by actions")
@@ -119,10 +119,7 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
                    help="map seed of the simulated world (prompt + truth, default 1000000)")  # fmt: skip
     shared.add_seed(p, "noise seed (and the random walk's)")
     p.add_argument("--mode", choices=MODES, default="kv-rolling", help="how the past is kept (default kv-rolling)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per block")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames kept besides the sinks")
-    p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="sink frames never evicted")
-    shared.add_kv_budget(p)
+    shared.add_stream_settings(p)
     p.add_argument("--interactive", action="store_true", help="read actions from the keyboard (arrows/WASD, q)")
     p.add_argument("--compare", action="store_true", help="GIF shows the simulator's frames beside the model's")
     p.add_argument("--scale", type=int, default=4, help="GIF pixel scale")
