@@ -10,26 +10,33 @@
 
 Both run the image pipeline (`stretto.pipelines.image.generate`), so the model is a stretto text-to-image
 model; the recording is a cache policy that goes through the normal cache mechanism (stretto.cache), so any
-block stack the mechanism supports can be calibrated the same way. `stretto calibrate cache teacache|magcache`
-(stretto/cli/tune.py) is the command for it.
+block stack the mechanism supports can be calibrated the same way. `run_teacache_calibration` and
+`run_magcache_calibration` load a model by name, record the run as JSON and a figure, and are what
+`stretto calibrate cache teacache|magcache` calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from stretto.bench.report import describe_machine
 from stretto.cache.hidden import Hidden
 from stretto.cache.magcache import MagCache
 from stretto.cache.policy import CachePolicy
 from stretto.cache.stack import Call, Stack
 from stretto.cache.teacache import modulated_input, relative_l1
 from stretto.pipelines.image import generate
+from stretto.tune.inputs import TUNING_GUIDANCE, TUNING_SAMPLER, TUNING_STEPS, load_inputs, record
+from stretto.tune.plots import plot_magcache_calibration, plot_teacache_calibration
 
 MAX_DEGREE = 10
+DEFAULT_DEGREE = 4
+CALIBRATION_PROMPTS = 8
 
 
 @dataclass
@@ -104,11 +111,20 @@ def fit_polynomial(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[list[floa
     return [float(c) for c in coefficients], r2
 
 
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise ValueError(f"calibration needs steps >= 2 (changes between consecutive steps), got {steps!r}")
+
+
+def _check_degree(degree: int) -> None:
+    if not isinstance(degree, int) or isinstance(degree, bool) or not 1 <= degree <= MAX_DEGREE:
+        raise ValueError(f"degree must be an integer in [1, {MAX_DEGREE}], got {degree!r}")
+
+
 def _check(prompts: Sequence[str], steps: int) -> None:
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
-    if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"calibration needs steps >= 2 (changes between consecutive steps), got {steps!r}")
+    _check_steps(steps)
 
 
 def calibrate_teacache(
@@ -118,12 +134,11 @@ def calibrate_teacache(
     sampler: str,
     guidance: float,
     seeds: Sequence[int] | int = 0,
-    degree: int = 4,
+    degree: int = DEFAULT_DEGREE,
 ) -> TeaCacheFit:
     """Fit TeaCache's coefficients for `model` on full-compute generations of `prompts` (one batched run)."""
     _check(prompts, steps)
-    if not isinstance(degree, int) or isinstance(degree, bool) or not 1 <= degree <= MAX_DEGREE:
-        raise ValueError(f"degree must be an integer in [1, {MAX_DEGREE}], got {degree!r}")
+    _check_degree(degree)
     recorder = TeaCacheRecorder()
     generate(model, prompts, steps=steps, sampler=sampler, guidance=guidance, seeds=seeds, cache=recorder)
     index, x, y = recorder.pairs()
@@ -175,3 +190,62 @@ def calibrate_magcache(
     if missing:
         raise ValueError(f"MagCache's calibration recorded no ratio for steps {missing} (a sampler keyed elsewhere?)")
     return MagCacheFit([1.0] + [float(table[i]) for i in range(1, steps)])
+
+
+def run_teacache_calibration(
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    steps: int = TUNING_STEPS,
+    sampler: str = TUNING_SAMPLER,
+    guidance: float = TUNING_GUIDANCE,
+    num_prompts: int = CALIBRATION_PROMPTS,
+    degree: int = DEFAULT_DEGREE,
+) -> dict:
+    """Fit TeaCache's polynomial for the model named `model`; write JSON (and a plot) where given, return the dict."""
+    _check_degree(degree)
+    _check_steps(steps)
+    net, prompts = load_inputs(model, device, num_prompts, steps, sampler, guidance)
+    settings = {"steps": steps, "sampler": sampler, "guidance": guidance, "seeds": 0}
+    fit = calibrate_teacache(net, prompts, degree=degree, **settings)
+    result = {
+        "method": "teacache",
+        "model": model,
+        "machine": describe_machine(device),
+        "settings": settings,
+        "prompts": prompts,
+        "degree": degree,
+        "coefficients": fit.coefficients,
+        "r2": fit.r2,
+        "spec": fit.spec(),
+        "pairs": {"index": fit.index, "x": fit.x, "y": fit.y},
+    }
+    return record(result, json_path, plot_path, plot_teacache_calibration)
+
+
+def run_magcache_calibration(
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    steps: int = TUNING_STEPS,
+    sampler: str = TUNING_SAMPLER,
+    guidance: float = TUNING_GUIDANCE,
+    num_prompts: int = CALIBRATION_PROMPTS,
+) -> dict:
+    """Measure MagCache's ratios for the model named `model`; write JSON (and a plot) where given, return the dict."""
+    _check_steps(steps)
+    net, prompts = load_inputs(model, device, num_prompts, steps, sampler, guidance)
+    settings = {"steps": steps, "sampler": sampler, "guidance": guidance, "seeds": 0}
+    fit = calibrate_magcache(net, prompts, **settings)
+    result = {
+        "method": "magcache",
+        "model": model,
+        "machine": describe_machine(device),
+        "settings": settings,
+        "prompts": prompts,
+        "ratios": fit.ratios,
+        "spec": fit.spec(),
+    }
+    return record(result, json_path, plot_path, plot_magcache_calibration)

@@ -9,7 +9,8 @@ prompts and seeds. The first population holds informative masks (full compute, F
 first and last block always computed, a Delta-DiT-like split) and random ones; variation is pymoo's
 two-point crossover (children take step ranges from either parent) and bit-flip mutation; the warm-up
 steps are always computed (a repair). Every distinct mask is evaluated once; the returned front is the
-non-dominated set of everything evaluated, which includes the full-compute reference.
+non-dominated set of everything evaluated, which includes the full-compute reference. `run_schedule_search`
+loads a model by name, records the search as JSON and a figure, and is what `stretto search cache` calls.
 """
 
 from __future__ import annotations
@@ -18,16 +19,24 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from stretto.bench.report import describe_machine
 from stretto.cache.schedule import Schedule, format_pattern
 from stretto.eval.metrics import psnr_db
 from stretto.pipelines.image import check_settings, generate
+from stretto.tune.inputs import TUNING_GUIDANCE, TUNING_SAMPLER, TUNING_STEPS, load_inputs, record
+from stretto.tune.plots import plot_schedule_search
 
 MIN_POPULATION = 4
+DEFAULT_POPULATION = 24
+DEFAULT_GENERATIONS = 12
+SEARCH_PROMPTS = 4
+CALIBRATION_PROMPT_SEED = 4321  # evaluation_prompts' default seed (1234) is the benchmarks' prompt set
 FORA_INTERVALS = (2, 3, 4, 6, 8)
 FIRST_LAST_INTERVALS = (2, 3, 5)
 
@@ -135,6 +144,13 @@ def random_masks(n: int, steps: int, blocks: int, rng: np.random.Generator, warm
     return out
 
 
+def _check_rounds(population: int, generations: int) -> None:
+    if not isinstance(population, int) or isinstance(population, bool) or population < MIN_POPULATION:
+        raise ValueError(f"population must be an integer >= {MIN_POPULATION}, got {population!r}")
+    if not isinstance(generations, int) or isinstance(generations, bool) or generations < 0:
+        raise ValueError(f"generations must be an integer >= 0, got {generations!r}")
+
+
 def search_schedules(
     model,
     prompts: Sequence[str],
@@ -167,10 +183,7 @@ def search_schedules(
     if not prompts:
         raise ValueError("the search needs at least one calibration prompt")
     check_settings(steps, sampler, guidance, 1.0)
-    if not isinstance(population, int) or population < MIN_POPULATION:
-        raise ValueError(f"population must be an integer >= {MIN_POPULATION}, got {population!r}")
-    if not isinstance(generations, int) or generations < 0:
-        raise ValueError(f"generations must be an integer >= 0, got {generations!r}")
+    _check_rounds(population, generations)
     if not 0 <= warmup <= steps:
         raise ValueError(f"warmup must be in [0, {steps}] (the number of steps), got {warmup}")
     blocks = len(model.blocks)
@@ -254,3 +267,57 @@ def search_schedules(
         seconds=time.perf_counter() - start,
         prompts=prompts,
     )
+
+
+def run_schedule_search(
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    model: str = "shapes-flux",
+    device: str | torch.device = "cpu",
+    steps: int = TUNING_STEPS,
+    sampler: str = TUNING_SAMPLER,
+    guidance: float = TUNING_GUIDANCE,
+    num_prompts: int = SEARCH_PROMPTS,
+    population: int = DEFAULT_POPULATION,
+    generations: int = DEFAULT_GENERATIONS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Search cache schedules for the model named `model`; write JSON (and a plot) where given, return the dict.
+
+    `seed` seeds the search and is the first noise seed (calibration prompt i gets seed + i).
+    """
+    _check_rounds(population, generations)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    net, prompts = load_inputs(model, device, num_prompts, steps, sampler, guidance, CALIBRATION_PROMPT_SEED)
+    seeds = [seed + i for i in range(len(prompts))]
+    found = search_schedules(
+        net, prompts, steps, sampler, guidance, seeds, population, generations, seed=seed, progress=progress
+    )
+    result = {
+        "method": "ecad-nsga2",
+        "machine": describe_machine(device),
+        "model": model,
+        "sampler": sampler,
+        "steps": steps,
+        "guidance": guidance,
+        "num_prompts": num_prompts,
+        "prompts": prompts,
+        "seeds": seeds,
+        "population": population,
+        "generations": generations,
+        "search_seed": seed,
+        "model_runs": found.model_runs,
+        "wall_s": round(found.seconds, 1),
+        "blocks": len(net.blocks),
+        "objectives": "minimise compute fraction and 1/PSNR (dB, vs the full-compute images of the same prompts)",
+        "reference": {"compute_fraction": 1.0, "psnr_db": None, "note": "full compute; PSNR null means identical"},
+        "front": [c.as_dict() for c in found.front],
+        "evaluated": [c.as_dict(with_mask=False) for c in found.evaluated],
+        "command": (
+            f"stretto search cache --model {model} --steps {steps} --sampler {sampler} --guidance {guidance} "
+            f"--num-prompts {num_prompts} --population {population} --generations {generations} --seed {seed}"
+        ),
+    }
+    return record(result, json_path, plot_path, plot_schedule_search)

@@ -1,8 +1,10 @@
-"""The figures of `stretto calibrate cache` and `stretto search cache`: a TeaCache fit, MagCache ratios, a front."""
+"""The figures of the tuning runs, drawn from their result dicts: a TeaCache fit, MagCache ratios, a search front."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from stretto.bench.report import new_figure, save_figure
 
 # (origin prefix, marker, colour, legend) of the search's seed masks (see stretto.tune.search.seed_masks)
 SEED_FAMILIES = (
@@ -12,60 +14,49 @@ SEED_FAMILIES = (
 )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _setting(result: dict) -> str:
+    s = result["settings"]
+    return f"{result['model']}, {s['sampler']} {s['steps']} steps"
 
 
-def _save(fig, plot_path: str | Path, dpi: int = 120) -> None:
-    Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(plot_path, dpi=dpi)
-    _pyplot().close(fig)
-
-
-def plot_teacache_fit(fit, plot_path: str | Path, setting: str) -> None:
+def plot_teacache_calibration(result: dict, plot_path: str | Path) -> None:
     """The recorded (input change, output change) pairs coloured by step, and the fitted polynomial."""
     import numpy as np
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    points = ax.scatter(fit.x, fit.y, c=fit.index, s=8, cmap="viridis", alpha=0.7)
+    _, fig, axes = new_figure(figsize=(6, 4.5))
+    ax, pairs = axes[0][0], result["pairs"]
+    points = ax.scatter(pairs["x"], pairs["y"], c=pairs["index"], s=8, cmap="viridis", alpha=0.7)
     fig.colorbar(points, ax=ax, label="step index")
-    grid = np.linspace(min(fit.x), max(fit.x), 200)
-    degree = len(fit.coefficients) - 1
-    ax.plot(grid, np.polyval(fit.coefficients, grid), "r-", lw=1.5, label=f"degree {degree}, R² {fit.r2:.3f}")
+    grid = np.linspace(min(pairs["x"]), max(pairs["x"]), 200)
+    fitted = np.polyval(result["coefficients"], grid)
+    ax.plot(grid, fitted, "r-", lw=1.5, label=f"degree {result['degree']}, R² {result['r2']:.3f}")
     ax.set_xlabel("relative L1 change of block 0's modulated input")
     ax.set_ylabel("relative L1 change of the stack output residual")
-    ax.set_title(f"TeaCache calibration: {setting}", fontsize=10)
+    ax.set_title(f"TeaCache calibration: {_setting(result)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, plot_path)
+    save_figure(fig, plot_path)
 
 
-def plot_magcache_ratios(ratios: list[float], plot_path: str | Path, setting: str) -> None:
+def plot_magcache_calibration(result: dict, plot_path: str | Path) -> None:
     """MagCache's residual magnitude ratio per step index."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    _, fig, axes = new_figure(figsize=(6, 4))
+    ax, ratios = axes[0][0], result["ratios"]
     ax.plot(range(len(ratios)), ratios, "o-", ms=3)
     ax.axhline(1.0, color="gray", ls=":", lw=1)
     ax.set_xlabel("step index")
     ax.set_ylabel("residual magnitude ratio to the previous step")
-    ax.set_title(f"MagCache calibration: {setting}", fontsize=10)
+    ax.set_title(f"MagCache calibration: {_setting(result)}", fontsize=10)
     ax.grid(alpha=0.3)
-    _save(fig, plot_path)
+    save_figure(fig, plot_path)
 
 
-def plot_search(result: dict, plot_path: str | Path) -> None:
+def plot_schedule_search(result: dict, plot_path: str | Path) -> None:
     """PSNR vs ideal speedup: every evaluated schedule faint, seed masks marked, the front as a line."""
-    plt = _pyplot()
+    _, fig, axes = new_figure(figsize=(7.5, 5))
+    ax = axes[0][0]
     finite = [r for r in result["evaluated"] if r["psnr_db"] is not None]
     front = [r for r in result["front"] if r["psnr_db"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.scatter(
         [r["speedup_ideal"] for r in finite], [r["psnr_db"] for r in finite],
         s=12, color="0.6", alpha=0.35, label=f"evaluated ({len(result['evaluated'])})",
@@ -95,4 +86,4 @@ def plot_search(result: dict, plot_path: str | Path) -> None:
     ax.margins(x=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    _save(fig, plot_path)
+    save_figure(fig, plot_path)
