@@ -252,6 +252,29 @@ class WorldDiT(nn.Module):
         shift, scale = self.ada_out(cond).repeat_interleave(tpf, dim=1).chunk(2, dim=-1)
         return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
 
+    # -- what the streaming driver asks (stretto.pipelines.world.StreamModel) ---------------------------------
+    x0_clamp = 1.0  # frames are pixels in [-1, 1]
+
+    @property
+    def frames_per_block(self) -> int:
+        return self.config.frames_per_block
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.frame_size, self.config.frame_size)
+
+    def cache_slots(self, frames: int) -> int:
+        """Cache slots (tokens) taken by `frames` frames."""
+        return frames * self.config.tokens_per_frame
+
+    def condition(self, actions: torch.Tensor) -> torch.Tensor:
+        """A block's conditioning is its actions (B, F), used as they are."""
+        return actions
+
+    def context_condition(self, past: list[tuple[torch.Tensor, int]], actions: torch.Tensor) -> torch.Tensor:
+        """Recompute: the past frames' own actions (one per frame) followed by the block's."""
+        return torch.cat([torch.stack([a[:, i] for a, i in past], dim=1), actions], dim=1)
+
     def new_cache(
         self,
         batch: int,

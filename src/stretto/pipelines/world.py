@@ -16,19 +16,24 @@ Modes (how the past is supplied):
 The KV cache is allocated within `StreamSettings.kv_budget_mib` (default 1,024 MiB): a stream whose cache
 would need more fails before anything is allocated, with the size asked and how to raise the limit.
 `denoise_block` is shared with Self Forcing training, which runs this very loop with gradients on one step.
+
+The driver runs any model with the small `StreamModel` interface: stretto's `WorldDiT` (pixels, steered by one
+action per frame: `stream`, `stream_world`) and `CausalWan`, a Self-Forcing / CausVid checkpoint on diffusers'
+Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once: `stream_video`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from stretto.data.world import STAY, parse_actions, prompt_block
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, MIB, KVCache
-from stretto.models.world_dit import WorldDiT
 
 MODES = ("recompute", "kv", "kv-rolling")
 DEFAULT_STEPS = 4
@@ -57,21 +62,47 @@ def denoise_block(
     noise: torch.Tensor,
     timesteps: list[float],
     grad_step: int | None = None,
+    clamp: float | None = 1.0,
 ) -> torch.Tensor:
     """Few-step sampling of one block. noise (steps, B, F, C, H, W); call(x_t, t) -> velocity. Returns x0.
 
     grad_step: Self Forcing training. Steps before it run without gradients; its x0 (with gradients) is the
     block's output and the later steps are skipped. None: every step, no gradients kept by this function.
+    clamp: x0 is clipped to [-clamp, clamp] (pixels live in [-1, 1]); None for unbounded latents.
     """
     last = len(timesteps) - 1 if grad_step is None else grad_step
     x = noise[0]
     for i, t in enumerate(timesteps[: last + 1]):
         with torch.set_grad_enabled(torch.is_grad_enabled() and i == grad_step):
-            x0 = (x - t * call(x, torch.full(x.shape[:2], t, device=x.device))).clamp(-1, 1)
+            x0 = x - t * call(x, torch.full(x.shape[:2], t, device=x.device))
+            if clamp is not None:
+                x0 = x0.clamp(-clamp, clamp)
         if i < last:
             t_next = timesteps[i + 1]
             x = (1 - t_next) * x0 + t_next * noise[i + 1]
     return x0
+
+
+class StreamModel(Protocol):
+    """What the driver asks of a block-causal video model; `WorldDiT` and `CausalWan` implement it.
+
+    `model(frames, t, cond, kv_cache=, start=, write=)` predicts the flow velocity of frames (B, T, C, H, W) at
+    noise levels t (B, T): block-causal over T with no cache, else sitting at cache slots [start, ...).
+    `condition(c)` turns a block's conditioning into what the calls take (run once per distinct c);
+    `context_condition(past, cond)` is the conditioning of a recompute call: the past frames', as (block
+    condition, index in its block) pairs, then the current block's.
+    """
+
+    frames_per_block: int
+    frame_shape: tuple[int, int, int]
+    x0_clamp: float | None
+
+    def __call__(self, frames: torch.Tensor, t: torch.Tensor, cond: Any, **cache) -> torch.Tensor: ...
+    def cache_slots(self, frames: int) -> int: ...
+    def new_cache(self, batch: int, frames: int, sink_frames: int = 0, **budget) -> KVCache: ...
+    def condition(self, cond: Any) -> Any: ...
+    def context_condition(self, past: list[tuple[Any, int]], cond: Any) -> Any: ...
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
 
 @dataclass
@@ -84,8 +115,8 @@ class StreamSettings:
     max_frames: int | None = None  # kv only: capacity of the full cache, in frames
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
 
-    def check(self, model: WorldDiT) -> None:
-        fpb = model.config.frames_per_block
+    def check(self, model: StreamModel) -> None:
+        fpb = model.frames_per_block
         budget = self.kv_budget_mib
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
             raise ValueError(f"StreamSettings.kv_budget_mib must be a number of MiB > 0, got {budget!r}")
@@ -98,13 +129,14 @@ class StreamSettings:
                 raise ValueError(f"window {self.window} is smaller than a block ({fpb} frame(s) per block)")
             if not 0 <= self.sinks <= self.window:
                 raise ValueError(f"sink count {self.sinks} must be in [0, window={self.window}]")
+            model.cache_slots(self.window), model.cache_slots(self.sinks)  # whole frames of the model's patching
         if self.mode == "kv" and self.max_frames is None:
             raise ValueError("mode kv needs max_frames (the full cache is allocated up front)")
 
 
 @dataclass
 class StreamFrame:
-    """One generated frame: pixels (B, C, H, W) in [-1, 1], its index in the stream, the block's latency."""
+    """One generated frame: pixels (B, C, H, W) in [-1, 1] (or latents), its index, the block's latency."""
 
     index: int
     pixels: torch.Tensor
@@ -115,12 +147,11 @@ class StreamFrame:
 class _Context:
     """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute)."""
 
-    def __init__(self, model: WorldDiT, batch: int, settings: StreamSettings):
+    def __init__(self, model: StreamModel, batch: int, settings: StreamSettings):
         self.model, self.settings = model, settings
-        self.tpf = model.config.tokens_per_frame
         self.cache: KVCache | None = None
-        self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and actions (B,)
-        self.actions: list[torch.Tensor] = []
+        self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and their conditions
+        self.conditions: list[tuple[Any, int]] = []  # (the block's condition, the frame's index in its block)
         budget = {"budget_bytes": int(settings.kv_budget_mib * MIB), "budget_hint": KV_BUDGET_HINT.get(settings.mode)}
         if settings.mode == "kv":
             self.cache = model.new_cache(batch, settings.max_frames, **budget)
@@ -134,55 +165,57 @@ class _Context:
 
     def start(self, n_frames: int) -> int:
         """The cache slot of the next block (kv-rolling makes room first)."""
+        slots = self.model.cache_slots(n_frames)
         if self.settings.mode == "kv-rolling":
-            return self.cache.make_room(n_frames * self.tpf)
+            return self.cache.make_room(slots)
         start = self.cache.length
-        if start + n_frames * self.tpf > self.cache.capacity:
+        if start + slots > self.cache.capacity:
             raise ValueError(f"the kv cache holds {self.settings.max_frames} frames; the stream went past it")
         return start
 
-    def caller(self, actions: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """call(x_t, t) -> velocity of the block with these actions (B, F), given the past."""
+    def caller(self, cond: Any, n_frames: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """call(x_t, t) -> velocity of the next block of n_frames under condition cond, given the past."""
         model = self.model
         if self.cache is not None:
-            start = self.start(actions.shape[1])
-            return lambda x, t: model(x, t, actions, kv_cache=self.cache, start=start)
-        ctx, ctx_actions = self._recompute_context()
-        n = ctx.shape[1]
+            start = self.start(n_frames)
+            return lambda x, t: model(x, t, cond, kv_cache=self.cache, start=start)
+        ctx, past = self._recompute_context()
+        n = len(past)
         if n == 0:
-            return lambda x, t: model(x, t, actions)
+            return lambda x, t: model(x, t, cond)
+        joint = model.context_condition(past, cond)
 
         def call(x, t):
             frames = torch.cat([ctx, x], dim=1)
             times = torch.cat([torch.zeros(x.shape[0], n, device=x.device), t], dim=1)
-            return model(frames, times, torch.cat([ctx_actions, actions], dim=1))[:, n:]
+            return model(frames, times, joint)[:, n:]
 
         return call
 
-    def _recompute_context(self) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, actions = self.frames, self.actions
+    def _recompute_context(self) -> tuple[torch.Tensor, list[tuple[Any, int]]]:
+        frames, conditions = self.frames, self.conditions
         s = self.settings
         if s.window is not None and len(frames) > s.sinks + s.window:
             keep = list(range(s.sinks)) + list(range(len(frames) - s.window, len(frames)))
-            frames, actions = [frames[i] for i in keep], [actions[i] for i in keep]
+            frames, conditions = [frames[i] for i in keep], [conditions[i] for i in keep]
         if not frames:
-            return torch.empty(0), torch.empty(0)
-        return torch.stack(frames, dim=1), torch.stack(actions, dim=1)
+            return torch.empty(0), []
+        return torch.stack(frames, dim=1), conditions
 
     @torch.no_grad()
-    def commit(self, frames: torch.Tensor, actions: torch.Tensor) -> None:
+    def commit(self, frames: torch.Tensor, cond: Any) -> None:
         """Add a finished block (B, F, C, H, W) to the past: its clean K/V (kv modes) or the frames."""
         if self.cache is not None:
             start = self.start(frames.shape[1])
             t0 = torch.zeros(frames.shape[:2], device=frames.device)
-            self.model(frames, t0, actions, kv_cache=self.cache, start=start, write=True)
+            self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True)
         else:
             self.frames.extend(frames.unbind(1))
-            self.actions.extend(actions.unbind(1))
+            self.conditions.extend((cond, i) for i in range(frames.shape[1]))
 
     def release(self) -> None:
         self.cache = None
-        self.frames, self.actions = [], []
+        self.frames, self.conditions = [], []
 
 
 def block_actions(actions: Iterable[int], frames_per_block: int) -> Iterator[list[int]]:
@@ -198,8 +231,65 @@ def block_actions(actions: Iterable[int], frames_per_block: int) -> Iterator[lis
 
 
 @torch.no_grad()
+def stream_blocks(
+    model: StreamModel,
+    conditions: Iterable[Any],
+    settings: StreamSettings | None = None,
+    *,
+    first_block: torch.Tensor | None = None,
+    first_condition: Any = None,
+    batch: int = 1,
+    seed: int = 0,
+    frames: int | None = None,
+) -> Iterator[StreamFrame]:
+    """The driver (CausVid / Self Forcing inference): one block per item of `conditions`, frames yielded one by one.
+
+    first_block (B, F, C, H, W): given frames committed before anything is generated (with first_condition);
+    None: the first block is generated from an empty past, `batch` rows of `model.frame_shape`. A condition is
+    prepared by `model.condition` once for as long as the same object repeats. frames: stop after this many
+    generated frames. Closing the generator frees the cache.
+    """
+    settings = settings or StreamSettings()
+    settings.check(model)
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    fpb = model.frames_per_block
+    if first_block is not None:
+        if first_block.shape[1] != fpb:
+            raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {first_block.shape[1]}")
+        batch, device, dtype = first_block.shape[0], first_block.device, first_block.dtype
+        frame_shape = tuple(first_block.shape[2:])
+    else:
+        p = next(model.parameters())
+        device, dtype, frame_shape = p.device, p.dtype, tuple(model.frame_shape)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    timesteps = few_step_timesteps(settings.steps, settings.shift)
+    context = _Context(model, batch, settings)
+    raw, prepared = None, None
+    try:
+        if first_block is not None:
+            raw, prepared = first_condition, model.condition(first_condition)
+            context.commit(first_block, prepared)
+        produced = 0
+        for cond in conditions:
+            if prepared is None or cond is not raw:  # e.g. a prompt's cross-attention K/V: once, not per block
+                raw, prepared = cond, model.condition(cond)
+            began = time.perf_counter()
+            noise = torch.randn((len(timesteps), batch, fpb, *frame_shape), generator=gen).to(device, dtype)
+            block = denoise_block(context.caller(prepared, fpb), noise, timesteps, clamp=model.x0_clamp)
+            latency = time.perf_counter() - began
+            for i in range(fpb):
+                yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
+                produced += 1
+                if frames is not None and produced >= frames:
+                    return
+            context.commit(block, prepared)
+    finally:
+        context.release()  # also on Ctrl-C or generator.close(): the cache goes with the stream
+
+
 def stream(
-    model: WorldDiT,
+    model: StreamModel,
     prompt: torch.Tensor,
     prompt_actions: torch.Tensor,
     actions: Iterable[int],
@@ -208,44 +298,49 @@ def stream(
     seed: int = 0,
     frames: int | None = None,
 ) -> Iterator[StreamFrame]:
-    """Yield generated frames one by one, each as soon as its block is denoised.
+    """Yield generated frames of an action-steered model one by one, each as soon as its block is denoised.
 
     prompt (B, F, C, H, W): the first block (ground truth), prompt_actions (B, F). actions: one action index
     per frame, the same for every row; may be an endless iterator (interactive use). frames: stop after this
     many generated frames. Closing the generator frees the cache.
     """
-    settings = settings or StreamSettings()
-    settings.check(model)
-    if frames is not None and frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    fpb = model.config.frames_per_block
-    if prompt.shape[1] != fpb:
-        raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {prompt.shape[1]}")
-    b, device = prompt.shape[0], prompt.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    timesteps = few_step_timesteps(settings.steps, settings.shift)
-    context = _Context(model, b, settings)
-    try:
-        context.commit(prompt, prompt_actions)
-        produced = 0
-        for chunk in block_actions(actions, fpb):
-            began = time.perf_counter()
-            acts = torch.tensor(chunk, device=device).expand(b, fpb)
-            noise = torch.randn((len(timesteps), b, *prompt.shape[1:]), generator=gen).to(device, prompt.dtype)
-            block = denoise_block(context.caller(acts), noise, timesteps)
-            latency = time.perf_counter() - began
-            for i in range(fpb):
-                yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
-                produced += 1
-                if frames is not None and produced >= frames:
-                    return
-            context.commit(block, acts)
-    finally:
-        context.release()  # also on Ctrl-C or generator.close(): the cache goes with the stream
+    fpb, (b, device) = model.frames_per_block, (prompt.shape[0], prompt.device)
+    blocks = (torch.tensor(chunk, device=device).expand(b, fpb) for chunk in block_actions(actions, fpb))
+    return stream_blocks(
+        model, blocks, settings, first_block=prompt, first_condition=prompt_actions, seed=seed, frames=frames
+    )
+
+
+def stream_video(
+    model: StreamModel,
+    prompt_embeds: torch.Tensor,
+    settings: StreamSettings | None = None,
+    *,
+    first_block: torch.Tensor | None = None,
+    seed: int = 0,
+    frames: int | None = None,
+) -> Iterator[StreamFrame]:
+    """Stream a text-conditioned block-causal video model (Self Forcing / CausVid on diffusers' Wan): latents.
+
+    prompt_embeds (B, L, text_dim): the text encoder's states, the same for the whole stream (their
+    cross-attention K/V are computed once). first_block: optional given latent frames (B, F, C, H, W), e.g. an
+    encoded first image. Yields `StreamFrame`s whose `pixels` are latent frames (B, C, H, W); endless unless
+    `frames` is given.
+    """
+    return stream_blocks(
+        model,
+        itertools.repeat(prompt_embeds),
+        settings,
+        first_block=first_block,
+        first_condition=prompt_embeds,
+        batch=prompt_embeds.shape[0],
+        seed=seed,
+        frames=frames,
+    )
 
 
 def stream_world(
-    model: WorldDiT,
+    model: StreamModel,
     actions: str | Iterable[int],
     world: int = 1_000_000,
     seed: int = 0,

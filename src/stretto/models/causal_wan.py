@@ -1,0 +1,296 @@
+"""Block-causal Wan with stretto's KV cache: CausVid / Self Forcing inference on diffusers' `WanTransformer3DModel`.
+
+diffusers' Wan has no mask and no cache. `CausalWan` keeps its class and weights and swaps only the attention
+processors (`set_attn_processor`, diffusers' plug point):
+- self-attention (`attn1`) goes through `stretto.models.kv_attention`: the frames of this call sit at cache slots
+  [start, start + T) and attend to every cached slot (CausVid's block-causal attention with a KV cache), or, with
+  no cache, to their own and earlier blocks through a block-causal mask (the recompute baseline);
+- cross-attention (`attn2`) reads the prompt's K/V from a `PromptKV`, computed once per prompt (CausVid's text
+  cache), instead of projecting the text tokens at every call.
+Keys are cached before RoPE. The temporal RoPE position of a frame is its cache slot, not its frame number in the
+stream, so a rolling window keeps positions inside the model's RoPE table however long the stream runs (the
+released Self Forcing rotates by absolute frame and breaks past its table). Wan rotates interleaved pairs of head
+dims; queries and keys are reordered to the halves layout `kv_attention` uses, which leaves q . k unchanged.
+Timesteps are per frame (diffusers' Wan takes one per token), in the driver's [0, 1], scaled to Wan's 1000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stretto.models.kv_attention import kv_attention
+from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
+
+SELF_FORCING_FRAMES_PER_BLOCK = 3  # latent frames per block in Self Forcing and CausVid
+SELF_FORCING_LATENT_SIZE = (60, 104)  # 480 x 832 video through Wan's 8x VAE
+
+
+@dataclass
+class PromptKV:
+    """The prompt's cross-attention K/V of every layer (a KVCache of the text tokens), computed once per prompt."""
+
+    cache: KVCache
+    # Wan's forward still embeds whatever text it is handed; it gets one token, since attn2 reads `cache` instead.
+    placeholder: torch.Tensor
+
+
+@dataclass
+class _Call:
+    """What one model call tells its attention processors (the forward has no way to pass it through)."""
+
+    cache: KVCache | None
+    start: int
+    write: bool
+    rope_q: tuple[torch.Tensor, torch.Tensor]
+    rope_k: tuple[torch.Tensor, torch.Tensor]
+    mask: torch.Tensor | None
+    prompt: PromptKV
+
+
+class _CallSlot:
+    """The call in flight, shared by one adapter's processors; empty outside a `CausalWan` call."""
+
+    def __init__(self):
+        self.call: _Call | None = None
+
+    @contextlib.contextmanager
+    def bind(self, call: _Call):
+        self.call = call
+        try:
+            yield
+        finally:
+            self.call = None  # no state outlives the call: the next stream starts clean
+
+    def get(self) -> _Call:
+        if self.call is None:
+            raise RuntimeError("this Wan's attention is block-causal (stretto CausalWan); call it through CausalWan")
+        return self.call
+
+
+def _halves(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H * D) -> (B, H, T, D) with each head's interleaved RoPE pairs split into halves (q . k unchanged)."""
+    x = x.unflatten(2, (heads, -1)).transpose(1, 2)
+    return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)
+
+
+class CausalSelfAttention:
+    """Wan's attn1 as block-causal attention over stretto's KV cache (CausVid, Yin et al. 2025)."""
+
+    def __init__(self, slot: _CallSlot, layer: int):
+        self.slot, self.layer = slot, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        call = self.slot.get()
+        q = _halves(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+        k = _halves(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        y = kv_attention(q, k, v, call.rope_q, call.rope_k, call.mask, call.cache, self.layer, call.start, call.write)
+        return attn.to_out[1](attn.to_out[0](y.transpose(1, 2).flatten(2).type_as(hidden_states)))
+
+
+class PromptCrossAttention:
+    """Wan's attn2 over the prompt K/V computed once per prompt (CausVid's cross-attention cache)."""
+
+    def __init__(self, slot: _CallSlot, layer: int):
+        self.slot, self.layer = slot, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        k, v = self.slot.get().prompt.cache.read(self.layer)
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return attn.to_out[1](attn.to_out[0](y.transpose(1, 2).flatten(2).type_as(hidden_states)))
+
+
+class CausalWan(nn.Module):
+    """diffusers' WanTransformer3DModel streamed block by block with a KV cache (CausVid / Self Forcing)."""
+
+    kind = "causal-wan"
+    x0_clamp = None  # frames are VAE latents: unbounded, unlike pixels
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        frames_per_block: int = SELF_FORCING_FRAMES_PER_BLOCK,
+        latent_size: tuple[int, int] = SELF_FORCING_LATENT_SIZE,
+    ):
+        super().__init__()
+        config = transformer.config
+        self.patch = tuple(config.patch_size)
+        pt, ph, pw = self.patch
+        if config.added_kv_proj_dim is not None or config.image_dim is not None:
+            raise ValueError("image-conditioned Wan (image_dim / added_kv_proj_dim set) is not supported; T2V Wan is")
+        if frames_per_block < 1 or frames_per_block % pt:
+            raise ValueError(
+                f"frames_per_block {frames_per_block} must be a positive multiple of the temporal patch {pt}"
+            )
+        h, w = latent_size
+        if h < ph or w < pw or h % ph or w % pw:
+            raise ValueError(f"latent_size {tuple(latent_size)} must be a multiple of the spatial patch {(ph, pw)}")
+        self.transformer = transformer
+        self.frames_per_block = frames_per_block
+        self.latent_size = (h, w)
+        self.grid = (h // ph, w // pw)
+        self.heads = config.num_attention_heads
+        self.head_dim = config.attention_head_dim
+        self.layers = config.num_layers
+        self._slot = _CallSlot()
+        processors = {}
+        for name in transformer.attn_processors:  # "blocks.{i}.attn{1,2}.processor"
+            _, layer, which, _ = name.split(".")
+            kind = CausalSelfAttention if which == "attn1" else PromptCrossAttention
+            processors[name] = kind(self._slot, int(layer))
+        transformer.set_attn_processor(processors)
+
+    # -- the streaming driver's interface (stretto.pipelines.world.StreamModel) -------------------------------
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.transformer.config.in_channels, *self.latent_size)
+
+    @property
+    def tokens_per_patch_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def cache_slots(self, frames: int) -> int:
+        """Cache slots (tokens) taken by `frames` latent frames."""
+        pt = self.patch[0]
+        if frames % pt:
+            raise ValueError(f"{frames} frames do not fill whole temporal patches of {pt} frames")
+        return frames // pt * self.tokens_per_patch_frame
+
+    def new_cache(
+        self,
+        batch: int,
+        frames: int,
+        sink_frames: int = 0,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        budget_hint: str = "pass a larger budget_bytes to new_cache",
+    ) -> KVCache:
+        """A KVCache holding `frames` latent frames, the first `sink_frames` of them never evicted."""
+        table = self.transformer.rope.max_seq_len
+        if frames // self.patch[0] > table:
+            raise ValueError(
+                f"a cache of {frames} frames is past the model's RoPE table ({table} positions); use a rolling window"
+            )
+        p = next(self.parameters())
+        return KVCache(
+            self.layers,
+            batch,
+            self.heads,
+            self.head_dim,
+            self.cache_slots(frames),
+            dtype=p.dtype,
+            device=p.device,
+            sink_slots=self.cache_slots(sink_frames),
+            budget_bytes=budget_bytes,
+            budget_hint=budget_hint,
+        )
+
+    @torch.no_grad()
+    def condition(self, prompt_embeds: torch.Tensor | PromptKV) -> PromptKV:
+        """Text-encoder states (B, L, text_dim) -> the prompt's cross-attention K/V for every layer, once."""
+        if isinstance(prompt_embeds, PromptKV):
+            return prompt_embeds
+        tr = self.transformer
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != tr.config.text_dim:
+            raise ValueError(
+                f"prompt embeddings must be (batch, tokens, {tr.config.text_dim}), got {tuple(prompt_embeds.shape)}"
+            )
+        p = next(self.parameters())
+        b, n = prompt_embeds.shape[:2]
+        text = tr.condition_embedder.text_embedder(prompt_embeds.to(p.dtype))
+        cache = KVCache(self.layers, b, self.heads, self.head_dim, n, dtype=p.dtype, device=p.device)
+        for i, block in enumerate(tr.blocks):
+            attn = block.attn2
+            k = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            v = attn.to_v(text).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            cache.write(i, 0, k, v)
+        zeros = torch.zeros(b, n, dtype=torch.long, device=p.device)
+        cache.write_meta(0, zeros, torch.ones_like(zeros, dtype=torch.bool), zeros[0])
+        return PromptKV(cache, prompt_embeds[:, :1].to(p.dtype))
+
+    def context_condition(self, past: list, prompt: PromptKV) -> PromptKV:
+        """Recompute: the context frames are re-run under the current prompt (the text is not per frame)."""
+        return prompt
+
+    # -- the model call ---------------------------------------------------------------------------------------
+    def rope(self, frame_pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (1, 1, T * tokens, head_dim / 2) from Wan's own table, for patch-frame positions (T,)."""
+        table = self.transformer.rope
+        if len(frame_pos) and int(frame_pos.max()) >= table.max_seq_len:
+            raise ValueError(
+                f"temporal position {int(frame_pos.max())} is past the model's RoPE table "
+                f"({table.max_seq_len} positions); stream with a window (mode kv-rolling)"
+            )
+        gh, gw = self.grid
+        device = frame_pos.device
+        rows = torch.arange(gh, device=device).repeat_interleave(gw)
+        cols = torch.arange(gw, device=device).repeat(gh)
+        index = (frame_pos.repeat_interleave(gh * gw), rows.repeat(len(frame_pos)), cols.repeat(len(frame_pos)))
+        dims = [table.t_dim, table.h_dim, table.w_dim]
+        cos = torch.cat([part[i] for part, i in zip(table.freqs_cos.split(dims, 1), index, strict=True)], dim=-1)
+        sin = torch.cat([part[i] for part, i in zip(table.freqs_sin.split(dims, 1), index, strict=True)], dim=-1)
+        # the table repeats every angle for its interleaved pair; one of each is the halves layout's angle
+        return cos[:, 0::2].to(dtype)[None, None], sin[:, 1::2].to(dtype)[None, None]
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        t: torch.Tensor,
+        prompt: PromptKV,
+        *,
+        kv_cache: KVCache | None = None,
+        start: int = 0,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """Latent frames (B, T, C, H, W) at noise levels t (B, T) in [0, 1] -> flow velocity (B, T, C, H, W).
+
+        No cache: block-causal over the T frames (blocks of `frames_per_block`). kv_cache: the frames sit at
+        slots [start, start + cache_slots(T)); `write=True` stores their K/V (the commit of a clean block).
+        """
+        b, n, _, h, w = frames.shape
+        pt = self.patch[0]
+        if (h, w) != self.latent_size:
+            raise ValueError(f"latent frames are {(h, w)}, this CausalWan streams {self.latent_size}")
+        if not isinstance(prompt, PromptKV):
+            raise TypeError(f"prompt must be a PromptKV (CausalWan.condition(prompt_embeds)), got {type(prompt)}")
+        if prompt.cache.k.shape[1] != b:
+            raise ValueError(f"the prompt has batch {prompt.cache.k.shape[1]}, the frames {b}")
+        per_frame = self.tokens_per_patch_frame
+        n_pf = self.cache_slots(n) // per_frame
+        frames_per_block = self.frames_per_block // pt
+        device = frames.device
+        if kv_cache is None:
+            frame_pos = torch.arange(n_pf, device=device)
+            blocks = (frame_pos // frames_per_block).repeat_interleave(per_frame)
+            mask = blocks[None, :] <= blocks[:, None]  # a block sees itself and every earlier block
+            rope_q = rope_k = self.rope(frame_pos, frames.dtype)
+        else:
+            if start % per_frame:
+                raise ValueError(f"cache slot {start} is not at a frame boundary ({per_frame} tokens per frame)")
+            first = start // per_frame
+            frame_pos = torch.arange(first, first + n_pf, device=device)
+            if write:
+                kv_cache.write_meta(
+                    start,
+                    frame_pos.repeat_interleave(per_frame).expand(b, -1),
+                    torch.ones(b, n_pf * per_frame, dtype=torch.bool, device=device),
+                    (frame_pos // frames_per_block).repeat_interleave(per_frame),
+                )
+            n_keys = max(kv_cache.length, start + n_pf * per_frame) // per_frame
+            rope_q = self.rope(frame_pos, frames.dtype)
+            rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)
+            mask = None  # the cache holds only earlier blocks, and a block sees all of itself
+        timestep = 1000 * t[:, ::pt].to(frames.dtype)
+        if bool((timestep == timestep[:, :1]).all()):
+            timestep = timestep[:, 0]  # one level for the whole call: Wan's (B,) path, no per-token embedding
+        else:
+            timestep = timestep.repeat_interleave(per_frame, dim=1)  # per frame, spread to its tokens
+        call = _Call(kv_cache, start, write, rope_q, rope_k, mask, prompt)
+        with self._slot.bind(call):
+            out = self.transformer(frames.transpose(1, 2), timestep, prompt.placeholder, return_dict=False)[0]
+        return out.transpose(1, 2)
