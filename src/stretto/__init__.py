@@ -12,7 +12,11 @@ __all__ = ["generate", "generate_text", "load", "stream_world", "__version__"]
 
 
 def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None):
-    """Load a shipped model by name (e.g. "shapes-flux") or a checkpoint folder, fp32, eval mode."""
+    """Load a shipped model by name (e.g. "shapes-flux") or a checkpoint folder, fp32, eval mode.
+
+    A Self-Forcing / CausVid checkpoint (.pt, read tensors-only) or a diffusers Wan folder loads as a streamable
+    `CausalWan` (stretto.models.causal_wan) on diffusers' WanTransformer3DModel.
+    """
     from stretto.checkpoints import load as _load
     from stretto.devices import resolve_device
 

@@ -114,7 +114,12 @@ def load(
     """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`.
 
     `kind`: the model kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
+    A Self-Forcing / CausVid release (.pt / .safetensors) or a diffusers Wan folder loads as a `CausalWan`.
     """
+    from stretto.models.wan_checkpoints import is_wan_checkpoint
+
+    if is_wan_checkpoint(name_or_path):
+        return _load_causal_wan(name_or_path, device, kind)
     folder = resolve(name_or_path)
     meta = read_config(folder)
     classes = _model_classes()
@@ -141,4 +146,19 @@ def load(
         raise CheckpointError(
             f"checkpoint {folder} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    return model.to(device).eval()
+
+
+def _load_causal_wan(path: str | Path, device: str | torch.device, kind: str | Sequence[str] | None):
+    from stretto.models.causal_wan import CausalWan
+    from stretto.models.wan_checkpoints import load_causal_wan
+
+    kinds = [kind] if isinstance(kind, str) else list(kind or [CausalWan.kind])
+    if CausalWan.kind not in kinds:
+        expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
+        raise CheckpointError(f"checkpoint {str(path)!r} is a {CausalWan.kind!r}, expected {expected}")
+    try:
+        model = load_causal_wan(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     return model.to(device).eval()
