@@ -218,5 +218,5 @@ def test_bad_stream_shapes_fail_in_one_line():
         run(model, 3, StreamSettings(mode="kv-rolling", window=2))
     with pytest.raises(ValueError, match=r"prompt embeddings must be \(batch, tokens, 16\), got \(2, 5, 8\)"):
         run(model, 3, StreamSettings(), prompt=torch.zeros(2, 5, 8))
-    with pytest.raises(ValueError, match="3 frames do not fill whole temporal patches of 2 frames"):
+    with pytest.raises(ValueError, match="StreamSettings.window=3: 3 frames do not fill whole temporal patches of 2"):
         run(tiny_wan(2, patch=(2, 2, 1)), 2, StreamSettings(mode="kv-rolling", window=3, sinks=0))

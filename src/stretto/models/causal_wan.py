@@ -107,7 +107,10 @@ class PromptCrossAttention:
 
 
 class CausalWan(nn.Module):
-    """diffusers' WanTransformer3DModel streamed block by block with a KV cache (CausVid / Self Forcing)."""
+    """diffusers' WanTransformer3DModel streamed block by block with a KV cache (CausVid / Self Forcing).
+
+    Wrapping swaps the transformer's attention processors: the newest CausalWan on a transformer owns it.
+    """
 
     kind = "causal-wan"
     x0_clamp = None  # frames are VAE latents: unbounded, unlike pixels

@@ -129,7 +129,11 @@ class StreamSettings:
                 raise ValueError(f"window {self.window} is smaller than a block ({fpb} frame(s) per block)")
             if not 0 <= self.sinks <= self.window:
                 raise ValueError(f"sink count {self.sinks} must be in [0, window={self.window}]")
-            model.cache_slots(self.window), model.cache_slots(self.sinks)  # whole frames of the model's patching
+            for name in ("window", "sinks"):  # whole temporal patches of the model
+                try:
+                    model.cache_slots(getattr(self, name))
+                except ValueError as err:
+                    raise ValueError(f"StreamSettings.{name}={getattr(self, name)}: {err}") from None
         if self.mode == "kv" and self.max_frames is None:
             raise ValueError("mode kv needs max_frames (the full cache is allocated up front)")
 
