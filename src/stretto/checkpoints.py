@@ -16,6 +16,7 @@ from torch import nn
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "shapes-flux"
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map of tensor -> shard
 
 
 class CheckpointError(ValueError):
@@ -47,12 +48,26 @@ def resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if not path.exists() and (SHIPPED_DIR / str(name_or_path)).exists():
         path = SHIPPED_DIR / str(name_or_path)
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+    if not (path / "config.json").exists() or not has_weights(path):
         raise CheckpointError(
-            f"no checkpoint at {str(name_or_path)!r} (a folder with config.json and model.safetensors); "
+            f"no checkpoint at {str(name_or_path)!r} (a folder with config.json and model.safetensors, "
+            f"or shards and {INDEX}); "
             f"shipped models: {', '.join(shipped_models()) or 'none'}"
         )
     return path
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or (folder / INDEX).exists()
+
+
+def is_published(folder: Path) -> bool:
+    """Is the folder laid out as a published model (config.json with a `model_type`, no stretto `kind`)?"""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "model_type" in meta and "kind" not in meta
 
 
 def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32, **meta) -> Path:
@@ -113,9 +128,13 @@ def load(
 ):
     """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`.
 
-    `kind`: the model kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
+    A folder laid out as a published diffusion LM (LLaDA, Dream, Fast-dLLM v2, SDAR) loads onto its transformers
+    class (`stretto.models.hf_load`). `kind`: the model kind (or kinds) the caller can use; another kind is a
+    CheckpointError naming both.
     """
     folder = resolve(name_or_path)
+    if is_published(folder):
+        return _load_published(folder, device, kind)
     meta = read_config(folder)
     classes = _model_classes()
     if meta.get("kind") not in classes:
@@ -142,3 +161,16 @@ def load(
             f"checkpoint {folder} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(device).eval()
+
+
+def _load_published(folder: Path, device: str | torch.device, kind: str | Sequence[str] | None):
+    from stretto.models.hf_load import LayoutError, load_published  # imports transformers: only when needed
+
+    try:
+        model = load_published(folder, device)
+    except LayoutError as err:
+        raise CheckpointError(str(err)) from None
+    kinds = [kind] if isinstance(kind, str) else kind
+    if kinds is not None and model.kind not in kinds:
+        raise CheckpointError(f"checkpoint {str(folder)!r} is a {model.kind!r}, expected one of {list(kinds)}")
+    return model

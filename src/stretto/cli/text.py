@@ -13,7 +13,6 @@ TEXT_KINDS = ("masked-lm", "block-lm")
 
 def cmd_text(args: argparse.Namespace) -> None:
     from stretto import checkpoints
-    from stretto.data.text_tasks import TOKENIZER
     from stretto.pipelines.text import generate
 
     model = checkpoints.load(args.model, device=args.device, kind=TEXT_KINDS)
@@ -23,7 +22,7 @@ def cmd_text(args: argparse.Namespace) -> None:
 
         def callback(canvas, info):
             gen = canvas[:, -args.gen_length :]
-            lines = [TOKENIZER.decode(row, stop_at_eot=False) for row in gen]
+            lines = [model.tokenizer.decode(row, stop_at_eot=False) for row in gen]
             head = f"step {info['step']:>3} nfe {info['nfe']:>3} "
             if tty and len(lines) == 1:
                 print("\r" + head + lines[0], end="", flush=True)
