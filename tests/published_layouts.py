@@ -177,3 +177,36 @@ def write_checkpoint(family: str, folder: Path, seed: int = 0, config_edits: dic
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(folder, chars)
     return ref
+
+
+def write_diffusion_gemma(folder: Path, seed: int = 0):
+    """A tiny DiffusionGemma (MoE text layers, a one-layer vision tower) in two shards; returns the reference."""
+    text = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "global_head_dim": 16,
+        "num_experts": 4,
+        "top_k_experts": 2,
+        "moe_intermediate_size": 16,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "max_position_embeddings": 128,
+    }
+    vision = {"model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    vision |= {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8}
+    config = transformers.DiffusionGemmaConfig(
+        text_config=text, vision_config=vision, canvas_length=8, boi_token_id=44, eoi_token_id=45, image_token_id=46
+    )
+    torch.manual_seed(seed)
+    ref = transformers.DiffusionGemmaForBlockDiffusion(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = set(ref.all_tied_weights_keys)
+    write_shards(folder, {k: v.detach().clone() for k, v in ref.state_dict().items() if k not in tied})
+    (folder / "config.json").write_text(config.to_json_string())
+    write_tokenizer(folder)
+    return ref

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from published_layouts import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint
+from published_layouts import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint, write_diffusion_gemma
 
 import stretto
 from stretto.checkpoints import CheckpointError
@@ -133,6 +133,19 @@ def test_cli_text_runs_a_published_folder(published, capsys):
     code = main(["text", "ab=", "--model", str(folder), "--gen-length", "8", "--cache", "block"])
     assert code == 0
     assert capsys.readouterr().out.startswith("ab=")
+
+
+def test_diffusion_gemma_loads_natively_and_text_decoding_says_what_is_missing(tmp_path, capsys):
+    folder = tmp_path / "diffusion-gemma"
+    ref = write_diffusion_gemma(folder)
+    model = stretto.load(str(folder))
+    assert type(model) is type(ref)
+    want = ref.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    capsys.readouterr()  # the load's progress bar
+    assert main(["text", "ab=", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be decoded by stretto yet" in err and "self-conditioning" in err and len(err.splitlines()) == 1
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

@@ -164,13 +164,16 @@ def load(
 
 
 def _load_published(folder: Path, device: str | torch.device, kind: str | Sequence[str] | None):
-    from stretto.models.hf_load import LayoutError, load_published  # imports transformers: only when needed
+    from stretto.models.hf_load import LayoutError, load_published, unsupported_reason  # imports transformers
 
+    kinds = [kind] if isinstance(kind, str) else kind
+    why = unsupported_reason(json.loads((folder / "config.json").read_text()).get("model_type"))
+    if kinds is not None and why:  # said before any weight is read
+        raise CheckpointError(f"checkpoint {str(folder)!r} is {why}")
     try:
         model = load_published(folder, device)
     except LayoutError as err:
         raise CheckpointError(str(err)) from None
-    kinds = [kind] if isinstance(kind, str) else kind
     if kinds is not None and model.kind not in kinds:
         raise CheckpointError(f"checkpoint {str(folder)!r} is a {model.kind!r}, expected one of {list(kinds)}")
     return model

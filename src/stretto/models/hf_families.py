@@ -109,11 +109,41 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_of(published: dict, where: str) -> Family:
+@dataclass(frozen=True)
+class NativeFamily:
+    """A family transformers implements whole (its own generation loop); stretto loads it but cannot decode it."""
+
+    name: str
+    host: str
+    host_config: str
+    missing: str  # what stretto's text decoding lacks to drive it, said to the user who tries
+
+    def host_class(self) -> type:
+        return getattr(transformers, self.host)
+
+    def make_host_config(self, published: dict):
+        return getattr(transformers, self.host_config).from_dict(published)
+
+
+NATIVE: dict[str, NativeFamily] = {
+    "diffusion_gemma": NativeFamily(
+        "diffusion_gemma",
+        "DiffusionGemmaForBlockDiffusion",
+        "DiffusionGemmaConfig",
+        "it corrupts with uniform noise (no mask token to commit over), feeds each step the previous step's "
+        "logits (self-conditioning), keeps separate encoder (causal) and decoder (canvas) passes, and mixes "
+        "sliding and global layers of different head widths, which one KVCache shape does not hold; "
+        "run it with its own generate()",
+    )
+}
+
+
+def family_of(published: dict, where: str) -> Family | NativeFamily:
     """The family of a published config.json, or a ValueError listing the model types stretto knows."""
     model_type = published.get("model_type")
+    if model_type in NATIVE:
+        return NATIVE[model_type]
     if model_type not in FAMILIES:
-        raise ValueError(
-            f"{where} has model_type {model_type!r}, which stretto cannot host; known: {', '.join(FAMILIES)}"
-        )
+        known = ", ".join([*FAMILIES, *NATIVE])
+        raise ValueError(f"{where} has model_type {model_type!r}, which stretto cannot host; known: {known}")
     return FAMILIES[model_type]

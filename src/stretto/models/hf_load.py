@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from stretto.models.hf_families import Family, family_of
+from stretto.models.hf_families import NATIVE, Family, NativeFamily, family_of
 from stretto.models.hf_lm import ATTENTION, PublishedLM, PublishedLMConfig
 from stretto.models.hf_tokenizer import FolderTokenizer
 
@@ -56,15 +56,15 @@ def stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_weights(family: Family, host_config, files: list[Path], folder: Path) -> None:
+def check_weights(family: Family | NativeFamily, host_config, files: list[Path], folder: Path) -> None:
     """Raise LayoutError unless the stored tensors are exactly the host's parameters, with the host's shapes."""
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in family.host_class()(host_config).state_dict().items()}
-    if host_config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)  # tied: the head is the embedding, stored once
-    stored = {}
-    for name, shape in stored_shapes(files).items():
-        stored[family.rename(name)] = (name, shape)
+        host = family.host_class()(host_config)
+    expected = {k: tuple(v.shape) for k, v in host.state_dict().items()}
+    for tied in getattr(host, "all_tied_weights_keys", {}):  # a tied parameter is stored once, under its source
+        expected.pop(tied, None)
+    rename = getattr(family, "rename", lambda name: name)
+    stored = {rename(name): (name, shape) for name, shape in stored_shapes(files).items()}
     for key, shape in expected.items():
         if key not in stored:
             raise LayoutError(f"checkpoint {folder} has no tensor for {key} (shape {list(shape)}) of its config")
@@ -114,7 +114,10 @@ def pipeline_config(family: Family, published: dict, host_config, folder: Path) 
 
 
 def load_published(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A published-layout folder -> a `PublishedLM` in eval mode on `device`, or a LayoutError saying what is wrong."""
+    """A published-layout folder -> a `PublishedLM` in eval mode on `device`, or a LayoutError saying what is wrong.
+
+    A family transformers implements whole (DiffusionGemma) comes back as its own transformers class.
+    """
     folder = Path(folder)
     try:
         published = json.loads((folder / "config.json").read_text())
@@ -131,6 +134,8 @@ def load_published(folder: str | Path, device: str | torch.device = "cpu", dtype
         raise LayoutError(f"{folder / 'config.json'} does not describe a {family.name} model: {reason}") from None
     files = weight_files(folder)
     check_weights(family, host_config, files, folder)
+    if isinstance(family, NativeFamily):  # its own class and generate(); stretto's decoding does not drive it
+        return family.host_class().from_pretrained(str(folder), config=host_config, dtype=dtype).to(device).eval()
     config = pipeline_config(family, published, host_config, folder)
     tokenizer = FolderTokenizer(folder, config.eot_id)
     if tokenizer.vocab_size > config.vocab_size:
@@ -146,3 +151,9 @@ def load_published(folder: str | Path, device: str | torch.device = "cpu", dtype
         attn_implementation=ATTENTION,
     )
     return PublishedLM(host, config, tokenizer, family.logit_shift).to(device).eval()
+
+
+def unsupported_reason(model_type: str | None) -> str | None:
+    """Why stretto's text decoding cannot drive a model type it loads natively (None when it can)."""
+    family = NATIVE.get(model_type)
+    return None if family is None else f"a {family.host} cannot be decoded by stretto yet: {family.missing}"
