@@ -128,6 +128,12 @@ def test_the_folder_tokenizer_encodes_prompts_and_decodes_answers(loaded):
     assert model.tokenizer.decode([3, 4, eot, 5]) == model.tokenizer.decode([3, 4])
 
 
+def test_commands_for_stretto_checkpoints_name_a_published_folder_by_its_model_type(published, capsys):
+    folder = published["llada"][0]
+    assert main(["bench", "text", "--models", str(folder)]) == 2
+    assert "is a 'published llada checkpoint', expected one of 'masked-lm', 'block-lm'" in capsys.readouterr().err
+
+
 def test_cli_text_runs_a_published_folder(published, capsys):
     folder = published["sdar"][0]
     code = main(["text", "ab=", "--model", str(folder), "--gen-length", "8", "--cache", "block"])

@@ -112,8 +112,17 @@ def _excerpt(value) -> str:
 
 
 def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
-    """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json."""
-    found = read_config(name_or_path).get("kind")
+    """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json.
+
+    A published-layout folder (LLaDA, Dream, ...) has no stretto kind: it is named by its model_type, so only
+    `load` and `stretto text` take it.
+    """
+    folder = resolve(name_or_path)
+    if is_published(folder):
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+        found = f"published {model_type} checkpoint"
+    else:
+        found = read_config(folder).get("kind")
     kinds = [kind] if isinstance(kind, str) else list(kind)
     if found not in kinds:
         expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)

@@ -56,7 +56,9 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
     """`stretto text PROMPT...`."""
     p = subparsers.add_parser("text", help="complete text with a masked diffusion LM (parallel decoding, KV cache)")
     p.add_argument("prompts", nargs="+", help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum)')
-    shared.add_model(p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block)")
+    shared.add_model(
+        p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)"
+    )
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (a multiple of --block-length)")
     p.add_argument("--block-length", type=int, default=None, help="default: the model's block, or 16")
     p.add_argument(
