@@ -20,6 +20,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 SPECIALS = ["<|endoftext|>", "<|mdm_mask|>", "<unk>"]
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 =+:"
 EOT, MASK = 0, 1
+QWEN_EOT, QWEN_MASK = len(CHARS), len(CHARS) + 1  # Qwen2's special tokens follow its vocabulary
 VOCAB = 48  # the embedding is padded past the tokenizer's 43 tokens, as the published models' are
 
 # Host (transformers) name -> LLaDA's published name: written out independently of stretto's table.
@@ -47,6 +48,25 @@ def write_tokenizer(folder: Path, chars: str = CHARS) -> None:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(SPECIALS)
     tok.save(str(folder / "tokenizer.json"))
+
+
+def write_qwen_tokenizer(folder: Path) -> None:
+    """Dream's tokenizer files: a byte-level BPE vocab.json + merges.txt (one token per character, space as Ġ),
+    its special tokens after the vocabulary, and a tokenizer_config.json naming a class that needs remote code."""
+    vocab = {c: i for i, c in enumerate(CHARS.replace(" ", "\u0120"))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    flags = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+    added = {str(QWEN_EOT + i): {"content": t, **flags} for i, t in enumerate(["<|endoftext|>", "<|mask|>"])}
+    config = {
+        "tokenizer_class": "DreamTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        "added_tokens_decoder": added,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mask|>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def write_shards(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -130,8 +150,10 @@ LAYOUTS = {
         },
     },
     "Dream": {
-        "config": {"model_type": "Dream", "architectures": ["DreamModel"], **_qwen_keys()},
+        "config": {"model_type": "Dream", "architectures": ["DreamModel"], **_qwen_keys()}
+        | {"bos_token_id": QWEN_EOT, "eos_token_id": QWEN_EOT, "pad_token_id": QWEN_EOT, "mask_token_id": QWEN_MASK},
         "host": ("Qwen2ForCausalLM", "Qwen2Config"),
+        "tokenizer": write_qwen_tokenizer,
     },
     "Fast_dLLM_Qwen": {
         "config": {"model_type": "Fast_dLLM_Qwen", "architectures": ["Fast_dLLM_QwenForCausalLM"], "bd_size": 4}
@@ -152,9 +174,8 @@ def reference_model(family: str, seed: int = 0):
     """The reference: the family's transformers host class with random weights, peaky enough to decode."""
     layout = LAYOUTS[family]
     cls_name, config_name = layout["host"]
-    keys = layout.get("host_config") or {
-        k: v for k, v in layout["config"].items() if k not in ("model_type", "architectures", "torch_dtype")
-    }
+    drop = ("model_type", "architectures", "torch_dtype")
+    keys = layout.get("host_config") or {k: v for k, v in layout["config"].items() if k not in drop}
     config = getattr(transformers, config_name)(**keys, initializer_range=0.3)
     torch.manual_seed(seed)
     return getattr(transformers, cls_name)(config).eval()
@@ -175,7 +196,7 @@ def write_checkpoint(family: str, folder: Path, seed: int = 0, config_edits: dic
     write_shards(folder, tensors)
     config = {**LAYOUTS[family]["config"], **(config_edits or {})}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer(folder, chars)
+    LAYOUTS[family].get("tokenizer", lambda f: write_tokenizer(f, chars))(folder)
     return ref
 
 

@@ -128,6 +128,15 @@ def test_the_folder_tokenizer_encodes_prompts_and_decodes_answers(loaded):
     assert model.tokenizer.decode([3, 4, eot, 5]) == model.tokenizer.decode([3, 4])
 
 
+def test_dreams_vocab_and_merges_load_without_its_remote_tokenizer_class(published, loaded):
+    folder, tok = published["Dream"][0], loaded["Dream"].tokenizer
+    assert (
+        not (folder / "tokenizer.json").exists() and "DreamTokenizer" in (folder / "tokenizer_config.json").read_text()
+    )
+    assert tok.vocab_size == len(CHARS) + 2 and tok.decode(tok.encode("ab=12 cd")) == "ab=12 cd"
+    assert tok.decode([0, 1, loaded["Dream"].config.eot_id, 2]) == "ab"
+
+
 def test_commands_for_stretto_checkpoints_name_a_published_folder_by_its_model_type(published, capsys):
     folder = published["llada"][0]
     assert main(["bench", "text", "--models", str(folder)]) == 2

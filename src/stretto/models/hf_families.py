@@ -83,6 +83,7 @@ class Family:
     block_key: str | None = None  # config key of the block size (block-causal families)
     block_default: int = 0
     renames: tuple[tuple[str, str], ...] = ()  # published parameter name (regex) -> host name
+    tokenizer: str | None = "Qwen2Tokenizer"  # the class reading a vocab.json + merges.txt (no tokenizer.json)
 
     def host_class(self) -> type:
         return getattr(transformers, self.host)
@@ -101,7 +102,17 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("llada", "LlamaForCausalLM", "LlamaConfig", _llada_keys, False, False, 126336, renames=_LLADA_RENAMES),
+        Family(
+            "llada",
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            _llada_keys,
+            False,
+            False,
+            126336,
+            renames=_LLADA_RENAMES,
+            tokenizer=None,
+        ),
         Family("Dream", "Qwen2ForCausalLM", "Qwen2Config", _same_keys, False, True, 151666),
         Family("Fast_dLLM_Qwen", "Qwen2ForCausalLM", "Qwen2Config", _same_keys, True, True, 151665, "bd_size", 32),
         Family("sdar", "Qwen3ForCausalLM", "Qwen3Config", _same_keys, True, False, None, "block_size", 4),

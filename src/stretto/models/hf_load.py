@@ -137,7 +137,10 @@ def load_published(folder: str | Path, device: str | torch.device = "cpu", dtype
     if isinstance(family, NativeFamily):  # its own class and generate(); stretto's decoding does not drive it
         return family.host_class().from_pretrained(str(folder), config=host_config, dtype=dtype).to(device).eval()
     config = pipeline_config(family, published, host_config, folder)
-    tokenizer = FolderTokenizer(folder, config.eot_id)
+    try:
+        tokenizer = FolderTokenizer(folder, config.eot_id, family.tokenizer)
+    except ValueError as err:
+        raise LayoutError(str(err)) from None
     if tokenizer.vocab_size > config.vocab_size:
         raise LayoutError(
             f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens, more than the model's vocabulary of "

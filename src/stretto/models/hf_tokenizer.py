@@ -1,8 +1,9 @@
 """A checkpoint folder's own tokenizer behind the interface of stretto's character tokenizer.
 
 The text pipeline calls `encode(text) -> ids`, `decode(ids, stop_at_eot=True) -> text` and `vocab_size`.
-`tokenizer.json` is read by `tokenizers` directly (no class lookup, no code from the folder); a folder without
-one goes through `AutoTokenizer` with remote code off (a tokenizer that needs the folder's Python is refused).
+Never code from the folder: `tokenizer.json` is read by `tokenizers` directly; `vocab.json` + `merges.txt`
+(how Dream publishes its Qwen2 tokenizer, under a custom class name that needs remote code) are read by the
+family's transformers tokenizer class; anything else goes through `AutoTokenizer` with remote code off.
 """
 
 from __future__ import annotations
@@ -15,23 +16,24 @@ import torch
 class FolderTokenizer:
     """The tokenizer shipped in a checkpoint folder, cutting decoded answers at the end-of-text token."""
 
-    def __init__(self, folder: str | Path, eot_id: int):
+    def __init__(self, folder: str | Path, eot_id: int, bpe_class: str | None = None):
+        """bpe_class: the transformers tokenizer class that reads the family's vocab.json + merges.txt."""
+        import transformers
+
         folder = Path(folder)
-        if (folder / "tokenizer.json").exists():
-            from transformers import PreTrainedTokenizerFast
-
-            self.inner = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-        else:
-            from transformers import AutoTokenizer
-
-            try:
-                self.inner = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-            except (OSError, ValueError) as err:
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                raise ValueError(
-                    f"no tokenizer stretto can read in {folder}: needs tokenizer.json, or files AutoTokenizer "
-                    f"reads without remote code ({reason})"
-                ) from None
+        try:
+            if (folder / "tokenizer.json").exists():
+                self.inner = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+            elif bpe_class and (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+                self.inner = getattr(transformers, bpe_class).from_pretrained(str(folder))
+            else:
+                self.inner = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(
+                f"no tokenizer stretto can read in {folder}: needs tokenizer.json, vocab.json + merges.txt, or "
+                f"files AutoTokenizer reads without remote code ({reason})"
+            ) from None
         self.eot_id = eot_id
 
     @property
