@@ -119,6 +119,13 @@ def test_every_cache_mode_runs_on_a_published_model(cache, loaded):
     assert not (canvas == model.config.mask_id).any() and stats.nfe >= 2
 
 
+def test_a_published_model_loads_in_bfloat16_and_decodes(published):
+    model = stretto.load(str(published["sdar"][0]), dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    canvas, stats = _tokens(model, "block", "threshold:tau=0.5", 4)
+    assert not (canvas == model.config.mask_id).any() and stats.cache_bytes > 0
+
+
 def test_the_folder_tokenizer_encodes_prompts_and_decodes_answers(loaded):
     model = loaded["llada"]
     result = generate(model, ["ab=", "hello12="], gen_length=8, block_length=4, decode="threshold:tau=0.5")

@@ -11,12 +11,17 @@ __version__ = "0.1.0"
 __all__ = ["generate", "generate_text", "load", "stream_world", "__version__"]
 
 
-def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None):
-    """Load a shipped model by name (e.g. "shapes-flux") or a checkpoint folder, fp32, eval mode."""
+def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None, dtype=None):
+    """Load a shipped model by name, a checkpoint folder, or a published LLaDA / Dream / Fast-dLLM v2 / SDAR folder.
+
+    Eval mode, fp32 unless dtype (a torch dtype) is given.
+    """
+    import torch
+
     from stretto.checkpoints import load as _load
     from stretto.devices import resolve_device
 
-    return _load(name_or_path, device=resolve_device(device), kind=kind)
+    return _load(name_or_path, device=resolve_device(device), kind=kind, dtype=dtype or torch.float32)
 
 
 def generate(model, prompts, **kwargs):

@@ -134,16 +134,17 @@ def load(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
     kind: str | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float32,
 ):
-    """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`.
+    """Load a checkpoint (shipped name or folder) as a model in eval mode on `device`, fp32 unless `dtype` says.
 
     A folder laid out as a published diffusion LM (LLaDA, Dream, Fast-dLLM v2, SDAR) loads onto its transformers
-    class (`stretto.models.hf_load`). `kind`: the model kind (or kinds) the caller can use; another kind is a
-    CheckpointError naming both.
+    class (`stretto.models.hf_load`); an 8B one needs dtype=torch.bfloat16 to fit 24 GiB. `kind`: the model
+    kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
     """
     folder = resolve(name_or_path)
     if is_published(folder):
-        return _load_published(folder, device, kind)
+        return _load_published(folder, device, kind, dtype)
     meta = read_config(folder)
     classes = _model_classes()
     if meta.get("kind") not in classes:
@@ -169,10 +170,10 @@ def load(
         raise CheckpointError(
             f"checkpoint {folder} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
-def _load_published(folder: Path, device: str | torch.device, kind: str | Sequence[str] | None):
+def _load_published(folder: Path, device: str | torch.device, kind: str | Sequence[str] | None, dtype: torch.dtype):
     from stretto.models.hf_load import LayoutError, load_published, unsupported_reason  # imports transformers
 
     kinds = [kind] if isinstance(kind, str) else kind
@@ -180,7 +181,7 @@ def _load_published(folder: Path, device: str | torch.device, kind: str | Sequen
     if kinds is not None and why:  # said before any weight is read
         raise CheckpointError(f"checkpoint {str(folder)!r} is {why}")
     try:
-        model = load_published(folder, device)
+        model = load_published(folder, device, dtype)
     except LayoutError as err:
         raise CheckpointError(str(err)) from None
     if kinds is not None and model.kind not in kinds:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from stretto.models.hf_families import NATIVE, Family, NativeFamily, family_of
-from stretto.models.hf_lm import ATTENTION, PublishedLM, PublishedLMConfig
+from stretto.models.hf_lm import PublishedLM, PublishedLMConfig
 from stretto.models.hf_tokenizer import FolderTokenizer
 
 INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map of tensor -> shard
@@ -151,7 +151,6 @@ def load_published(folder: str | Path, device: str | torch.device = "cpu", dtype
         config=host_config,
         key_mapping=dict(family.renames) or None,
         dtype=dtype,
-        attn_implementation=ATTENTION,
     )
     return PublishedLM(host, config, tokenizer, family.logit_shift).to(device).eval()
 
