@@ -11,16 +11,19 @@ __version__ = "0.1.0"
 __all__ = ["generate", "generate_text", "load", "stream_world", "__version__"]
 
 
-def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None):
-    """Load a shipped model by name (e.g. "shapes-flux") or a checkpoint folder, fp32, eval mode.
+def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None, dtype=None):
+    """Load a shipped model by name, a checkpoint folder, or a published model, in eval mode, fp32 unless `dtype`.
 
-    A Self-Forcing / CausVid checkpoint (.pt, read tensors-only) or a diffusers Wan folder loads as a streamable
-    `CausalWan` (stretto.models.causal_wan) on diffusers' WanTransformer3DModel.
+    Published layouts load onto the library class that implements them: LLaDA / Dream / Fast-dLLM v2 / SDAR
+    folders onto transformers' LMs; a Self-Forcing / CausVid checkpoint (.pt, read tensors-only) or a diffusers
+    Wan folder as a streamable `CausalWan` on diffusers' WanTransformer3DModel.
     """
+    import torch
+
     from stretto.checkpoints import load as _load
     from stretto.devices import resolve_device
 
-    return _load(name_or_path, device=resolve_device(device), kind=kind)
+    return _load(name_or_path, device=resolve_device(device), kind=kind, dtype=dtype or torch.float32)
 
 
 def generate(model, prompts, **kwargs):

@@ -16,6 +16,7 @@ from torch import nn
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "shapes-flux"
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map of tensor -> shard
 
 
 class CheckpointError(ValueError):
@@ -47,12 +48,26 @@ def resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if not path.exists() and (SHIPPED_DIR / str(name_or_path)).exists():
         path = SHIPPED_DIR / str(name_or_path)
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+    if not (path / "config.json").exists() or not has_weights(path):
         raise CheckpointError(
-            f"no checkpoint at {str(name_or_path)!r} (a folder with config.json and model.safetensors); "
+            f"no checkpoint at {str(name_or_path)!r} (a folder with config.json and model.safetensors, "
+            f"or shards and {INDEX}); "
             f"shipped models: {', '.join(shipped_models()) or 'none'}"
         )
     return path
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or (folder / INDEX).exists()
+
+
+def is_published(folder: Path) -> bool:
+    """Is the folder laid out as a published model (config.json with a `model_type`, no stretto `kind`)?"""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "model_type" in meta and "kind" not in meta
 
 
 def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32, **meta) -> Path:
@@ -97,8 +112,17 @@ def _excerpt(value) -> str:
 
 
 def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
-    """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json."""
-    found = read_config(name_or_path).get("kind")
+    """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json.
+
+    A published-layout folder (LLaDA, Dream, ...) has no stretto kind: it is named by its model_type, so only
+    `load` and `stretto text` take it.
+    """
+    folder = resolve(name_or_path)
+    if is_published(folder):
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+        found = f"published {model_type} checkpoint"
+    else:
+        found = read_config(folder).get("kind")
     kinds = [kind] if isinstance(kind, str) else list(kind)
     if found not in kinds:
         expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
@@ -110,17 +134,22 @@ def load(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
     kind: str | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float32,
 ):
-    """Load a checkpoint (shipped name or folder) as an fp32 model in eval mode on `device`.
+    """Load a checkpoint (shipped name or folder) as a model in eval mode on `device`, fp32 unless `dtype` says.
 
-    `kind`: the model kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
-    A Self-Forcing / CausVid release (.pt / .safetensors) or a diffusers Wan folder loads as a `CausalWan`.
+    A folder laid out as a published diffusion LM (LLaDA, Dream, Fast-dLLM v2, SDAR) loads onto its transformers
+    class (`stretto.models.hf_load`); an 8B one needs dtype=torch.bfloat16 to fit 24 GiB. A Self-Forcing /
+    CausVid release (.pt / .safetensors) or a diffusers Wan folder loads as a `CausalWan`. `kind`: the model
+    kind (or kinds) the caller can use; another kind is a CheckpointError naming both.
     """
     from stretto.models.wan_checkpoints import is_wan_checkpoint
 
     if is_wan_checkpoint(name_or_path):
-        return _load_causal_wan(name_or_path, device, kind)
+        return _load_causal_wan(name_or_path, device, kind, dtype)
     folder = resolve(name_or_path)
+    if is_published(folder):
+        return _load_published(folder, device, kind, dtype)
     meta = read_config(folder)
     classes = _model_classes()
     if meta.get("kind") not in classes:
@@ -146,10 +175,12 @@ def load(
         raise CheckpointError(
             f"checkpoint {folder} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
-def _load_causal_wan(path: str | Path, device: str | torch.device, kind: str | Sequence[str] | None):
+def _load_causal_wan(
+    path: str | Path, device: str | torch.device, kind: str | Sequence[str] | None, dtype: torch.dtype
+):
     from stretto.models.causal_wan import CausalWan
     from stretto.models.wan_checkpoints import load_causal_wan
 
@@ -161,4 +192,20 @@ def _load_causal_wan(path: str | Path, device: str | torch.device, kind: str | S
         model = load_causal_wan(path)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_published(folder: Path, device: str | torch.device, kind: str | Sequence[str] | None, dtype: torch.dtype):
+    from stretto.models.hf_load import LayoutError, load_published, unsupported_reason  # imports transformers
+
+    kinds = [kind] if isinstance(kind, str) else kind
+    why = unsupported_reason(json.loads((folder / "config.json").read_text()).get("model_type"))
+    if kinds is not None and why:  # said before any weight is read
+        raise CheckpointError(f"checkpoint {str(folder)!r} is {why}")
+    try:
+        model = load_published(folder, device, dtype)
+    except LayoutError as err:
+        raise CheckpointError(str(err)) from None
+    if kinds is not None and model.kind not in kinds:
+        raise CheckpointError(f"checkpoint {str(folder)!r} is a {model.kind!r}, expected one of {list(kinds)}")
+    return model

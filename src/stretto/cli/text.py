@@ -13,7 +13,6 @@ TEXT_KINDS = ("masked-lm", "block-lm")
 
 def cmd_text(args: argparse.Namespace) -> None:
     from stretto import checkpoints
-    from stretto.data.text_tasks import TOKENIZER
     from stretto.pipelines.text import generate
 
     model = checkpoints.load(args.model, device=args.device, kind=TEXT_KINDS)
@@ -23,7 +22,7 @@ def cmd_text(args: argparse.Namespace) -> None:
 
         def callback(canvas, info):
             gen = canvas[:, -args.gen_length :]
-            lines = [TOKENIZER.decode(row, stop_at_eot=False) for row in gen]
+            lines = [model.tokenizer.decode(row, stop_at_eot=False) for row in gen]
             head = f"step {info['step']:>3} nfe {info['nfe']:>3} "
             if tty and len(lines) == 1:
                 print("\r" + head + lines[0], end="", flush=True)
@@ -57,7 +56,9 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
     """`stretto text PROMPT...`."""
     p = subparsers.add_parser("text", help="complete text with a masked diffusion LM (parallel decoding, KV cache)")
     p.add_argument("prompts", nargs="+", help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum)')
-    shared.add_model(p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block)")
+    shared.add_model(
+        p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)"
+    )
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (a multiple of --block-length)")
     p.add_argument("--block-length", type=int, default=None, help="default: the model's block, or 16")
     p.add_argument(

@@ -56,6 +56,28 @@ def key_drift(cache: KVCache, layer: int, start: int, k: torch.Tensor) -> torch.
     return drift
 
 
+def store_and_read(
+    cache: KVCache, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, write: bool, probe: Probe | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k, v (B, H, T, D) to slots [start, start + T) and read every slot, or lay them over for this read only."""
+    if not write:
+        return cache.read(layer, start, k, v)
+    if probe is not None:  # the drift of the keys this write overwrites, before they are gone
+        probe.drift[layer] = key_drift(cache, layer, start, k)
+    cache.write(layer, start, k, v)
+    return cache.read(layer)
+
+
+def slot_mask(
+    q_blocks: torch.Tensor, k_blocks: torch.Tensor, k_valid: torch.Tensor, block_causal: bool
+) -> torch.Tensor:
+    """(B, 1, Tq, Tk) bool: valid keys; block-causal: only keys of the same or earlier blocks."""
+    mask = k_valid[:, None, None, :]
+    if block_causal:
+        mask = mask & (k_blocks[None, None, None, :] <= q_blocks[None, None, :, None])
+    return mask
+
+
 def kv_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -74,15 +96,7 @@ def kv_attention(
     The T tokens sit at cache slots [start, start + T). rope_q / rope_k: cos, sin for the queries and for every
     key attended (the cached slots' positions when a cache is given). mask: bool, True = may attend.
     """
-    if cache is None:
-        k_all, v_all = k, v
-    elif write:  # this call's tokens replace their slots; attend to everything the cache holds
-        if probe is not None:
-            probe.drift[layer] = key_drift(cache, layer, start, k)
-        cache.write(layer, start, k, v)
-        k_all, v_all = cache.read(layer)
-    else:
-        k_all, v_all = cache.read(layer, start, k, v)
+    k_all, v_all = (k, v) if cache is None else store_and_read(cache, layer, start, k, v, write, probe)
     q, k_all = apply_rope(q, *rope_q), apply_rope(k_all, *rope_k)
     if probe is not None and probe.layer == layer:  # SDPA does not expose its weights: the explicit softmax
         att = (q @ k_all.transpose(-1, -2)) / math.sqrt(q.shape[-1])

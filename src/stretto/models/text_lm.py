@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from stretto.data.text_tasks import TOKENIZER
-from stretto.models.kv_attention import Probe, kv_attention, rope_angles
+from stretto.models.kv_attention import Probe, kv_attention, rope_angles, slot_mask
 from stretto.models.kv_cache import KVCache
 
 
@@ -100,6 +100,8 @@ class TextLM(nn.Module):
     """Token embedding, a stack of pre-LN RoPE transformer blocks, an output head."""
 
     kind = "text-lm"
+    tokenizer = TOKENIZER  # what prompts are encoded with and answers decoded with
+    logit_shift = False  # the logits at slot i score slot i (a model adapted from an AR LM scores slot i + 1)
 
     def __init__(self, config: TextLMConfig):
         super().__init__()
@@ -126,10 +128,7 @@ class TextLM(nn.Module):
 
     def attention_mask(self, q_blocks: torch.Tensor, k_blocks: torch.Tensor, k_valid: torch.Tensor) -> torch.Tensor:
         """(B, 1, Tq, Tk) bool: valid keys; block-causal: only keys of the same or earlier blocks."""
-        mask = k_valid[:, None, None, :]
-        if self.block_causal:
-            mask = mask & (k_blocks[None, None, None, :] <= q_blocks[None, None, :, None])
-        return mask
+        return slot_mask(q_blocks, k_blocks, k_valid, self.block_causal)
 
     def forward(
         self,

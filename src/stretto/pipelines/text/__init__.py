@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stretto.data.text_tasks import TOKENIZER
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text.caches import parse_cache
 from stretto.pipelines.text.decode import check_blocks
@@ -53,7 +52,7 @@ def make_canvas(model: TextLM, prompts: list[str], gen_length: int) -> tuple[tor
         raise ValueError("no prompts given")
     if gen_length < 1:
         raise ValueError(f"gen_length must be >= 1, got {gen_length}")
-    tok, cfg = TOKENIZER, model.config
+    tok, cfg = model.tokenizer, model.config
     encoded = []
     for p in prompts:
         if not p:
@@ -62,7 +61,7 @@ def make_canvas(model: TextLM, prompts: list[str], gen_length: int) -> tuple[tor
     p_len = max(len(e) for e in encoded)
     if p_len + gen_length > cfg.max_len:
         raise ValueError(
-            f"prompt ({p_len} characters) + gen_length ({gen_length}) = {p_len + gen_length} exceeds "
+            f"prompt ({p_len} tokens) + gen_length ({gen_length}) = {p_len + gen_length} exceeds "
             f"the model's context of {cfg.max_len}; allowed prompt length here: <= {cfg.max_len - gen_length}"
         )
     device = next(model.parameters()).device
@@ -112,7 +111,7 @@ def generate(
     stats = decode_canvas(model, canvas, gen_start, block_length, rule, mode, early_stop, callback)
     seconds = time.perf_counter() - t0
     gen = canvas[:, gen_start:].cpu()
-    texts = [TOKENIZER.decode(row) for row in gen]
+    texts = [model.tokenizer.decode(row) for row in gen]
     eot = gen == model.config.eot_id
     tokens = int(torch.where(eot.any(1), eot.float().argmax(1) + 1, gen.shape[1]).sum())
     return TextResult(texts, stats, seconds, tokens, canvas)

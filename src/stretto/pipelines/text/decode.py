@@ -76,6 +76,8 @@ def decode(
     """
     cfg = model.config
     calls = ModelCalls(model, canvas, gen_start, with_cache=cache.uses_kv)
+    # Never an answer: the mask, and padding unless it is also end-of-text (LLaDA pads with its end-of-text).
+    banned = [cfg.mask_id] + [cfg.pad_id] * (cfg.pad_id != cfg.eot_id)
     stats = calls.stats
     cache.start()
     for bs, be in block_spans(gen_start, canvas.shape[1] - gen_start, block_length):
@@ -87,8 +89,7 @@ def decode(
         step = 0
         while (is_masked := canvas[:, bs:be] == cfg.mask_id).any():
             logits = cache.logits(calls, bs, be, step).float()
-            # Only characters and end-of-text are answers (an untrained model may favour <mask>).
-            logits[..., [cfg.mask_id, cfg.pad_id]] = float("-inf")
+            logits[..., banned] = float("-inf")  # an untrained model may favour <mask>
             probs = logits.softmax(-1)
             conf, x0 = probs.max(-1)
             conf = conf.masked_fill(~is_masked, float("-inf"))

@@ -38,6 +38,7 @@ class ModelCalls:
         self.model, self.canvas, self.gen_start = model, canvas, gen_start
         self.end = canvas.shape[1]
         self.mask_id, self.n_layer, self.model_block = cfg.mask_id, cfg.n_layer, cfg.block_size
+        self.shift = model.logit_shift  # slot i is scored at slot i - 1: a range runs from one slot earlier
         self.positions = left_pad_positions(canvas, cfg.pad_id)
         self.blocks = gen_blocks(gen_start, self.end, cfg.block_size, canvas.device)
         self.stats = DecodeStats()
@@ -46,14 +47,19 @@ class ModelCalls:
             self.stats.cache_bytes = self.kv.nbytes
 
     def __call__(self, lo: int, hi: int, probe_layer: int | None = None) -> tuple[torch.Tensor, Probe | None]:
-        """Logits (B, hi - lo, vocab) of slots [lo, hi), whose K/V are written to the cache; and the probe."""
+        """Logits (B, hi - lo, vocab) of slots [lo, hi), whose K/V are written to the cache; and the probe.
+
+        A shifted model also runs slot lo - 1 (its output scores slot lo); its K/V is rewritten with the rest.
+        """
+        first = lo - 1 if self.shift and lo > 0 else lo
         self.stats.nfe += 1
-        self.stats.positions += hi - lo
+        self.stats.positions += hi - first
         out = self.model(
-            self.canvas[:, lo:hi], self.positions[:, lo:hi], self.blocks[lo:hi],
-            kv_cache=self.kv, start=lo, gen_start=self.gen_start, probe_layer=probe_layer,
+            self.canvas[:, first:hi], self.positions[:, first:hi], self.blocks[first:hi],
+            kv_cache=self.kv, start=first, gen_start=self.gen_start, probe_layer=probe_layer,
         )  # fmt: skip
-        return out if probe_layer is not None else (out, None)
+        logits, probe = out if probe_layer is not None else (out, None)
+        return logits[:, lo - first :], probe
 
     def settled(self, lo: int, hi: int) -> torch.Tensor:
         """bool (B, hi - lo): slots holding their final token."""
