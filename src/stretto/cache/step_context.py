@@ -24,10 +24,13 @@ class StepContext:
     final: bool | None = None  # whether it is the last step (same condition)
 
 
-def sigma_schedule(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
-    """A generation's schedule as step_index reads it: its positive sigmas, largest first."""
+def sigma_schedule(sigmas: torch.Tensor | Sequence[float], keep_zero: bool = False) -> torch.Tensor:
+    """A generation's schedule as step_index reads it: its distinct positive sigmas, largest first. A sampler's
+    sigmas end at 0, where the model is not called; `keep_zero` keeps it (a scheduler's timesteps, each one a
+    model call, may end at t = 0)."""
     s = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
-    return s[s > 0].sort(descending=True).values
+    s = s[s >= 0] if keep_zero else s[s > 0]
+    return s.unique().sort(descending=True).values
 
 
 def step_index(

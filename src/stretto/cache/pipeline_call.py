@@ -1,0 +1,66 @@
+"""A diffusers pipeline's call, wrapped so the cache starts fresh at every call and keys steps on its scheduler.
+
+Python looks `__call__` up on the class, so the pipeline object's class is swapped for a subclass of the
+same name whose `__call__` resets the cache (state and records: `summary(pipe)` then reports the last call)
+and runs the original. While a call runs, the scheduler's `set_timesteps` is wrapped on the instance: once
+the pipeline has set its schedule, `scheduler.timesteps`, times the family's scale (Flux pipelines pass
+t / 1000, see families.py), become the cache's step schedule, and a new denoising loop (a pipeline that
+calls `set_timesteps` again for another stage) starts from fresh state. `detach` undoes both. Nothing
+depends on model methods such as `_reset_stateful_cache`, which many diffusers transformers lack.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Resettable(Protocol):
+    """What the wrapper drives: the cache's full reset and its per-loop state reset."""
+
+    def reset(self) -> None: ...
+
+    def reset_state(self, keys: torch.Tensor | None = None, evaluated: bool = False) -> None: ...
+
+
+class PipelineCall:
+    """The wrapped `__call__` and `scheduler.set_timesteps` of one pipeline object, and their removal."""
+
+    def __init__(self, pipe: Any, handle: Resettable, scale: float):
+        self.pipe, self.handle, self.scale = pipe, handle, scale
+        self.original_class = type(pipe)
+        self.inside = False
+        self.scheduler = getattr(pipe, "scheduler", None)
+
+    def attach(self) -> None:
+        """Swap in the wrapping subclass and wrap the scheduler's `set_timesteps`."""
+        cls, wrapper = self.original_class, self
+
+        def __call__(pipe, *args, **kwargs):
+            wrapper.handle.reset()
+            wrapper.inside = True
+            try:
+                return cls.__call__(pipe, *args, **kwargs)
+            finally:
+                wrapper.inside = False
+
+        self.pipe.__class__ = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+        set_timesteps = getattr(self.scheduler, "set_timesteps", None)
+        if callable(set_timesteps):
+
+            def schedule(*args, **kwargs):
+                out = set_timesteps(*args, **kwargs)
+                timesteps = getattr(wrapper.scheduler, "timesteps", None)
+                if wrapper.inside and timesteps is not None:
+                    keys = torch.as_tensor(timesteps, dtype=torch.float64) * wrapper.scale
+                    wrapper.handle.reset_state(keys.float(), evaluated=True)
+                return out
+
+            self.scheduler.__dict__["set_timesteps"] = schedule
+
+    def detach(self) -> None:
+        """Restore the pipeline's own class and the scheduler's own `set_timesteps`."""
+        self.pipe.__class__ = self.original_class
+        if self.scheduler is not None:
+            self.scheduler.__dict__.pop("set_timesteps", None)
