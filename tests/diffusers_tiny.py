@@ -1,12 +1,13 @@
 """Tiny random diffusers transformers, one per family the feature cache supports, and how to call each.
 
-Every entry builds a model of a few thousand to a few hundred thousand parameters from config (offline,
-seeded) and calls it the way its pipeline does, with `t` the noise level in [0, 1] (1 = noise); the call
-converts it to the model's own timestep scale. Inputs have a batch of 2.
+Every entry builds a model of 20k-60k parameters from config (offline, seeded) and calls it the way its
+pipeline does. `time(sigma)` turns a noise level in [0, 1] (1 = noise) into the model's own timestep
+(Flux 0..1, SD3 / Wan 0..1000, DiT integer steps, Lumina2 counting up); `call(model, x, timestep)` takes
+that timestep. Inputs have a batch of 2.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import diffusers
 import torch
@@ -25,6 +26,11 @@ class Tiny:
     build: Callable[[], torch.nn.Module]
     call: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     shape: tuple[int, ...]
+    time: Callable[[torch.Tensor], torch.Tensor] = lambda sigma: sigma * 1000
+
+
+def _unit(sigma):
+    return sigma  # Flux-style models take the noise level itself (their pipelines pass t / 1000)
 
 
 def _make(cls, **config):
@@ -67,50 +73,50 @@ def _chroma(m, x, t):
 
 def _sd3(m, x, t):
     return m(
-        hidden_states=x, encoder_hidden_states=_text(), pooled_projections=_ones(B, 16), timestep=t.expand(B) * 1000,
+        hidden_states=x, encoder_hidden_states=_text(), pooled_projections=_ones(B, 16), timestep=t.expand(B),
         return_dict=False,
     )[0]  # fmt: skip
 
 
 def _dit(m, x, t):
-    return m(x, timestep=(t * 999).round().long().expand(B), class_labels=torch.arange(B) % 10, return_dict=False)[0]
+    return m(x, timestep=t.expand(B), class_labels=torch.arange(B) % 10, return_dict=False)[0]
 
 
 def _pixart(m, x, t):
     return m(
-        x, encoder_hidden_states=_text(), timestep=(t * 1000).expand(B), added_cond_kwargs={"resolution": None,
+        x, encoder_hidden_states=_text(), timestep=t.expand(B), added_cond_kwargs={"resolution": None,
         "aspect_ratio": None}, return_dict=False,
     )[0]  # fmt: skip
 
 
 def _sana(m, x, t):
-    return m(x, encoder_hidden_states=_text(), timestep=(t * 1000).expand(B), return_dict=False)[0]
+    return m(x, encoder_hidden_states=_text(), timestep=t.expand(B), return_dict=False)[0]
 
 
 def _wan_like(m, x, t):
-    return m(hidden_states=x, timestep=(t * 1000).expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
+    return m(hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
 
 
 def _wan_positional(m, x, t):
-    return m(x, (t * 1000).expand(B), _text(), return_dict=False)[0]  # Wan's signature allows a positional timestep
+    return m(x, t.expand(B), _text(), return_dict=False)[0]  # Wan's signature allows a positional timestep
 
 
 def _anyflow(m, x, t):
     """AnyFlow takes (batch, frames, channels, h, w) and a timestep per frame."""
     return m(
-        hidden_states=x, timestep=(t * 1000).expand(B, 2), r_timestep=(t * 500).expand(B, 2),
+        hidden_states=x, timestep=t.expand(B, 2), r_timestep=(t / 2).expand(B, 2),
         encoder_hidden_states=_text(),
         return_dict=False,
     )[0]  # fmt: skip
 
 
 def _cogvideox(m, x, t):
-    return m(hidden_states=x, encoder_hidden_states=_text(), timestep=(t * 1000).expand(B), return_dict=False)[0]
+    return m(hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B), return_dict=False)[0]
 
 
 def _hunyuan_dit(m, x, t):
     return m(
-        x, (t * 1000).expand(B), encoder_hidden_states=_ones(B, 3, 16), text_embedding_mask=torch.ones(B, 3),
+        x, t.expand(B), encoder_hidden_states=_ones(B, 3, 16), text_embedding_mask=torch.ones(B, 3),
         encoder_hidden_states_t5=_ones(B, 4, 16), text_embedding_mask_t5=torch.ones(B, 4),
         image_rotary_emb=_hunyuan_rope(), return_dict=False,
     )[0]  # fmt: skip
@@ -124,14 +130,14 @@ def _hunyuan_rope():
 
 def _hunyuan_video(m, x, t):
     return m(
-        hidden_states=x, timestep=(t * 1000).expand(B), encoder_hidden_states=_text(),
+        hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(),
         encoder_attention_mask=torch.ones(B, 3), pooled_projections=_ones(B, 16), guidance=None, return_dict=False,
     )[0]  # fmt: skip
 
 
 def _ltx(m, x, t):
     return m(
-        hidden_states=x, encoder_hidden_states=_text(), timestep=(t * 1000).expand(B),
+        hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B),
         encoder_attention_mask=torch.ones(B, 3), num_frames=1, height=4, width=4, return_dict=False,
     )[0]  # fmt: skip
 
@@ -144,13 +150,11 @@ def _qwenimage(m, x, t):
 
 
 def _lumina2(m, x, t):
-    return m(
-        x, (1 - t).expand(B), _text(), torch.ones(B, 3, dtype=torch.bool), return_dict=False
-    )[0]  # Lumina2 counts time up: 0 is noise
+    return m(x, t.expand(B), _text(), torch.ones(B, 3, dtype=torch.bool), return_dict=False)[0]
 
 
 def _helios(m, x, t):
-    return m(hidden_states=x, timestep=(t * 1000).expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
+    return m(hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
 
 
 WAN = dict(
@@ -162,84 +166,238 @@ IMAGE = (B, 4, 8, 8)
 
 TINY: dict[str, Tiny] = {
     "FluxTransformer2DModel": Tiny(
-        _make("FluxTransformer2DModel", in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
-              num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)),
-        _flux, (B, 16, 8),
+        _make(
+            "FluxTransformer2DModel",
+            in_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            pooled_projection_dim=16,
+            axes_dims_rope=(2, 2, 4),
+        ),
+        _flux,
+        (B, 16, 8),
+        _unit,
     ),
     "Flux2Transformer2DModel": Tiny(
-        _make("Flux2Transformer2DModel", in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
-              num_attention_heads=2, joint_attention_dim=16, timestep_guidance_channels=16,
-              axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False),
-        _flux2, (B, 16, 8),
+        _make(
+            "Flux2Transformer2DModel",
+            in_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            timestep_guidance_channels=16,
+            axes_dims_rope=(2, 2, 2, 2),
+            guidance_embeds=False,
+        ),
+        _flux2,
+        (B, 16, 8),
+        _unit,
     ),
     "ChromaTransformer2DModel": Tiny(
-        _make("ChromaTransformer2DModel", in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
-              num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4), approximator_num_channels=8,
-              approximator_hidden_dim=16, approximator_layers=1),
-        _chroma, (B, 16, 8),
+        _make(
+            "ChromaTransformer2DModel",
+            in_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(2, 2, 4),
+            approximator_num_channels=8,
+            approximator_hidden_dim=16,
+            approximator_layers=1,
+        ),
+        _chroma,
+        (B, 16, 8),
+        _unit,
     ),
     "SD3Transformer2DModel": Tiny(
-        _make("SD3Transformer2DModel", sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
-              num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16,
-              out_channels=4, pos_embed_max_size=8),
-        _sd3, IMAGE,
+        _make(
+            "SD3Transformer2DModel",
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            caption_projection_dim=16,
+            pooled_projection_dim=16,
+            out_channels=4,
+            pos_embed_max_size=8,
+        ),
+        _sd3,
+        IMAGE,
     ),
     "DiTTransformer2DModel": Tiny(
-        _make("DiTTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=3,
-              sample_size=8, patch_size=2, num_embeds_ada_norm=10),
-        _dit, IMAGE,
+        _make(
+            "DiTTransformer2DModel",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            num_layers=3,
+            sample_size=8,
+            patch_size=2,
+            num_embeds_ada_norm=10,
+        ),
+        _dit,
+        IMAGE,
+        lambda sigma: (sigma * 999).round().long(),
     ),
     "PixArtTransformer2DModel": Tiny(
-        _make("PixArtTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-              num_layers=3, cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=16),
-        _pixart, IMAGE,
+        _make(
+            "PixArtTransformer2DModel",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            num_layers=3,
+            cross_attention_dim=16,
+            sample_size=8,
+            patch_size=2,
+            caption_channels=16,
+        ),
+        _pixart,
+        IMAGE,
     ),
     "SanaTransformer2DModel": Tiny(
-        _make("SanaTransformer2DModel", in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
-              num_layers=3, num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
-              caption_channels=16, sample_size=8, patch_size=2),
-        _sana, IMAGE,
+        _make(
+            "SanaTransformer2DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=3,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=8,
+            cross_attention_dim=16,
+            caption_channels=16,
+            sample_size=8,
+            patch_size=2,
+        ),
+        _sana,
+        IMAGE,
     ),
     "WanTransformer3DModel": Tiny(_make("WanTransformer3DModel", **WAN), _wan_positional, VIDEO),
     "SkyReelsV2Transformer3DModel": Tiny(_make("SkyReelsV2Transformer3DModel", **WAN), _wan_like, VIDEO),
     "AnyFlowTransformer3DModel": Tiny(
-        _make("AnyFlowTransformer3DModel", **WAN), _anyflow, (B, 2, 4, 8, 8)  # frames before channels
+        _make("AnyFlowTransformer3DModel", **WAN),
+        _anyflow,
+        (B, 2, 4, 8, 8),  # frames before channels
     ),
-    "HeliosTransformer3DModel": Tiny(
-        _make("HeliosTransformer3DModel", **WAN, rope_dim=(4, 4, 4)), _helios, VIDEO
-    ),
+    "HeliosTransformer3DModel": Tiny(_make("HeliosTransformer3DModel", **WAN, rope_dim=(4, 4, 4)), _helios, VIDEO),
     "CogVideoXTransformer3DModel": Tiny(
-        _make("CogVideoXTransformer3DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4,
-              out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=3, sample_width=8, sample_height=8,
-              sample_frames=5, patch_size=2, max_text_seq_length=3),
-        _cogvideox, (B, 2, 4, 8, 8),
+        _make(
+            "CogVideoXTransformer3DModel",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=16,
+            text_embed_dim=16,
+            num_layers=3,
+            sample_width=8,
+            sample_height=8,
+            sample_frames=5,
+            patch_size=2,
+            max_text_seq_length=3,
+        ),
+        _cogvideox,
+        (B, 2, 4, 8, 8),
     ),
     "HunyuanDiT2DModel": Tiny(
-        _make("HunyuanDiT2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2,
-              sample_size=8, hidden_size=16, num_layers=6, cross_attention_dim=16, cross_attention_dim_t5=16,
-              pooled_projection_dim=16, text_len=3, text_len_t5=4, use_style_cond_and_image_meta_size=False),
-        _hunyuan_dit, IMAGE,
+        _make(
+            "HunyuanDiT2DModel",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            patch_size=2,
+            sample_size=8,
+            hidden_size=16,
+            num_layers=6,
+            cross_attention_dim=16,
+            cross_attention_dim_t5=16,
+            pooled_projection_dim=16,
+            text_len=3,
+            text_len_t5=4,
+            use_style_cond_and_image_meta_size=False,
+            learn_sigma=False,
+        ),
+        _hunyuan_dit,
+        IMAGE,
     ),
     "HunyuanVideoTransformer3DModel": Tiny(
-        _make("HunyuanVideoTransformer3DModel", in_channels=4, out_channels=4, num_attention_heads=2,
-              attention_head_dim=8, num_layers=2, num_single_layers=2, num_refiner_layers=1, patch_size=2,
-              guidance_embeds=False, text_embed_dim=16, pooled_projection_dim=16, rope_axes_dim=(2, 2, 4)),
-        _hunyuan_video, VIDEO,
+        _make(
+            "HunyuanVideoTransformer3DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=2,
+            num_single_layers=2,
+            num_refiner_layers=1,
+            patch_size=2,
+            guidance_embeds=False,
+            text_embed_dim=16,
+            pooled_projection_dim=16,
+            rope_axes_dim=(2, 2, 4),
+        ),
+        _hunyuan_video,
+        VIDEO,
     ),
     "LTXVideoTransformer3DModel": Tiny(
-        _make("LTXVideoTransformer3DModel", in_channels=8, out_channels=8, num_attention_heads=2,
-              attention_head_dim=8, cross_attention_dim=16, num_layers=3, caption_channels=16),
-        _ltx, (B, 16, 8),
+        _make(
+            "LTXVideoTransformer3DModel",
+            in_channels=8,
+            out_channels=8,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            cross_attention_dim=16,
+            num_layers=3,
+            caption_channels=16,
+        ),
+        _ltx,
+        (B, 16, 8),
     ),
     "QwenImageTransformer2DModel": Tiny(
-        _make("QwenImageTransformer2DModel", patch_size=2, in_channels=8, out_channels=2, num_layers=3,
-              attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4)),
-        _qwenimage, (B, 16, 8),
+        _make(
+            "QwenImageTransformer2DModel",
+            patch_size=2,
+            in_channels=8,
+            out_channels=2,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(2, 2, 4),
+        ),
+        _qwenimage,
+        (B, 16, 8),
+        _unit,
     ),
     "Lumina2Transformer2DModel": Tiny(
-        _make("Lumina2Transformer2DModel", sample_size=8, patch_size=2, in_channels=4, hidden_size=16, num_layers=3,
-              num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1, multiple_of=8, axes_dim_rope=(2, 2, 4),
-              axes_lens=(16, 16, 16), cap_feat_dim=16),
-        _lumina2, IMAGE,
+        _make(
+            "Lumina2Transformer2DModel",
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            hidden_size=16,
+            num_layers=3,
+            num_refiner_layers=1,
+            num_attention_heads=2,
+            num_kv_heads=1,
+            multiple_of=8,
+            axes_dim_rope=(2, 2, 4),
+            axes_lens=(16, 16, 16),
+            cap_feat_dim=16,
+        ),
+        _lumina2,
+        IMAGE,
+        lambda sigma: 1 - sigma,  # Lumina2 counts time up: 0 is noise
     ),
 }

@@ -345,7 +345,7 @@ class ShrinkToy(ToyStack):
 def test_magcache_calibrates_then_skips():
     toy = ShrinkToy()
     sigmas = torch.tensor([1.0, 0.95, 0.9, 0.85, 0.8, 0.2, 0.0])
-    policy = cache.MagCache()
+    policy = cache.MagCache(calibrate=True)
     cache.apply(toy, policy)
 
     def run():

@@ -19,16 +19,15 @@ block lists need (Flux2's single-stream modulation) are hooked to keep their out
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-
-import inspect
 
 import torch
 from torch import nn
 
-from stretto.cache.families import FAMILIES, REFUSED, Family, Segment, family_of
 from stretto.cache.block_calls import carried_args
+from stretto.cache.families import FAMILIES, REFUSED, Family, Segment, family_of
 
 # (owner attribute names of the block lists, in execution order), tried in this order
 KNOWN_STACKS: tuple[tuple[str, ...], ...] = (

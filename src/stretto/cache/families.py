@@ -12,7 +12,7 @@ pipelines pass t / 1000, Lumina2 passes 1 - t / 1000). `markdown_table()` render
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DUAL = ("encoder_hidden_states", "hidden_states")  # blocks returning (text, image) tokens, Flux-style
@@ -162,14 +162,15 @@ FAMILIES: dict[str, Family] = {
         (Segment("transformer_blocks", DUAL),), scale=1e-3, refuse=("controlnet_block_samples",)
     ),
     "Lumina2Transformer2DModel": Family(
-        (Segment("layers"),), scale=1e-3, counts_up=True, row_args=("rotary_emb",), note="time counts up"
+        (Segment("layers"),), scale=1e-3, counts_up=True, row_args=("image_rotary_emb",), note="time counts up"
     ),
 }
 
 # classes the cache recognises but cannot run, and why
+_UNET = "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet"
 REFUSED: dict[str, str] = {
-    "UNet2DModel": "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet",
-    "UNet2DConditionModel": "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet",
+    "UNet2DModel": _UNET,
+    "UNet2DConditionModel": _UNET,
     "AnyFlowFARTransformer3DModel": "its causal chunked forward keeps its own KV cache across chunks; "
     "a feature cache across its calls is not defined",
 }
@@ -198,13 +199,13 @@ def timestep_scale(family: Family, config: Any) -> float:
 def markdown_table() -> str:
     """The supported-models table for the README, generated from FAMILIES and REFUSED."""
     lines = [
-        "| diffusers class | block lists (return order) | timestep passed by its pipelines | token-level policies | notes |",
+        "| diffusers class | block lists (return order) | timestep its pipelines pass | token-level policies | notes |",
         "|---|---|---|---|---|",
     ]
+    short = {"encoder_hidden_states": "encoder", "hidden_states": "image"}
     for name, fam in FAMILIES.items():
         lists = " + ".join(
-            f"`{s.attr}` ({', '.join(o.replace('_hidden_states', '').replace('hidden_states', 'image') for o in s.outputs)}"
-            f"{'; joined' if s.joined else ''})"
+            f"`{s.attr}` ({', '.join(short[o] for o in s.outputs)}{'; joined' if s.joined else ''})"
             for s in fam.segments
         )
         scale = f"config.{fam.scale}" if isinstance(fam.scale, str) else ("t / 1000" if fam.scale == 1e-3 else "t")

@@ -92,9 +92,7 @@ class CacheHandle:
     # -- one model call
     def _run(self, args: tuple, kwargs: dict) -> torch.Tensor | Hidden:
         name = type(self.owner).__name__
-        calls = BlockCalls(
-            self.family, self.sizes, self.signature, args, kwargs, self.swap.module_outputs, name
-        )
+        calls = BlockCalls(self.family, self.sizes, self.signature, args, kwargs, self.swap.module_outputs, name)
         h = calls.h
         main = next(t for t in reversed(h) if t is not None)
         batch, device = main.shape[0], main.device
@@ -186,7 +184,8 @@ def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None
     handle = CacheHandle(model, policy, blocks)
     handle.attach()
     if pipe is not None:
-        handle.pipeline = PipelineCall(pipe, handle, timestep_scale(handle.family, getattr(handle.owner, "config", None)))
+        scale = timestep_scale(handle.family, getattr(handle.owner, "config", None))
+        handle.pipeline = PipelineCall(pipe, handle, scale)
         handle.pipeline.attach()
     # step() / summary() / remove() work on the pipeline, the model and the inner diffusers model alike
     handle.holders = [h for h in (pipe, model, handle.owner) if h is not None]
@@ -273,4 +272,4 @@ def _denoiser(pipe) -> nn.Module:
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
             return model
-    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` model; the feature cache has nothing to run")
+    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` model; the cache has nothing to run")

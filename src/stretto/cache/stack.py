@@ -63,7 +63,8 @@ class Stack:
         family = calls.family
         self._skip_from = family.skip_from
         self._skips: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}  # block -> (rows, output) this call
-        self._skip_sources = {family.skip_from(j, len(blocks)) for j in range(len(blocks))} if family.skip_from else set()
+        n = len(blocks)
+        self._skip_sources = {family.skip_from(j, n) for j in range(n)} if family.skip_from else set()
         self._row_args = frozenset(family.row_args)
 
     def compute(self, h: Hidden, start: int, stop: int, rows: torch.Tensor | None = None) -> Hidden:
