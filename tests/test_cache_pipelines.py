@@ -129,6 +129,8 @@ def test_unet_is_refused_by_name():
     )  # fmt: skip
     with pytest.raises(ValueError, match="does not support UNet2DModel: a UNet has no transformer block stack"):
         cache.apply(unet, "fora")
+    with pytest.raises(ValueError, match="does not support UNet2DModel"):
+        cache.apply(unet, "fora", blocks=["up_blocks"])  # naming its lists does not make a UNet a block stack
 
 
 def test_class_without_a_table_entry():

@@ -142,9 +142,23 @@ def _empty(value: Any) -> bool:
     return isinstance(value, (list, tuple, dict)) and len(value) == 0
 
 
+def check_supported(model: nn.Module) -> None:
+    """Raise for a class the cache refuses, or a diffusers class without a table entry (guessing its blocks'
+    interface is how wrong outputs happen)."""
+    cls = type(model).__name__
+    if cls in REFUSED:
+        raise ValueError(f"the feature cache does not support {cls}: {REFUSED[cls]}")
+    if family_of(type(model)) is None and type(model).__module__.startswith("diffusers."):
+        raise ValueError(
+            f"the feature cache has no table entry for {cls}; supported: {', '.join(FAMILIES)} "
+            "(see stretto.cache.families)"
+        )
+
+
 def stack_family(owner: nn.Module, names: list[str], lists: list[nn.ModuleList]) -> Family:
     """The family that runs these lists of `owner`: its table entry's segments for them, or one read from the
     first block's signature (every block called like the first) for models without an entry."""
+    check_supported(owner)
     family = family_of(type(owner))
     if family is None:
         carried = carried_args(inspect.signature(lists[0][0].forward))
@@ -181,21 +195,15 @@ def find_stack(model: nn.Module, blocks: BlockLists | None) -> list[tuple[nn.Mod
         owner = getattr(model, path, None) if path else model
         if not isinstance(owner, nn.Module):
             continue
-        cls = type(owner).__name__
-        if cls in REFUSED:
-            raise ValueError(f"the feature cache does not support {cls}: {REFUSED[cls]}")
+        check_supported(owner)
         family = family_of(type(owner))
         if family is not None:
+            cls = type(owner).__name__
             sizes = [len(getattr(owner, s.attr, None) or ()) for s in family.segments]
             if not sizes[0]:
                 raise ValueError(f"{cls} has no blocks in {family.segments[0].attr}; there is nothing to cache")
             used = sizes.index(0) if 0 in sizes else len(sizes)  # a later list left empty by the config is not run
             return [(owner, s.attr) for s in family.segments[:used]]
-        if type(owner).__module__.startswith("diffusers."):
-            raise ValueError(
-                f"the feature cache has no table entry for {cls}; supported: {', '.join(FAMILIES)} "
-                "(see stretto.cache.families)"
-            )
         for names in KNOWN_STACKS:
             lists = [getattr(owner, n, None) for n in names]
             if all(isinstance(x, nn.ModuleList) for x in lists) and len(lists[0]) > 0:
