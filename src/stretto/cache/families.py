@@ -56,9 +56,10 @@ class Family:
 
     segments: tuple[Segment, ...]
     timestep: str = "timestep"  # the forward parameter holding the step's time (positional or keyword)
-    # the model's timestep = the scheduler's timestep * scale (a number, or the name of a config field)
+    # what its pipelines pass: the scheduler's timestep * scale (a number, or the name of a config field)
     scale: float | str = 1.0
-    counts_up: bool = False  # time runs the other way (0 = noise): the noise level is 1 - timestep
+    counts_up: float = 0.0  # nonzero: the timestep counts up to this (0 = noise); noise level = counts_up - timestep
+    pipeline_flips: bool = False  # its pipelines pass counts_up - scheduler timestep * scale (Lumina2)
     refuse: tuple[str, ...] = ()  # forward arguments that must be None / empty (the cache would drop them)
     row_args: tuple[str, ...] = ()  # block arguments (or tuples of them) with the batch in dim 0, split by row
     token_level: bool = False  # token-level policies (ToCa, RAS) can run: attention processors known
@@ -74,7 +75,13 @@ class Family:
 
     def noise_level(self, t):
         """The model's timestep as a noise level (larger = noisier), the key of the cache's step schedule."""
-        return 1 - t if self.counts_up else t
+        return self.counts_up - t if self.counts_up else t
+
+    def schedule_keys(self, timesteps, config: Any):
+        """A pipeline scheduler's timesteps as the noise levels the model will be called at."""
+        scale = float(getattr(config, self.scale, 1.0)) if isinstance(self.scale, str) else self.scale
+        model_time = timesteps * scale
+        return self.noise_level(self.counts_up - model_time if self.pipeline_flips else model_time)
 
 
 def _chroma_double(j: int, outputs: dict, sizes: tuple[int, ...]) -> dict:
@@ -162,7 +169,12 @@ FAMILIES: dict[str, Family] = {
         (Segment("transformer_blocks", DUAL),), scale=1e-3, refuse=("controlnet_block_samples",)
     ),
     "Lumina2Transformer2DModel": Family(
-        (Segment("layers"),), scale=1e-3, counts_up=True, row_args=("image_rotary_emb",), note="time counts up"
+        (Segment("layers"),),
+        scale=1e-3,
+        counts_up=1.0,
+        pipeline_flips=True,
+        row_args=("image_rotary_emb",),
+        note="time counts up",
     ),
 }
 
@@ -189,13 +201,6 @@ def token_level_classes() -> list[str]:
     return [name for name, fam in FAMILIES.items() if fam.token_level]
 
 
-def timestep_scale(family: Family, config: Any) -> float:
-    """The factor from the scheduler's timesteps to the model's `timestep` (reads a config field if named)."""
-    if isinstance(family.scale, str):
-        return float(getattr(config, family.scale, 1.0) if config is not None else 1.0)
-    return float(family.scale)
-
-
 def markdown_table() -> str:
     """The supported-models table for the README, generated from FAMILIES and REFUSED."""
     lines = [
@@ -208,8 +213,10 @@ def markdown_table() -> str:
             f"`{s.attr}` ({', '.join(short[o] for o in s.outputs)}{'; joined' if s.joined else ''})"
             for s in fam.segments
         )
-        scale = f"config.{fam.scale}" if isinstance(fam.scale, str) else ("t / 1000" if fam.scale == 1e-3 else "t")
-        time = f"1 - {scale}" if fam.counts_up else scale
+        scale = f"t * config.{fam.scale}" if isinstance(fam.scale, str) else ("t / 1000" if fam.scale == 1e-3 else "t")
+        time = f"{fam.counts_up:g} - {scale}" if fam.pipeline_flips else scale
+        if fam.counts_up:
+            time += f" (counts up to {fam.counts_up:g})"
         notes = [fam.note] if fam.note else []
         if fam.refuse:
             notes.append("refuses " + ", ".join(f"`{r}`" for r in fam.refuse))

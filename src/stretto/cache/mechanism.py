@@ -9,7 +9,7 @@ pipeline's call (pipeline_call.py): fresh state at every call, the step schedule
 model's own diffusers cache hooks name the branch of each call (diffusers_bridge.py).
 
 Every sigma the cache sees is a noise level in the model's own timestep scale (Flux 0..1, SD3 / DiT / Wan
-0..1000; for a model whose time counts up, Lumina2, 1 - timestep): the model call's `timestep` (keyword or
+0..1000; for a model whose time counts up, Lumina2 / Mochi, top - timestep): the model call's `timestep` (keyword or
 positional), or what `step(...)` says; the schedule given to `reset` is in the same scale, and a call
 outside it fails instead of silently computing every block.
 """
@@ -28,7 +28,6 @@ from stretto.cache.block_calls import BlockCalls
 from stretto.cache.block_list import BlockLists, BlockListSwap
 from stretto.cache.branch_state import BranchStates
 from stretto.cache.diffusers_bridge import DiffusersBridge
-from stretto.cache.families import timestep_scale
 from stretto.cache.hidden import Hidden
 from stretto.cache.pipeline_call import PipelineCall
 from stretto.cache.policy import CachePolicy, parse_policy
@@ -184,8 +183,8 @@ def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None
     handle = CacheHandle(model, policy, blocks)
     handle.attach()
     if pipe is not None:
-        scale = timestep_scale(handle.family, getattr(handle.owner, "config", None))
-        handle.pipeline = PipelineCall(pipe, handle, scale)
+        config = getattr(handle.owner, "config", None)
+        handle.pipeline = PipelineCall(pipe, handle, lambda t: handle.family.schedule_keys(t, config))
         handle.pipeline.attach()
     # step() / summary() / remove() work on the pipeline, the model and the inner diffusers model alike
     handle.holders = [h for h in (pipe, model, handle.owner) if h is not None]

@@ -3,14 +3,15 @@
 Python looks `__call__` up on the class, so the pipeline object's class is swapped for a subclass of the
 same name whose `__call__` resets the cache (state and records: `summary(pipe)` then reports the last call)
 and runs the original. While a call runs, the scheduler's `set_timesteps` is wrapped on the instance: once
-the pipeline has set its schedule, `scheduler.timesteps`, times the family's scale (Flux pipelines pass
-t / 1000, see families.py), become the cache's step schedule, and a new denoising loop (a pipeline that
-calls `set_timesteps` again for another stage) starts from fresh state. `detach` undoes both. Nothing
+the pipeline has set its schedule, `scheduler.timesteps`, as the model will see them (Flux pipelines
+pass t / 1000, Lumina2's 1 - t / 1000, see families.py), become the cache's step schedule, and a new
+denoising loop (a pipeline that calls `set_timesteps` again for another stage) starts from fresh state. `detach` undoes both. Nothing
 depends on model methods such as `_reset_stateful_cache`, which many diffusers transformers lack.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -27,8 +28,8 @@ class Resettable(Protocol):
 class PipelineCall:
     """The wrapped `__call__` and `scheduler.set_timesteps` of one pipeline object, and their removal."""
 
-    def __init__(self, pipe: Any, handle: Resettable, scale: float):
-        self.pipe, self.handle, self.scale = pipe, handle, scale
+    def __init__(self, pipe: Any, handle: Resettable, keys: Callable[[torch.Tensor], torch.Tensor]):
+        self.pipe, self.handle, self.keys = pipe, handle, keys  # keys: scheduler timesteps -> noise levels
         self.original_class = type(pipe)
         self.inside = False
         self.scheduler = getattr(pipe, "scheduler", None)
@@ -53,7 +54,7 @@ class PipelineCall:
                 out = set_timesteps(*args, **kwargs)
                 timesteps = getattr(wrapper.scheduler, "timesteps", None)
                 if wrapper.inside and timesteps is not None:
-                    keys = torch.as_tensor(timesteps, dtype=torch.float64) * wrapper.scale
+                    keys = wrapper.keys(torch.as_tensor(timesteps, dtype=torch.float64))
                     wrapper.handle.reset_state(keys.float(), evaluated=True)
                 return out
 
