@@ -5,8 +5,9 @@ same name whose `__call__` resets the cache (state and records: `summary(pipe)` 
 and runs the original. While a call runs, the scheduler's `set_timesteps` is wrapped on the instance: once
 the pipeline has set its schedule, `scheduler.timesteps`, as the model will see them (Flux pipelines
 pass t / 1000, Lumina2's 1 - t / 1000, see families.py), become the cache's step schedule, and a new
-denoising loop (a pipeline that calls `set_timesteps` again for another stage) starts from fresh state. `detach` undoes both. Nothing
-depends on model methods such as `_reset_stateful_cache`, which many diffusers transformers lack.
+denoising loop (a pipeline that calls `set_timesteps` again for another stage) starts from fresh state.
+`detach` undoes both. Nothing depends on model methods such as `_reset_stateful_cache`, which many
+diffusers transformers lack.
 """
 
 from __future__ import annotations
