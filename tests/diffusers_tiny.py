@@ -157,6 +157,41 @@ def _helios(m, x, t):
     return m(hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
 
 
+def _auraflow(m, x, t):
+    return m(hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B), return_dict=False)[0]
+
+
+def _mochi(m, x, t):
+    return m(
+        hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B),
+        encoder_attention_mask=torch.ones(B, 3), return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _cogview(m, x, t):
+    sizes = torch.tensor([[64.0, 64.0]] * B)
+    return m(
+        hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B), original_size=sizes,
+        target_size=sizes, crop_coords=torch.zeros(B, 2), return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _allegro(m, x, t):
+    return m(hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B), return_dict=False)[0]
+
+
+def _easyanimate(m, x, t):
+    return m(x, t.expand(B), encoder_hidden_states=_text(), return_dict=False)[0]
+
+
+def _flux_like(m, x, t):
+    """Bria, LongCat-Image, Ovis-Image: Flux's inputs without pooled projections."""
+    return m(
+        hidden_states=x, encoder_hidden_states=_text(), timestep=t.expand(B), img_ids=_ids(x.shape[1]),
+        txt_ids=torch.zeros(3, 3), return_dict=False,
+    )[0]  # fmt: skip
+
+
 WAN = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
     freq_dim=16, ffn_dim=32, num_layers=3,
@@ -165,6 +200,162 @@ VIDEO = (B, 4, 2, 8, 8)
 IMAGE = (B, 4, 8, 8)
 
 TINY: dict[str, Tiny] = {
+    "AuraFlowTransformer2DModel": Tiny(
+        _make(
+            "AuraFlowTransformer2DModel",
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            num_mmdit_layers=2,
+            num_single_dit_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            caption_projection_dim=16,
+            out_channels=4,
+            pos_embed_max_size=16,
+        ),
+        _auraflow,
+        IMAGE,
+        _unit,
+    ),
+    "MochiTransformer3DModel": Tiny(
+        _make(
+            "MochiTransformer3DModel",
+            patch_size=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=3,
+            pooled_projection_dim=16,
+            in_channels=4,
+            text_embed_dim=16,
+            time_embed_dim=16,
+            max_sequence_length=3,
+        ),
+        _mochi,
+        VIDEO,
+        lambda sigma: 1000 - sigma * 1000,  # Mochi counts time up: 0 is noise
+    ),
+    "CogView4Transformer2DModel": Tiny(
+        _make(
+            "CogView4Transformer2DModel",
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            text_embed_dim=16,
+            time_embed_dim=16,
+            condition_dim=8,
+            pos_embed_max_size=8,
+            sample_size=8,
+            rope_axes_dim=(4, 4),
+        ),
+        _cogview,
+        IMAGE,
+    ),
+    "CogView3PlusTransformer2DModel": Tiny(
+        _make(
+            "CogView3PlusTransformer2DModel",
+            patch_size=2,
+            in_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            out_channels=4,
+            text_embed_dim=16,
+            time_embed_dim=16,
+            condition_dim=8,
+            pos_embed_max_size=8,
+            sample_size=8,
+        ),
+        _cogview,
+        IMAGE,
+    ),
+    "AllegroTransformer3DModel": Tiny(
+        _make(
+            "AllegroTransformer3DModel",
+            patch_size=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            num_layers=3,
+            cross_attention_dim=16,
+            sample_height=8,
+            sample_width=8,
+            sample_frames=2,
+            caption_channels=16,
+        ),
+        _allegro,
+        VIDEO,
+    ),
+    "EasyAnimateTransformer3DModel": Tiny(
+        _make(
+            "EasyAnimateTransformer3DModel",
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=4,
+            patch_size=2,
+            sample_width=8,
+            sample_height=8,
+            num_layers=3,
+            mmdit_layers=3,
+            time_embed_dim=16,
+            text_embed_dim=16,
+        ),
+        _easyanimate,
+        VIDEO,
+    ),
+    "ChronoEditTransformer3DModel": Tiny(_make("ChronoEditTransformer3DModel", **WAN), _wan_like, VIDEO),
+    "BriaTransformer2DModel": Tiny(
+        _make(
+            "BriaTransformer2DModel",
+            in_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=[2, 2, 4],
+        ),
+        _flux_like,
+        (B, 16, 8),
+    ),
+    "LongCatImageTransformer2DModel": Tiny(
+        _make(
+            "LongCatImageTransformer2DModel",
+            in_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            pooled_projection_dim=16,
+            axes_dims_rope=[2, 2, 4],
+        ),
+        _flux_like,
+        (B, 16, 8),
+        _unit,
+    ),
+    "OvisImageTransformer2DModel": Tiny(
+        _make(
+            "OvisImageTransformer2DModel",
+            in_channels=8,
+            out_channels=8,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(2, 2, 4),
+        ),
+        _flux_like,
+        (B, 16, 8),
+        _unit,
+    ),
     "FluxTransformer2DModel": Tiny(
         _make(
             "FluxTransformer2DModel",

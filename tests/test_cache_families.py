@@ -111,3 +111,17 @@ def test_markdown_table_lists_every_class():
     for name in [*FAMILIES, *REFUSED]:
         assert f"| {name} |" in table
     assert "`transformer_blocks` (image, encoder)" in table  # CogVideoX's return order
+
+
+@pytest.mark.parametrize(
+    "name, timesteps, keys",
+    [
+        ("FluxTransformer2DModel", [1000.0, 250.0], [1.0, 0.25]),  # the pipeline passes t / 1000
+        ("SD3Transformer2DModel", [1000.0, 250.0], [1000.0, 250.0]),
+        ("Lumina2Transformer2DModel", [1000.0, 250.0], [1.0, 0.25]),  # passes 1 - t / 1000; time counts up
+        ("MochiTransformer3DModel", [0.0, 750.0], [1000.0, 250.0]),  # its scheduler's timesteps count up
+    ],
+)
+def test_pipeline_schedule_in_the_model_scale(name, timesteps, keys):
+    got = FAMILIES[name].schedule_keys(torch.tensor(timesteps, dtype=torch.float64), None)
+    torch.testing.assert_close(got, torch.tensor(keys, dtype=torch.float64))

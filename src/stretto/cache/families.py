@@ -178,6 +178,30 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+_AURAFLOW_SINGLE = Segment(
+    "single_transformer_blocks",
+    SINGLE,
+    joined=True,
+    args={"temb": FromCall("temb"), "attention_kwargs": FromCall("attention_kwargs")},
+)
+_FLUX_LIKE = (Segment("transformer_blocks", DUAL), _FLUX_SINGLE)  # both lists return (encoder, image)
+FAMILIES.update(
+    {
+        "AuraFlowTransformer2DModel": Family((Segment("joint_transformer_blocks", DUAL), _AURAFLOW_SINGLE), scale=1e-3),
+        "MochiTransformer3DModel": Family(
+            (Segment("transformer_blocks", DUAL_IMAGE_FIRST),), counts_up=1000.0, note="time counts up"
+        ),
+        "CogView4Transformer2DModel": Family((Segment("transformer_blocks", DUAL_IMAGE_FIRST),)),
+        "CogView3PlusTransformer2DModel": Family((Segment("transformer_blocks", DUAL_IMAGE_FIRST),)),
+        "AllegroTransformer3DModel": Family((Segment("transformer_blocks"),)),
+        "EasyAnimateTransformer3DModel": Family((Segment("transformer_blocks", DUAL_IMAGE_FIRST),)),
+        "ChronoEditTransformer3DModel": Family((Segment("blocks"),)),
+        "BriaTransformer2DModel": Family(_FLUX_LIKE, refuse=_CONTROLNET),
+        "LongCatImageTransformer2DModel": Family(_FLUX_LIKE, scale=1e-3),
+        "OvisImageTransformer2DModel": Family(_FLUX_LIKE, scale=1e-3),
+    }
+)
+
 # classes the cache recognises but cannot run, and why
 _UNET = "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet"
 REFUSED: dict[str, str] = {
