@@ -192,6 +192,56 @@ def _flux_like(m, x, t):
     )[0]  # fmt: skip
 
 
+def _transformer_2d(m, x, t):
+    cond = {"resolution": None, "aspect_ratio": None}
+    return m(x, encoder_hidden_states=_text(), timestep=t.expand(B), added_cond_kwargs=cond, return_dict=False)[0]
+
+
+def _lumina_next(m, x, t):
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    rope = get_2d_rotary_pos_embed_lumina(8, 16, 16)  # head_dim 8
+    return m(
+        x, t.expand(B), _text(), torch.ones(B, 3, dtype=torch.bool), image_rotary_emb=rope,
+        cross_attention_kwargs={}, return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _stable_audio(m, x, t):
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    rope = get_1d_rotary_pos_embed(4, x.shape[2] + 1, use_real=True, repeat_interleave_real=False)
+    return m(
+        x, t.expand(B), encoder_hidden_states=_text(), global_hidden_states=_ones(B, 1, 16), rotary_embedding=rope,
+        return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _sana_video(m, x, t):
+    return m(x, encoder_hidden_states=_text(), timestep=t.expand(B), return_dict=False)[0]
+
+
+def _hunyuan_15(m, x, t):
+    return m(
+        hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), encoder_attention_mask=torch.ones(B, 3),
+        encoder_hidden_states_2=_ones(B, 2, 16), encoder_attention_mask_2=torch.ones(B, 2),
+        image_embeds=_ones(B, 2, 16), return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _hunyuan_image(m, x, t):
+    return m(
+        hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), encoder_attention_mask=torch.ones(B, 3),
+        return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _cosmos(m, x, t):
+    return m(
+        hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), fps=30, return_dict=False,
+    )[0]  # fmt: skip
+
+
 WAN = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
     freq_dim=16, ffn_dim=32, num_layers=3,
@@ -355,6 +405,130 @@ TINY: dict[str, Tiny] = {
         _flux_like,
         (B, 16, 8),
         _unit,
+    ),
+    "Transformer2DModel": Tiny(
+        _make(
+            "Transformer2DModel",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            num_layers=3,
+            norm_num_groups=4,
+            cross_attention_dim=16,
+            sample_size=8,
+            patch_size=2,
+            norm_type="ada_norm_single",  # the time-conditioned PixArt-alpha layout
+            caption_channels=16,
+        ),
+        _transformer_2d,
+        IMAGE,
+    ),
+    "LuminaNextDiT2DModel": Tiny(
+        _make(
+            "LuminaNextDiT2DModel",
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            hidden_size=16,
+            num_layers=3,
+            num_attention_heads=2,
+            num_kv_heads=1,
+            multiple_of=8,
+            learn_sigma=False,
+            cross_attention_dim=16,
+        ),
+        _lumina_next,
+        IMAGE,
+        lambda sigma: 1 - sigma,  # counts time up: 0 is noise
+    ),
+    "StableAudioDiTModel": Tiny(
+        _make(
+            "StableAudioDiTModel",
+            sample_size=8,
+            in_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            num_key_value_attention_heads=1,
+            out_channels=4,
+            cross_attention_dim=16,
+            time_proj_dim=16,
+            global_states_input_dim=16,
+            cross_attention_input_dim=16,
+        ),
+        _stable_audio,
+        (B, 4, 8),
+    ),
+    "SanaVideoTransformer3DModel": Tiny(
+        _make(
+            "SanaVideoTransformer3DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=12,
+            num_layers=3,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=12,
+            cross_attention_dim=24,
+            caption_channels=16,
+            sample_size=8,
+        ),
+        _sana_video,
+        VIDEO,
+    ),
+    "HunyuanVideo15Transformer3DModel": Tiny(
+        _make(
+            "HunyuanVideo15Transformer3DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=3,
+            num_refiner_layers=1,
+            patch_size=2,
+            text_embed_dim=16,
+            text_embed_2_dim=16,
+            image_embed_dim=16,
+            rope_axes_dim=(2, 2, 4),
+            target_size=64,
+            task_type="t2v",
+        ),
+        _hunyuan_15,
+        VIDEO,
+    ),
+    "HunyuanImageTransformer2DModel": Tiny(
+        _make(
+            "HunyuanImageTransformer2DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=2,
+            num_single_layers=2,
+            num_refiner_layers=1,
+            patch_size=(2, 2),
+            text_embed_dim=16,
+            rope_axes_dim=(4, 4),
+        ),
+        _hunyuan_image,
+        IMAGE,
+    ),
+    "CosmosTransformer3DModel": Tiny(
+        _make(
+            "CosmosTransformer3DModel",
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=12,
+            num_layers=3,
+            text_embed_dim=16,
+            adaln_lora_dim=8,
+            max_size=(4, 16, 16),
+            patch_size=(1, 2, 2),
+            concat_padding_mask=False,
+        ),  # the padding mask needs torchvision, which cannot be imported here
+        _cosmos,
+        VIDEO,
     ),
     "FluxTransformer2DModel": Tiny(
         _make(

@@ -199,6 +199,24 @@ FAMILIES.update(
         "BriaTransformer2DModel": Family(_FLUX_LIKE, refuse=_CONTROLNET),
         "LongCatImageTransformer2DModel": Family(_FLUX_LIKE, scale=1e-3),
         "OvisImageTransformer2DModel": Family(_FLUX_LIKE, scale=1e-3),
+        "Transformer2DModel": Family((Segment("transformer_blocks"),)),
+        "LuminaNextDiT2DModel": Family(
+            (Segment("layers"),), scale=1e-3, counts_up=1.0, pipeline_flips=True, note="time counts up"
+        ),
+        "StableAudioDiTModel": Family((Segment("transformer_blocks"),)),
+        "SanaVideoTransformer3DModel": Family((Segment("transformer_blocks"),), refuse=_CONTROLNET),
+        "HunyuanVideo15Transformer3DModel": Family((Segment("transformer_blocks", DUAL_IMAGE_FIRST),)),
+        "HunyuanImageTransformer2DModel": Family(
+            (
+                Segment("transformer_blocks", DUAL_IMAGE_FIRST),
+                Segment("single_transformer_blocks", DUAL_IMAGE_FIRST),
+            )
+        ),
+        "CosmosTransformer3DModel": Family(
+            (Segment("transformer_blocks"),),
+            refuse=("block_controlnet_hidden_states",),
+            note="Cosmos 2 pipelines pass sigma / (sigma + 1): give reset() that schedule",
+        ),
     }
 )
 
