@@ -49,6 +49,7 @@ class BlockCalls:
         self.family, self.sizes, self.signature, self.model = family, sizes, signature, model
         self.carried = family.segments[0].outputs
         bound = signature.bind(*args, **kwargs).arguments
+        self.layout = _layout(signature, bound, len(args))
         missing = [n for n in self.carried if n not in bound]
         if missing:
             raise TypeError(f"{model}'s first block was called without {missing}; the cache cannot run its stack")
@@ -73,29 +74,37 @@ class BlockCalls:
                 base[name] = source
         return base
 
-    def arguments(self, i: int, skip: torch.Tensor | None = None) -> dict:
-        """The non-carried arguments of block i (before any row or token selection)."""
+    def arguments(self, i: int) -> dict:
+        """The non-carried arguments of block i (before any row or token selection); do not change it."""
         k, j = self.where[i]
-        seg = self.family.segments[k]
-        values = dict(self.bases[k])
-        if seg.per_block is not None:
-            values.update(seg.per_block(j, self.outputs, self.sizes))
-        if skip is not None:
-            values["skip"] = skip
-        return values
+        per_block = self.family.segments[k].per_block
+        if per_block is None:
+            return self.bases[k]
+        return {**self.bases[k], **per_block(j, self.outputs, self.sizes)}
 
     def call(self, i: int, block: nn.Module, h: Hidden, values: dict) -> Hidden:
         """Run block i on the carried tensors `h` with its (prepared) other arguments `values`."""
         seg = self.family.segments[self.where[i][0]]
+        extra = [n for n in values if n not in self.first] if len(values) != len(self.first) else []
         if seg.joined:
             text, image = h[self.carried.index("encoder_hidden_states")], h[self.carried.index("hidden_states")]
             values = {**values, "hidden_states": torch.cat([text, image], dim=1)}
         else:
             values = {**values, **dict(zip(self.carried, h, strict=True))}
         if seg.args is None:  # the first list's layout: positional where the model passed positionally
-            ordered = {n: values[n] for n in self.signature.parameters if n in values}
-            bound = inspect.BoundArguments(self.signature, ordered)
-            out = block(*bound.args, **bound.kwargs)
+            args, kwargs = [], {}
+            for name, kind in self.layout:
+                if kind == "pos":
+                    args.append(values[name])
+                elif kind == "var_pos":
+                    args.extend(values[name])
+                elif kind == "kw":
+                    kwargs[name] = values[name]
+                else:
+                    kwargs.update(values[name])
+            for name in extra:
+                kwargs[name] = values[name]  # per-block extras the first call did not have (HunyuanDiT's skip)
+            out = block(*args, **kwargs)
         else:
             out = block(**values)
         out = out if isinstance(out, tuple) else (out,)
@@ -113,8 +122,10 @@ class BlockCalls:
         by_name = dict(zip(seg.outputs, out, strict=True))
         return tuple(by_name[n] for n in self.carried)
 
-    def prepared(self, values: dict, prepare: Prepare) -> dict:
+    def prepared(self, values: dict, prepare: Prepare | None) -> dict:
         """`values` with `prepare` applied to every argument (each element of *args / **kwargs catch-alls)."""
+        if prepare is None:
+            return values
         out = {}
         for name, value in values.items():
             param = self.signature.parameters.get(name)
@@ -126,3 +137,21 @@ class BlockCalls:
             else:
                 out[name] = prepare(name, value)
         return out
+
+
+def _layout(signature: inspect.Signature, bound: dict, n_positional: int) -> list[tuple[str, str]]:
+    """How the model passed each bound argument: 'pos', 'var_pos' (*args), 'kw' or 'var_kw' (**kwargs)."""
+    layout, position = [], 0
+    for name, param in signature.parameters.items():
+        if name not in bound:
+            continue
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            layout.append((name, "var_pos"))
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            layout.append((name, "var_kw"))
+        elif position < n_positional and param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            layout.append((name, "pos"))
+            position += 1
+        else:
+            layout.append((name, "kw"))
+    return layout

@@ -131,16 +131,16 @@ class CacheHandle:
             sigma = sigma.reshape(batch, -1).amax(1)  # a timestep per frame: the row's noisiest frame keys it
         if sigma.numel() != batch:
             raise ValueError(f"sigma has {sigma.numel()} values for a batch of {batch} rows; give 1 or {batch}")
-        if self.schedule is not None:
+        if self.schedule is not None and not self._started:
             self._check_scale(sigma)
         return sigma
 
     def _check_scale(self, sigma: torch.Tensor) -> None:
-        """A call above the schedule's top, or a loop starting 100x below it, means the scales differ."""
+        """The loop's first call (one host sync) above the schedule's top, or 100x below it: the scales differ."""
         top = float(self.schedule[0]) if self.schedule.numel() else 0.0
         high = float(sigma.max())
-        started, self._started = self._started, True
-        if high > top * (1 + 1e-3) + 1e-6 or (not started and high * 100 < top):
+        self._started = True
+        if high > top * (1 + 1e-3) + 1e-6 or high * 100 < top:
             raise ValueError(
                 f"{type(self.owner).__name__} was called at noise level {high:g} but the step schedule runs from "
                 f"{top:g}: give reset() the schedule in the scale of the model's `{self.family.timestep}` "

@@ -120,7 +120,7 @@ class Stack:
                 return self.compute(h, start, stop, rows)
             with self._attend_all(kv, start, stop, None, text):
                 return self.compute(h, start, stop, rows)
-        by_row = self._row_prepare(rows)
+        by_row = self._row_prepare(rows) or (lambda name, value: value)
 
         def prepare(name: str, value: Any) -> Any:
             return by_row(name, self._token_arg(name, value, keep, text + n_image))
@@ -140,9 +140,9 @@ class Stack:
 
         return all_token_attention(self.blocks[start:stop], kv, tokens, text, self.model)
 
-    def _row_prepare(self, rows: torch.Tensor | None) -> Prepare:
+    def _row_prepare(self, rows: torch.Tensor | None) -> Prepare | None:
         if rows is None or rows.numel() == self.batch:
-            return lambda name, value: value
+            return None  # every row: the arguments as they are
         return lambda name, value: self._take_arg(name, value, rows)
 
     def _token_arg(self, name: str, value: Any, keep: torch.Tensor, n_tokens: int) -> Any:
@@ -166,14 +166,13 @@ class Stack:
         sliced = tuple(t.index_select(0, keep.to(t.device)) for t in tables)
         return sliced if isinstance(value, (tuple, list)) else sliced[0]
 
-    def _run_blocks(self, h: Hidden, start: int, stop: int, prepare: Prepare, rows: torch.Tensor | None) -> Hidden:
+    def _run_blocks(
+        self, h: Hidden, start: int, stop: int, prepare: Prepare | None, rows: torch.Tensor | None
+    ) -> Hidden:
         for i in range(start, stop):
-            skip = None
+            values = self.calls.prepared(self.calls.arguments(i), prepare)
             if self._skip_from is not None and (src := self._skip_from(i, self.num_blocks)) is not None:
-                skip = self._skip(i, src, rows)
-            values = self.calls.prepared(self.calls.arguments(i, None), prepare)
-            if skip is not None:
-                values["skip"] = skip  # already for these rows
+                values = {**values, "skip": self._skip(i, src, rows)}  # already for these rows
             h = self.calls.call(i, self.blocks[i], h, values)
             if i in self._skip_sources:
                 self._skips[i] = (None if rows is None or rows.numel() == self.batch else rows, self.main(h))
