@@ -33,10 +33,16 @@ def _unit(sigma):
     return sigma  # Flux-style models take the noise level itself (their pipelines pass t / 1000)
 
 
-def _make(cls, **config):
+def _make(cls, zeros_to_random=False, **config):
     def build():
         torch.manual_seed(0)
-        return getattr(diffusers, cls)(**config).eval()
+        model = getattr(diffusers, cls)(**config).eval()
+        if zeros_to_random:  # a zero-initialised output layer would hide every block from the output
+            with torch.no_grad():
+                for p in model.parameters():
+                    if not p.any():
+                        p.normal_(0, 0.1)
+        return model
 
     return build
 
@@ -239,6 +245,25 @@ def _hunyuan_image(m, x, t):
 def _cosmos(m, x, t):
     return m(
         hidden_states=x, timestep=t.expand(B), encoder_hidden_states=_text(), fps=30, return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _prx(m, x, t):
+    return m(x, t.expand(B), _text(), return_dict=False)[0]
+
+
+def _nucleus(m, x, t):
+    return m(
+        hidden_states=x, img_shapes=[(1, 4, 4)] * B, encoder_hidden_states=_text(),
+        encoder_hidden_states_mask=torch.ones(B, 3), timestep=t.expand(B), return_dict=False,
+    )[0]  # fmt: skip
+
+
+def _glm(m, x, t):
+    return m(
+        hidden_states=x, encoder_hidden_states=_text(), prior_token_id=torch.zeros(B, 16, dtype=torch.long),
+        prior_token_drop=torch.zeros(B, 16, dtype=torch.bool), timestep=t.expand(B),
+        target_size=torch.tensor([[8.0, 8.0]] * B), crop_coords=torch.zeros(B, 2), return_dict=False,
     )[0]  # fmt: skip
 
 
@@ -529,6 +554,56 @@ TINY: dict[str, Tiny] = {
         ),  # the padding mask needs torchvision, which cannot be imported here
         _cosmos,
         VIDEO,
+    ),
+    "PRXTransformer2DModel": Tiny(
+        _make(
+            "PRXTransformer2DModel",
+            zeros_to_random=True,
+            in_channels=4,
+            patch_size=2,
+            context_in_dim=16,
+            hidden_size=16,
+            num_heads=2,
+            depth=3,
+            axes_dim=[4, 4],
+        ),
+        _prx,
+        IMAGE,
+        _unit,
+    ),
+    "NucleusMoEImageTransformer2DModel": Tiny(
+        _make(
+            "NucleusMoEImageTransformer2DModel",
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(2, 2, 4),
+            moe_enabled=False,
+        ),
+        _nucleus,
+        (B, 16, 16),
+        _unit,
+    ),
+    "GlmImageTransformer2DModel": Tiny(
+        _make(
+            "GlmImageTransformer2DModel",
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            text_embed_dim=16,
+            time_embed_dim=16,
+            condition_dim=8,
+            prior_vq_quantizer_codebook_size=8,
+        ),
+        _glm,
+        IMAGE,
     ),
     "FluxTransformer2DModel": Tiny(
         _make(

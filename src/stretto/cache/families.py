@@ -212,6 +212,13 @@ FAMILIES.update(
                 Segment("single_transformer_blocks", DUAL_IMAGE_FIRST),
             )
         ),
+        "PRXTransformer2DModel": Family((Segment("blocks"),), scale=1e-3, row_args=("image_rotary_emb",)),
+        "NucleusMoEImageTransformer2DModel": Family((Segment("transformer_blocks"),), scale=1e-3),
+        "GlmImageTransformer2DModel": Family(
+            (Segment("transformer_blocks", DUAL_IMAGE_FIRST),),
+            refuse=("kv_caches",),
+            note="its image-conditioned mode (KV caches) is refused",
+        ),
         "CosmosTransformer3DModel": Family(
             (Segment("transformer_blocks"),),
             refuse=("block_controlnet_hidden_states",),
@@ -222,9 +229,15 @@ FAMILIES.update(
 
 # classes the cache recognises but cannot run, and why
 _UNET = "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet"
+_BETWEEN = "its forward adds {} between blocks, inside the loop the cache replaces"
 REFUSED: dict[str, str] = {
     "UNet2DModel": _UNET,
     "UNet2DConditionModel": _UNET,
+    "WanVACETransformer3DModel": _BETWEEN.format("VACE control hints"),
+    "WanAnimateTransformer3DModel": _BETWEEN.format("face-adapter outputs"),
+    "WanAnimate2Transformer3DModel": _BETWEEN.format("face-adapter outputs"),
+    "ConsisIDTransformer3DModel": _BETWEEN.format("identity cross-attention"),
+    "LatteTransformer3DModel": _BETWEEN.format("reshapes (spatial and temporal blocks alternate)"),
     "AnyFlowFARTransformer3DModel": "its causal chunked forward keeps its own KV cache across chunks; "
     "a feature cache across its calls is not defined",
 }

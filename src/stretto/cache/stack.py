@@ -11,8 +11,8 @@ forecast).
 
 How each block is called (its carried tensors and its other arguments, per block list) is `BlockCalls`
 (block_calls.py), following the model class's table entry (families.py). Tensor arguments with one entry
-per batch row are split with the rows, except `SHARED_ARGS`; tuples of tensors only for the family's
-`row_args`; tensors inside `joint_attention_kwargs` are not split by row yet. Long skips (HunyuanDiT) are
+per batch row are split with the rows (also inside dict arguments such as attention kwargs), except
+`SHARED_ARGS`; tuples of tensors only for the family's `row_args`. Long skips (HunyuanDiT) are
 taken from the blocks that produced them in the same call.
 """
 
@@ -226,6 +226,8 @@ class Stack:
         return h[self.carried.index("hidden_states")] if "hidden_states" in self.carried else h[0]
 
     def _take_arg(self, name: str, value: Any, rows: torch.Tensor) -> Any:
+        if isinstance(value, dict):  # e.g. attention kwargs carrying a per-row mask (NucleusMoE)
+            return {k: self._take_arg(k, v, rows) for k, v in value.items()}
         if name in self._row_args and isinstance(value, (tuple, list)):
             return type(value)(self._take_arg(name, v, rows) for v in value)
         if name in SHARED_ARGS and name not in self._row_args:
