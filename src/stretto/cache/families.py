@@ -148,7 +148,9 @@ FAMILIES: dict[str, Family] = {
     ),
     "DiTTransformer2DModel": Family((Segment("transformer_blocks"),), token_level=True),
     "PixArtTransformer2DModel": Family((Segment("transformer_blocks"),), token_level=True),
-    "SanaTransformer2DModel": Family((Segment("transformer_blocks"),), scale="timestep_scale", refuse=_CONTROLNET),
+    "SanaTransformer2DModel": Family(
+        (Segment("transformer_blocks"),), scale="timestep_scale", refuse=("controlnet_block_samples",)
+    ),
     "WanTransformer3DModel": Family((Segment("blocks"),)),
     "SkyReelsV2Transformer3DModel": Family(
         (Segment("blocks"),), note="diffusion forcing: a per-frame timestep keys the row on its noisiest frame"
@@ -204,7 +206,7 @@ FAMILIES.update(
             (Segment("layers"),), scale=1e-3, counts_up=1.0, pipeline_flips=True, note="time counts up"
         ),
         "StableAudioDiTModel": Family((Segment("transformer_blocks"),)),
-        "SanaVideoTransformer3DModel": Family((Segment("transformer_blocks"),), refuse=_CONTROLNET),
+        "SanaVideoTransformer3DModel": Family((Segment("transformer_blocks"),), refuse=("controlnet_block_samples",)),
         "HunyuanVideo15Transformer3DModel": Family((Segment("transformer_blocks", DUAL_IMAGE_FIRST),)),
         "HunyuanImageTransformer2DModel": Family(
             (
@@ -222,22 +224,23 @@ FAMILIES.update(
         "CosmosTransformer3DModel": Family(
             (Segment("transformer_blocks"),),
             refuse=("block_controlnet_hidden_states",),
-            note="Cosmos 2 pipelines pass sigma / (sigma + 1): give reset() that schedule",
+            note="Cosmos 2 pipelines pass sigma / (sigma + 1), another scale: the cache refuses it; "
+            "on the bare model give reset() that schedule",
         ),
     }
 )
 
 # classes the cache recognises but cannot run, and why
 _UNET = "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet"
-_BETWEEN = "its forward adds {} between blocks, inside the loop the cache replaces"
+_BETWEEN = "its forward {} between blocks, inside the loop the cache replaces"
 REFUSED: dict[str, str] = {
     "UNet2DModel": _UNET,
     "UNet2DConditionModel": _UNET,
-    "WanVACETransformer3DModel": _BETWEEN.format("VACE control hints"),
-    "WanAnimateTransformer3DModel": _BETWEEN.format("face-adapter outputs"),
-    "WanAnimate2Transformer3DModel": _BETWEEN.format("face-adapter outputs"),
-    "ConsisIDTransformer3DModel": _BETWEEN.format("identity cross-attention"),
-    "LatteTransformer3DModel": _BETWEEN.format("reshapes (spatial and temporal blocks alternate)"),
+    "WanVACETransformer3DModel": _BETWEEN.format("adds VACE control hints"),
+    "WanAnimateTransformer3DModel": _BETWEEN.format("adds face-adapter outputs"),
+    "WanAnimate2Transformer3DModel": _BETWEEN.format("adds face-adapter outputs"),
+    "ConsisIDTransformer3DModel": _BETWEEN.format("adds identity cross-attention"),
+    "LatteTransformer3DModel": _BETWEEN.format("reshapes the tokens (spatial and temporal blocks alternate)"),
     "AnyFlowFARTransformer3DModel": "its causal chunked forward keeps its own KV cache across chunks; "
     "a feature cache across its calls is not defined",
 }
