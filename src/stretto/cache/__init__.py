@@ -17,6 +17,7 @@ CogVideoX, HunyuanDiT, ...; `families.markdown_table()` lists them) or a diffuse
 `step(...)` the cache reads the model call's own timestep (keyword or positional). mechanism.py maps the
 mechanism's files; block_list.py says how the stack is taken over, stack.py what a policy sees.
 """
+
 from stretto.cache.accounting import CacheSummary, StepRecord
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
