@@ -10,7 +10,6 @@ from diffusers import (
     DiTTransformer2DModel,
     FlowMatchEulerDiscreteScheduler,
     PriorTransformer,
-    UNet2DModel,
 )
 from diffusers_tiny import TINY
 
@@ -120,17 +119,6 @@ def test_pipeline_without_a_denoiser():
 
     with pytest.raises(ValueError, match="TextPipeline has no `transformer` or `unet` model"):
         cache.apply(TextPipeline(), "fora")
-
-
-def test_unet_is_refused_by_name():
-    unet = UNet2DModel(
-        sample_size=8, block_out_channels=(8,), down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
-        norm_num_groups=4, layers_per_block=1,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="does not support UNet2DModel: a UNet has no transformer block stack"):
-        cache.apply(unet, "fora")
-    with pytest.raises(ValueError, match="does not support UNet2DModel"):
-        cache.apply(unet, "fora", blocks=["up_blocks"])  # naming its lists does not make a UNet a block stack
 
 
 def test_class_without_a_table_entry():

@@ -19,6 +19,7 @@ mechanism's files; block_list.py says how the stack is taken over, stack.py what
 """
 
 from stretto.cache.accounting import CacheSummary, StepRecord
+from stretto.cache.deepcache import DeepCache
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
 from stretto.cache.fora import FORA
@@ -46,6 +47,7 @@ __all__ = [
     "CachePolicy",
     "CacheSummary",
     "DBCache",
+    "DeepCache",
     "DeltaDiT",
     "FORA",
     "FirstBlock",

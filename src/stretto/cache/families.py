@@ -231,11 +231,8 @@ FAMILIES.update(
 )
 
 # classes the cache recognises but cannot run, and why
-_UNET = "a UNet has no transformer block stack; DeepCache-style UNet caching is not implemented yet"
 _BETWEEN = "its forward {} between blocks, inside the loop the cache replaces"
 REFUSED: dict[str, str] = {
-    "UNet2DModel": _UNET,
-    "UNet2DConditionModel": _UNET,
     "WanVACETransformer3DModel": _BETWEEN.format("adds VACE control hints"),
     "WanAnimateTransformer3DModel": _BETWEEN.format("adds face-adapter outputs"),
     "WanAnimate2Transformer3DModel": _BETWEEN.format("adds face-adapter outputs"),

@@ -33,6 +33,7 @@ from stretto.cache.pipeline_call import PipelineCall
 from stretto.cache.policy import CachePolicy, parse_policy
 from stretto.cache.stack import Call, Stack
 from stretto.cache.step_context import StepContext, sigma_schedule, step_index
+from stretto.cache.unet import UNetHandle, is_unet
 
 
 class CacheHandle:
@@ -46,6 +47,10 @@ class CacheHandle:
         self.family = self.swap.family
         self.blocks = self.swap.blocks
         self.sizes = tuple(len(lst) for lst in self.swap.originals)
+        if policy.unet:
+            raise ValueError(
+                f"{policy.name} runs on UNets (UNet2DModel, UNet2DConditionModel), not on {type(self.owner).__name__}"
+            )
         policy.check_stack(len(self.blocks))
         self.signature = inspect.signature(self.blocks[0].forward)
         self.bridge = DiffusersBridge(self.owner, self)
@@ -147,6 +152,10 @@ class CacheHandle:
                 "(e.g. 0..1 for Flux, 0..1000 for SD3 / DiT / Wan)"
             )
 
+    def schedule_keys(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """A pipeline scheduler's timesteps as the noise levels the model will be called at (families.py)."""
+        return self.family.schedule_keys(timesteps, getattr(self.owner, "config", None))
+
     def summary(self) -> CacheSummary:
         """Counts per call and branch; reading them syncs with the device once."""
         for call, branches, sigma, counts in self._pending:
@@ -161,12 +170,12 @@ class CacheHandle:
 ATTR = "_stretto_cache"
 
 
-def get_handle(model: nn.Module) -> CacheHandle | None:
+def get_handle(model: nn.Module) -> CacheHandle | UNetHandle | None:
     """The cache applied to `model`, or None."""
     return model.__dict__.get(ATTR)
 
 
-def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None = None) -> CacheHandle:
+def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None = None) -> CacheHandle | UNetHandle:
     """Attach `policy` to the block stack of `model` (a stretto model, a diffusers transformer, or a pipeline)."""
     pipe = model if _is_pipeline(model) else None
     if pipe is not None:
@@ -180,11 +189,15 @@ def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None
             raise RuntimeError(
                 f"a cache is already applied to this {type(holder).__name__}; call stretto.cache.remove() first"
             )
-    handle = CacheHandle(model, policy, blocks)
+    if is_unet(model):
+        if blocks is not None:
+            raise ValueError(f"{type(model).__name__} is a UNet: the cache runs its blocks itself; blocks= is not used")
+        handle = UNetHandle(model, policy)
+    else:
+        handle = CacheHandle(model, policy, blocks)
     handle.attach()
     if pipe is not None:
-        config = getattr(handle.owner, "config", None)
-        handle.pipeline = PipelineCall(pipe, handle, lambda t: handle.family.schedule_keys(t, config))
+        handle.pipeline = PipelineCall(pipe, handle, handle.schedule_keys)
         handle.pipeline.attach()
     # step() / summary() / remove() work on the pipeline, the model and the inner diffusers model alike
     handle.holders = [h for h in (pipe, model, handle.owner) if h is not None]

@@ -42,13 +42,15 @@ def step_index(
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's step index and whether it is the final step: from the schedule by sigma (an evaluation
-    between sigma_i and sigma_i+1 belongs to step i), else as the caller said, else by counting the
-    branch's earlier calls (`counted`, one step per call)."""
+    between sigma_i and sigma_i+1 belongs to step i; one at 0, below a schedule without 0, is the step after
+    its last), else as the caller said, else by counting the branch's earlier calls (`counted`, one per call)."""
     batch, device = sigma.shape[0], sigma.device
     if schedule is not None:
         schedule = schedule.to(device)
         index = (schedule[None, :] >= sigma[:, None] * (1 - 1e-5)).sum(1).clamp(min=1) - 1
-        return index, index == len(schedule) - 1
+        if len(schedule) and schedule[-1] > 0:  # a call at 0 after the schedule's last sigma (DDIM's t = 0) is a step
+            index = torch.where(sigma <= 0, len(schedule), index)
+        return index, index >= len(schedule) - 1
     final = torch.full((batch,), bool(ctx.final), dtype=torch.bool, device=device)
     if ctx.index is not None:
         return torch.full((batch,), ctx.index, device=device), final
