@@ -6,7 +6,7 @@ from cache_helpers import stack_blocks
 from diffusers_tiny import TINY
 
 import stretto.cache as cache
-from stretto.cache.families import FAMILIES, REFUSED, markdown_table
+from stretto.cache.families import FAMILIES, REFUSED, UNETS, markdown_table
 from stretto.eval.timing import BlockCounter
 from stretto.sampling import flow_sigmas
 
@@ -108,7 +108,7 @@ def test_rows_decide_separately(family):
 
 def test_markdown_table_lists_every_class():
     table = markdown_table()
-    for name in [*FAMILIES, *REFUSED]:
+    for name in [*FAMILIES, *UNETS, *REFUSED]:
         assert f"| {name} |" in table
     assert "`transformer_blocks` (image, encoder)" in table  # CogVideoX's return order
 

@@ -21,11 +21,11 @@ from torch import nn
 from stretto.cache.accounting import CacheSummary, StepRecord
 from stretto.cache.branch_state import BranchStates
 from stretto.cache.deepcache import DeepCache
+from stretto.cache.families import UNETS
 from stretto.cache.none import NoCache
 from stretto.cache.policy import CachePolicy
 from stretto.cache.step_context import StepContext, sigma_schedule, step_index
 
-UNETS = frozenset({"UNet2DModel", "UNet2DConditionModel"})
 # ControlNet / T2I-adapter residuals are added to the deep blocks' outputs: reusing those would drop them
 REFUSED_ARGS = (
     "down_block_additional_residuals",
