@@ -158,6 +158,11 @@ def test_unet_errors():
         cache.apply(unet, "deepcache:depth=3")
     with pytest.raises(ValueError, match="deepcache runs on UNets .*, not on DiTTransformer2DModel"):
         cache.apply(TINY["DiTTransformer2DModel"].build(), "deepcache")
+    cache.apply(unet, "deepcache")
+    cache.reset(unet, TIMESTEPS / 1000)  # a 0..1 schedule for a UNet called at 0..1000
+    with pytest.raises(ValueError, match="UNet2DModel was called at noise level 950 but the step schedule runs"):
+        unet(torch.randn(2, 3, 8, 8), 950)
+    cache.remove(unet)
     conditional = tiny_conditional_unet()
     cache.apply(conditional, "deepcache")
     x = torch.randn(2, 4, 8, 8)

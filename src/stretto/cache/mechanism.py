@@ -32,7 +32,7 @@ from stretto.cache.hidden import Hidden
 from stretto.cache.pipeline_call import PipelineCall
 from stretto.cache.policy import CachePolicy, parse_policy
 from stretto.cache.stack import Call, Stack
-from stretto.cache.step_context import StepContext, sigma_schedule, step_index
+from stretto.cache.step_context import StepContext, check_scale, sigma_schedule, step_index
 from stretto.cache.unet import UNetHandle, is_unet
 
 
@@ -137,20 +137,9 @@ class CacheHandle:
         if sigma.numel() != batch:
             raise ValueError(f"sigma has {sigma.numel()} values for a batch of {batch} rows; give 1 or {batch}")
         if self.schedule is not None and not self._started:
-            self._check_scale(sigma)
+            self._started = True  # one check (one host sync) per denoising loop
+            check_scale(self.schedule, sigma, type(self.owner).__name__, self.family.timestep)
         return sigma
-
-    def _check_scale(self, sigma: torch.Tensor) -> None:
-        """The loop's first call (one host sync) above the schedule's top, or 100x below it: the scales differ."""
-        top = float(self.schedule[0]) if self.schedule.numel() else 0.0
-        high = float(sigma.max())
-        self._started = True
-        if high > top * (1 + 1e-3) + 1e-6 or high * 100 < top:
-            raise ValueError(
-                f"{type(self.owner).__name__} was called at noise level {high:g} but the step schedule runs from "
-                f"{top:g}: give reset() the schedule in the scale of the model's `{self.family.timestep}` "
-                "(e.g. 0..1 for Flux, 0..1000 for SD3 / DiT / Wan)"
-            )
 
     def schedule_keys(self, timesteps: torch.Tensor) -> torch.Tensor:
         """A pipeline scheduler's timesteps as the noise levels the model will be called at (families.py)."""

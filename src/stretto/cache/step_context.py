@@ -56,3 +56,15 @@ def step_index(
         return torch.full((batch,), ctx.index, device=device), final
     index = torch.tensor([counted.get(b, 0) for b in branches], device=device).repeat_interleave(chunk)
     return index, final
+
+
+def check_scale(schedule: torch.Tensor, sigma: torch.Tensor, model: str, timestep: str = "timestep") -> None:
+    """Raise if a denoising loop's first call lies above the schedule's top or 100x below it: the schedule given
+    to reset() is in another scale than the model's timestep, and keying steps on it would go wrong silently."""
+    top = float(schedule[0]) if schedule.numel() else 0.0
+    high = float(sigma.max())
+    if high > top * (1 + 1e-3) + 1e-6 or high * 100 < top:
+        raise ValueError(
+            f"{model} was called at noise level {high:g} but the step schedule runs from {top:g}: give reset() the "
+            f"schedule in the scale of the model's `{timestep}` (e.g. 0..1 for Flux, 0..1000 for SD3 / DiT / Wan)"
+        )

@@ -24,7 +24,7 @@ from stretto.cache.deepcache import DeepCache
 from stretto.cache.families import UNETS
 from stretto.cache.none import NoCache
 from stretto.cache.policy import CachePolicy
-from stretto.cache.step_context import StepContext, sigma_schedule, step_index
+from stretto.cache.step_context import StepContext, check_scale, sigma_schedule, step_index
 
 # ControlNet / T2I-adapter residuals are added to the deep blocks' outputs: reusing those would drop them
 REFUSED_ARGS = (
@@ -106,6 +106,7 @@ class UNetHandle:
         self.steps: dict[str, int] = {}
         self.schedule = None if keys is None else sigma_schedule(keys, keep_zero=evaluated)
         self.mode = "off"  # outside a forward: blocks run as usual
+        self._started = False
         self.policy.reset()
 
     # -- one model call
@@ -124,6 +125,9 @@ class UNetHandle:
         given = bound.get("timestep") if ctx.sigma is None else ctx.sigma
         sigma = torch.as_tensor(given, dtype=torch.float32).to(sample.device).flatten()
         sigma = sigma.expand(batch) if sigma.numel() == 1 else sigma
+        if self.schedule is not None and not self._started:
+            self._started = True
+            check_scale(self.schedule, sigma, type(module).__name__)
         index, _ = step_index(sigma, ctx, self.schedule, self.steps, branches, chunk)
         state, fresh = self.states.gather(branches, chunk)
         full = isinstance(self.policy, NoCache) or any(fresh) or len(state) < len(self.deep)
