@@ -267,6 +267,12 @@ def _glm(m, x, t):
     )[0]  # fmt: skip
 
 
+def _z_image(m, x, t):
+    """Z-Image takes lists (one tensor per sample) and counts time up."""
+    out = m(list(x.unbind(0)), t.expand(B), list(_text().unbind(0)), return_dict=False)[0]
+    return torch.stack(out)
+
+
 WAN = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
     freq_dim=16, ffn_dim=32, num_layers=3,
@@ -604,6 +610,25 @@ TINY: dict[str, Tiny] = {
         ),
         _glm,
         IMAGE,
+    ),
+    "ZImageTransformer2DModel": Tiny(
+        _make(
+            "ZImageTransformer2DModel",
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=4,
+            dim=16,
+            n_layers=3,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            cap_feat_dim=16,
+            axes_dims=[2, 2, 4],
+            axes_lens=[64, 64, 64],
+        ),
+        _z_image,
+        (B, 4, 1, 8, 8),
+        lambda sigma: 1 - sigma,
     ),
     "FluxTransformer2DModel": Tiny(
         _make(

@@ -222,6 +222,15 @@ FAMILIES.update(
             refuse=("kv_caches",),
             note="its image-conditioned mode (KV caches) is refused",
         ),
+        "ZImageTransformer2DModel": Family(
+            (Segment("layers", ("x",)),),
+            timestep="t",
+            scale=1e-3,
+            counts_up=1.0,
+            pipeline_flips=True,
+            refuse=("controlnet_block_samples",),
+            note="time counts up; text and image tokens run as one unified sequence",
+        ),
         "CosmosTransformer3DModel": Family(
             (Segment("transformer_blocks"),),
             refuse=("block_controlnet_hidden_states",),
@@ -237,6 +246,7 @@ UNETS = ("UNet2DModel", "UNet2DConditionModel")
 # classes the cache recognises but cannot run, and why
 _BETWEEN = "its forward {} between blocks, inside the loop the cache replaces"
 REFUSED: dict[str, str] = {
+    "HiDreamImageTransformer2DModel": _BETWEEN.format("concatenates another Llama layer's text states and truncates"),
     "WanVACETransformer3DModel": _BETWEEN.format("adds VACE control hints"),
     "WanAnimateTransformer3DModel": _BETWEEN.format("adds face-adapter outputs"),
     "WanAnimate2Transformer3DModel": _BETWEEN.format("adds face-adapter outputs"),
@@ -269,7 +279,7 @@ def markdown_table() -> str:
     short = {"encoder_hidden_states": "encoder", "hidden_states": "image"}
     for name, fam in FAMILIES.items():
         lists = " + ".join(
-            f"`{s.attr}` ({', '.join(short[o] for o in s.outputs)}{'; joined' if s.joined else ''})"
+            f"`{s.attr}` ({', '.join(short.get(o, o) for o in s.outputs)}{'; joined' if s.joined else ''})"
             for s in fam.segments
         )
         scale = f"t * config.{fam.scale}" if isinstance(fam.scale, str) else ("t / 1000" if fam.scale == 1e-3 else "t")
