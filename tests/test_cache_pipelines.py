@@ -101,6 +101,44 @@ def test_pipeline_calling_branches_separately():
     assert torch.equal(pipe(), plain)
 
 
+class TwoExpertPipeline:
+    """Wan 2.2-style: `transformer` denoises the high-noise steps, `transformer_2` the rest (DDIM-like timesteps)."""
+
+    def __init__(self):
+        self.tiny = TINY["WanTransformer3DModel"]
+        self.transformer, self.transformer_2 = self.tiny.build(), self.tiny.build()
+        with torch.no_grad():
+            for p in self.transformer_2.parameters():
+                p.mul_(0.9)  # a different expert
+        self.scheduler = DDIMScheduler(clip_sample=False)
+
+    def __call__(self, seed=0):
+        x = torch.randn(*self.tiny.shape, generator=torch.Generator().manual_seed(seed))
+        self.scheduler.set_timesteps(8)
+        with torch.no_grad():
+            for t in self.scheduler.timesteps:
+                model = self.transformer if t >= 500 else self.transformer_2
+                x = 0.9 * x - 0.1 * self.tiny.call(model, x, t.float())
+        return x
+
+
+def test_both_experts_of_a_two_expert_pipeline():
+    pipe = TwoExpertPipeline()
+    plain = pipe()
+    cache.apply(pipe, "fora:interval=2,warmup=0,final=false")
+    first, s = pipe(), cache.summary(pipe)
+    assert torch.equal(pipe(), first) and not torch.equal(first, plain)
+    assert cache.get_handle(pipe.transformer_2) is not None
+    cache.remove(pipe.transformer_2)  # any member removes the whole pipeline's cache
+    assert cache.get_handle(pipe) is None and type(pipe) is TwoExpertPipeline
+    assert torch.equal(pipe(), plain)
+    # timesteps 875 .. 0 by 125: the first expert runs steps 0-3, the second steps 4-7; FORA's step index is the
+    # pipeline's (the schedule's), so each expert computes the even steps
+    assert [(r.call, r.sigma, r.computed > 0) for r in s.records] == [
+        (i, 875.0 - 125 * i, i % 2 == 0) for i in range(8)
+    ]
+
+
 def test_reset_and_summary_on_a_pipeline(dit_pipe):
     with pytest.raises(RuntimeError, match="no cache is applied to this DiTPipeline"):
         cache.summary(dit_pipe)

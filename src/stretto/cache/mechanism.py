@@ -16,6 +16,8 @@ outside it fails instead of silently computing every block.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,7 @@ class CacheHandle:
         self.bridge = DiffusersBridge(self.owner, self)
         self.pipeline: PipelineCall | None = None  # set when applied to a pipeline
         self.holders: list = []  # the objects apply() marked with this handle
+        self.group: list = [self]  # the handles of one pipeline's denoisers
         self.context: StepContext | None = None
         self.reset()
 
@@ -165,19 +168,36 @@ def get_handle(model: nn.Module) -> CacheHandle | UNetHandle | None:
 
 
 def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None = None) -> CacheHandle | UNetHandle:
-    """Attach `policy` to the block stack of `model` (a stretto model, a diffusers transformer, or a pipeline)."""
-    pipe = model if _is_pipeline(model) else None
-    if pipe is not None:
-        model = _denoiser(pipe)
+    """Attach `policy` to the block stack of `model` (a stretto model, a diffusers transformer or UNet, or a
+    pipeline: then every denoiser it holds, e.g. both of Wan 2.2's experts, and a wrapper around its call)."""
     if isinstance(policy, str):
         policy = parse_policy(policy)
     if not isinstance(policy, CachePolicy):
         raise TypeError(f"policy must be a stretto.cache policy or a string like 'fora:interval=2', got {policy!r}")
-    for holder in (pipe, model):
+    pipe = model if _is_pipeline(model) else None
+    models = _denoisers(pipe) if pipe is not None else [model]
+    for holder in (pipe, *models):
         if holder is not None and get_handle(holder) is not None:
             raise RuntimeError(
                 f"a cache is already applied to this {type(holder).__name__}; call stretto.cache.remove() first"
             )
+    # a fresh copy of the policy per denoiser: a policy may keep per-run data (MagCache's calibration)
+    handles = [_attach(m, policy if i == 0 else copy.deepcopy(policy), blocks) for i, m in enumerate(models)]
+    first = handles[0]
+    if pipe is not None:
+        first.pipeline = PipelineCall(pipe, handles)
+        first.pipeline.attach()
+    for handle in handles:
+        handle.group = handles  # removed together; summary(pipe) reports them all
+        # step() / summary() / remove() work on the pipeline, the model and the inner diffusers model alike
+        marked = ((pipe,) if handle is first else ()) + (handle.model, handle.owner)
+        handle.holders = [h for h in marked if h is not None]
+        for holder in handle.holders:
+            holder.__dict__[ATTR] = handle
+    return first
+
+
+def _attach(model: nn.Module, policy: CachePolicy, blocks: BlockLists | None) -> CacheHandle | UNetHandle:
     if is_unet(model):
         if blocks is not None:
             raise ValueError(f"{type(model).__name__} is a UNet: the cache runs its blocks itself; blocks= is not used")
@@ -185,24 +205,18 @@ def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None
     else:
         handle = CacheHandle(model, policy, blocks)
     handle.attach()
-    if pipe is not None:
-        handle.pipeline = PipelineCall(pipe, handle, handle.schedule_keys)
-        handle.pipeline.attach()
-    # step() / summary() / remove() work on the pipeline, the model and the inner diffusers model alike
-    handle.holders = [h for h in (pipe, model, handle.owner) if h is not None]
-    for holder in handle.holders:
-        holder.__dict__[ATTR] = handle
     return handle
 
 
 def remove(model: nn.Module) -> None:
-    """Detach the cache from `model` (or its pipeline); both are exactly as before apply()."""
+    """Detach the cache from `model` (or its pipeline, or any of its denoisers); all are exactly as before apply()."""
     handle = get_handle(model)
     if handle is None:
         raise RuntimeError(f"no cache is applied to this {type(model).__name__}; nothing to remove")
-    handle.detach()
-    for holder in handle.holders:
-        holder.__dict__.pop(ATTR, None)
+    for member in handle.group:
+        member.detach()
+        for holder in member.holders:
+            holder.__dict__.pop(ATTR, None)
 
 
 def reset(model: nn.Module, sigmas: torch.Tensor | Sequence[float] | None = None) -> None:
@@ -255,7 +269,14 @@ def summary(model: nn.Module) -> CacheSummary:
     handle = get_handle(model)
     if handle is None:
         raise RuntimeError(f"no cache is applied to this {type(model).__name__}")
-    return handle.summary()
+    if handle.pipeline is None or len(handle.group) == 1:
+        return handle.summary()
+    records, calls = [], 0  # the denoisers' records in turn (Wan 2.2: high-noise expert, then low-noise)
+    for member in handle.group:
+        part = member.summary().records
+        records += [dataclasses.replace(r, call=r.call + calls) for r in part]
+        calls += len({r.call for r in part})
+    return CacheSummary(handle.policy.describe(), len(handle.blocks), records)
 
 
 def _is_pipeline(obj) -> bool:
@@ -265,12 +286,11 @@ def _is_pipeline(obj) -> bool:
     return any(hasattr(obj, n) for n in DENOISERS) or isinstance(getattr(obj, "components", None), dict)
 
 
-DENOISERS = ("transformer", "unet")  # where a diffusers pipeline keeps its denoising model
+DENOISERS = ("transformer", "transformer_2", "unet")  # where diffusers pipelines keep their denoisers
 
 
-def _denoiser(pipe) -> nn.Module:
-    for name in DENOISERS:
-        model = getattr(pipe, name, None)
-        if isinstance(model, nn.Module):
-            return model
-    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` model; the cache has nothing to run")
+def _denoisers(pipe) -> list[nn.Module]:
+    models = [m for m in (getattr(pipe, n, None) for n in DENOISERS) if isinstance(m, nn.Module)]
+    if not models:
+        raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` model; the cache has nothing to run")
+    return models

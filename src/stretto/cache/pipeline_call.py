@@ -12,25 +12,26 @@ diffusers transformers lack.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
 
 class Resettable(Protocol):
-    """What the wrapper drives: the cache's full reset and its per-loop state reset."""
+    """What the wrapper drives: a denoiser's cache, its full reset, its per-loop reset and its timestep scale."""
 
     def reset(self) -> None: ...
 
     def reset_state(self, keys: torch.Tensor | None = None, evaluated: bool = False) -> None: ...
 
+    def schedule_keys(self, timesteps: torch.Tensor) -> torch.Tensor: ...
+
 
 class PipelineCall:
     """The wrapped `__call__` and `scheduler.set_timesteps` of one pipeline object, and their removal."""
 
-    def __init__(self, pipe: Any, handle: Resettable, keys: Callable[[torch.Tensor], torch.Tensor]):
-        self.pipe, self.handle, self.keys = pipe, handle, keys  # keys: scheduler timesteps -> noise levels
+    def __init__(self, pipe: Any, handles: list[Resettable]):
+        self.pipe, self.handles = pipe, handles  # one per denoiser (Wan 2.2 has two experts)
         self.original_class = type(pipe)
         self.inside = False
         self.scheduler = getattr(pipe, "scheduler", None)
@@ -40,7 +41,8 @@ class PipelineCall:
         cls, wrapper = self.original_class, self
 
         def __call__(pipe, *args, **kwargs):
-            wrapper.handle.reset()
+            for handle in wrapper.handles:
+                handle.reset()
             wrapper.inside = True
             try:
                 return cls.__call__(pipe, *args, **kwargs)
@@ -55,8 +57,9 @@ class PipelineCall:
                 out = set_timesteps(*args, **kwargs)
                 timesteps = getattr(wrapper.scheduler, "timesteps", None)
                 if wrapper.inside and timesteps is not None:
-                    keys = wrapper.keys(torch.as_tensor(timesteps, dtype=torch.float64))
-                    wrapper.handle.reset_state(keys.float(), evaluated=True)
+                    for handle in wrapper.handles:
+                        keys = handle.schedule_keys(torch.as_tensor(timesteps, dtype=torch.float64))
+                        handle.reset_state(keys.float(), evaluated=True)
                 return out
 
             self.scheduler.__dict__["set_timesteps"] = schedule

@@ -58,9 +58,11 @@ class UNetHandle:
         self.deep = down[depth:] + ([mid] if mid is not None else []) + up[: len(up) - depth]
         self.num_blocks = len(down) + len(up) + (mid is not None)
         self.signature = inspect.signature(model.forward)
+        self.blocks = down + ([mid] if mid is not None else []) + up
         self.context: StepContext | None = None
         self.pipeline = None  # set by apply() on a pipeline
         self.holders: list = []
+        self.group: list = [self]
         self.reset()
 
     # -- attach / detach
