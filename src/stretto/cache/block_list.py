@@ -29,11 +29,12 @@ from torch import nn
 from stretto.cache.block_calls import carried_args
 from stretto.cache.families import FAMILIES, REFUSED, Family, Segment, family_of
 
-# (owner attribute names of the block lists, in execution order), tried in this order
+# models outside the family table (stretto's own, a user's): (attribute names of the block lists, in
+# execution order), tried in this order
 KNOWN_STACKS: tuple[tuple[str, ...], ...] = (
-    ("transformer_blocks", "single_transformer_blocks"),  # diffusers Flux (and Flux-like)
-    ("transformer_blocks",),  # diffusers SD3, DiT, PixArt
-    ("blocks",),  # diffusers Wan, stretto's own models
+    ("transformer_blocks", "single_transformer_blocks"),
+    ("transformer_blocks",),
+    ("blocks",),
     ("layers",),
 )
 # where the model holding the lists may sit inside the object passed to apply()
