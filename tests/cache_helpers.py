@@ -135,10 +135,11 @@ DIFFUSERS = {  # name: (build, call, input shape)
 
 def euler(model, call, shape, steps=4, branches=None):
     """Euler steps of `call(model, x, sigma)` from seeded noise, each inside a cache step context with
-    `branches` (None: no step context, the cache takes sigma from the call's `timestep`)."""
+    `branches` (None: no step context, the cache takes sigma from the call's `timestep`, whose scale differs by
+    model, so steps are counted instead of keyed on a schedule)."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     sigmas = flow_sigmas(steps)
-    cache.reset(model, sigmas)
+    cache.reset(model, None if branches is None else sigmas)
     with torch.no_grad():
         for i in range(steps):
             if branches is None:  # no step context: sigma comes from the call's `timestep`

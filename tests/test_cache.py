@@ -1,7 +1,5 @@
 """Feature caching: the hook mechanism and the policies, on tiny random models (seconds on a CPU)."""
 
-import types
-
 import pytest
 import torch
 from cache_helpers import (
@@ -187,6 +185,10 @@ def test_diffusers_transformers(name):
     cache.remove(model)
 
 
+class PipelineLike:
+    """An object holding a `transformer`, as diffusers pipelines do."""
+
+
 def test_diffusers_pipeline_style_calls():
     """A diffusers pipeline names each branch with `cache_context` and resets with `_reset_stateful_cache`."""
     model = tiny_diffusers_flux()
@@ -207,7 +209,8 @@ def test_diffusers_pipeline_style_calls():
         model._reset_stateful_cache()  # what DiffusionPipeline.maybe_free_model_hooks does at the end
         return y, records
 
-    pipe = types.SimpleNamespace(transformer=model)  # a diffusers pipeline: its .transformer is used
+    pipe = PipelineLike()  # a diffusers pipeline: its .transformer is used
+    pipe.transformer = model
     cache.apply(pipe, cache.FORA(interval=2, warmup=0, final=True))
     first, records = pipeline_like()
     assert records == [(b, c) for c in (True, False, True, True) for b in ("cond", "uncond")]  # final step computed
@@ -342,7 +345,7 @@ class ShrinkToy(ToyStack):
 def test_magcache_calibrates_then_skips():
     toy = ShrinkToy()
     sigmas = torch.tensor([1.0, 0.95, 0.9, 0.85, 0.8, 0.2, 0.0])
-    policy = cache.MagCache()
+    policy = cache.MagCache(calibrate=True)
     cache.apply(toy, policy)
 
     def run():

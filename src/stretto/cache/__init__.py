@@ -1,19 +1,25 @@
 """Feature caching: one hook mechanism over a transformer's block stack, and small policies deciding per step.
 
     import stretto.cache as cache
-    cache.apply(model, cache.Taylor(order=2, interval=3))   # or cache.apply(model, "taylor:order=2")
-    cache.reset(model, sigmas)                               # at the start of every generation
+    cache.apply(pipe, "fora:interval=3")      # any diffusers pipeline: fresh state every call, steps from its
+    image = pipe(prompt, generator=g).images  # scheduler; summary(pipe) reports the last call
+    cache.remove(pipe)
+
+    cache.apply(model, cache.Taylor(order=2, interval=3))   # a bare model driven by your own loop
+    cache.reset(model, sigmas)       # every generation; the schedule in the scale of the model's timestep
     with cache.step(model, sigma, branches=("cond", "uncond")):
         v = model(torch.cat([x, x]), sigma, both)            # batched CFG: first half cond, second uncond
     print(cache.summary(model))
     cache.remove(model)
 
-`model` may be a stretto model, a diffusers transformer (Flux, SD3, DiT, Wan, ...) or a diffusers
-pipeline (its `.transformer` is used). mechanism.py maps the mechanism's files; block_list.py says how the
-stack is taken over, stack.py what a policy sees.
+`model` may be a stretto model, a diffusers transformer (every class in families.py: Flux, SD3, DiT, Wan,
+CogVideoX, HunyuanDiT, ...; `families.markdown_table()` lists them) or a diffusers pipeline. Without
+`step(...)` the cache reads the model call's own timestep (keyword or positional). mechanism.py maps the
+mechanism's files; block_list.py says how the stack is taken over, stack.py what a policy sees.
 """
 
 from stretto.cache.accounting import CacheSummary, StepRecord
+from stretto.cache.deepcache import DeepCache
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
 from stretto.cache.fora import FORA
@@ -41,6 +47,7 @@ __all__ = [
     "CachePolicy",
     "CacheSummary",
     "DBCache",
+    "DeepCache",
     "DeltaDiT",
     "FORA",
     "FirstBlock",

@@ -9,23 +9,32 @@ loop then makes exactly one call, and the runner hands the whole stack to the ca
 skips are never called (no Python call per skipped block); blocks it computes are called as modules, so
 `BlockCounter`'s hooks count real evaluations. Outside the owner's forward the lists iterate normally.
 
-Not supported yet: ControlNet residuals and SD3 `skip_layers` (the model adds them inside the loop that
-the runner replaces).
+Which lists a diffusers class has, and how its blocks are called, is its table entry (families.py); a
+diffusers class without one is refused with an error naming it. Other models (stretto's own, a user's)
+are searched for the `KNOWN_STACKS` attributes and their blocks' interface read from the first block's
+signature. The owner's forward is hooked to read its timestep (by keyword or position) and to refuse the
+arguments the runner would drop (ControlNet residuals, SD3 `skip_layers`); submodules whose outputs later
+block lists need (Flux2's single-stream modulation) are hooked to keep their output.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-# (owner attribute names of the block lists, in execution order), tried in this order
+from stretto.cache.block_calls import carried_args
+from stretto.cache.families import FAMILIES, REFUSED, Family, Segment, family_of
+
+# models outside the family table (stretto's own, a user's): (attribute names of the block lists, in
+# execution order), tried in this order
 KNOWN_STACKS: tuple[tuple[str, ...], ...] = (
-    ("transformer_blocks", "single_transformer_blocks"),  # diffusers Flux (and Flux-like)
-    ("transformer_blocks",),  # diffusers SD3, DiT, PixArt
-    ("blocks",),  # diffusers Wan, stretto's own models
+    ("transformer_blocks", "single_transformer_blocks"),
+    ("transformer_blocks",),
+    ("blocks",),
     ("layers",),
 )
 # where the model holding the lists may sit inside the object passed to apply()
@@ -73,9 +82,12 @@ class BlockListSwap:
         self.owner = self.lists[0][0]
         self.originals = [getattr(o, n) for o, n in self.lists]
         self.blocks = [b for lst in self.originals for b in lst]
+        self.family = stack_family(self.owner, [n for _, n in self.lists], self.originals)
         self.runner = StackRunner(run)
         self.active = False  # the owner's forward is running
         self.timestep: torch.Tensor | float | None = None  # its `timestep` argument (the sigma when none is given)
+        self.module_outputs: dict[str, Any] = {}  # outputs of the family's captured submodules in this forward
+        self._forward = inspect.signature(self.owner.forward)
 
     def attach(self) -> None:
         """Swap the block lists in and hook the owner's forward."""
@@ -88,6 +100,18 @@ class BlockListSwap:
             self.owner.register_forward_pre_hook(self._enter, with_kwargs=True),
             self.owner.register_forward_hook(self._leave, always_call=True),
         ]
+        for attr in self.family.captures():
+            module = getattr(self.owner, attr, None)
+            if not isinstance(module, nn.Module):
+                raise ValueError(f"{type(self.owner).__name__} has no submodule {attr!r}; its family entry is wrong")
+            self._hooks.append(module.register_forward_hook(self._keeper(attr)))
+
+    def _keeper(self, attr: str):
+        def keep(module, args, output):
+            if self.active:
+                self.module_outputs[attr] = output
+
+        return keep
 
     def detach(self) -> None:
         """Remove the hooks and put the original block lists back."""
@@ -97,11 +121,56 @@ class BlockListSwap:
             setattr(owner, name, original)
 
     def _enter(self, module, args, kwargs):
+        try:
+            bound = self._forward.bind(*args, **kwargs).arguments
+        except TypeError:
+            bound = dict(kwargs)  # the forward itself will raise the precise error
+        for name in self.family.refuse:
+            if bound.get(name) is not None and bound.get(name) is not False and not _empty(bound.get(name)):
+                raise ValueError(
+                    f"the feature cache cannot run {type(module).__name__} with {name}= (it is applied inside the "
+                    "block loop the cache replaces); pass None or remove the cache"
+                )
         self.active = True
-        self.timestep = kwargs.get("timestep")
+        self.module_outputs = {}
+        self.timestep = bound.get(self.family.timestep)
 
     def _leave(self, module, args, output):
         self.active = False
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, (list, tuple, dict)) and len(value) == 0
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise for a class the cache refuses, or a diffusers class without a table entry (guessing its blocks'
+    interface is how wrong outputs happen)."""
+    cls = type(model).__name__
+    if cls in REFUSED:
+        raise ValueError(f"the feature cache does not support {cls}: {REFUSED[cls]}")
+    if family_of(type(model)) is None and type(model).__module__.startswith("diffusers."):
+        raise ValueError(
+            f"the feature cache has no table entry for {cls}; supported: {', '.join(FAMILIES)} "
+            "(see stretto.cache.families)"
+        )
+
+
+def stack_family(owner: nn.Module, names: list[str], lists: list[nn.ModuleList]) -> Family:
+    """The family that runs these lists of `owner`: its table entry's segments for them, or one read from the
+    first block's signature (every block called like the first) for models without an entry."""
+    check_supported(owner)
+    family = family_of(type(owner))
+    if family is None:
+        carried = carried_args(inspect.signature(lists[0][0].forward))
+        return Family(tuple(Segment(n, carried) for n in names), token_level=True)
+    declared = [s.attr for s in family.segments]
+    if names != declared[: len(names)]:
+        raise ValueError(
+            f"{type(owner).__name__}'s block lists run in the order {declared}; the cache can take the first k of "
+            f"them, got {names}"
+        )
+    return family
 
 
 def find_stack(model: nn.Module, blocks: BlockLists | None) -> list[tuple[nn.Module, str]]:
@@ -127,6 +196,15 @@ def find_stack(model: nn.Module, blocks: BlockLists | None) -> list[tuple[nn.Mod
         owner = getattr(model, path, None) if path else model
         if not isinstance(owner, nn.Module):
             continue
+        check_supported(owner)
+        family = family_of(type(owner))
+        if family is not None:
+            cls = type(owner).__name__
+            sizes = [len(getattr(owner, s.attr, None) or ()) for s in family.segments]
+            if not sizes[0]:
+                raise ValueError(f"{cls} has no blocks in {family.segments[0].attr}; there is nothing to cache")
+            used = sizes.index(0) if 0 in sizes else len(sizes)  # a later list left empty by the config is not run
+            return [(owner, s.attr) for s in family.segments[:used]]
         for names in KNOWN_STACKS:
             lists = [getattr(owner, n, None) for n in names]
             if all(isinstance(x, nn.ModuleList) for x in lists) and len(lists[0]) > 0:

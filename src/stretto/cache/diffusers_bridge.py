@@ -4,7 +4,9 @@ diffusers models with its `CacheMixin` have a `cache_context(name)` that its pip
 each model call ("cond" / "uncond", sometimes with the step_index and sigma), and a
 `_reset_stateful_cache()` that a pipeline runs when its call ends. The bridge wraps both on the model
 instance: `cache_context` also names the branch of the call (and its step) for the cache, and
-`_reset_stateful_cache` also resets the cache's state. Models without them are left alone.
+`_reset_stateful_cache` also drops the cache's state (its records stay readable until the next model call).
+The sigma a pipeline passes is ignored: it is the scheduler's (Wan: 0..1), not the model's timestep scale
+(0..1000) the cache keys on. Models without these methods are left alone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class Bridged(Protocol):
 
     context: StepContext | None
 
-    def reset(self) -> None: ...
+    def reset_state(self, keys=None, evaluated: bool = False, stale: bool = False) -> None: ...
 
 
 class DiffusersBridge:
@@ -44,7 +46,7 @@ class DiffusersBridge:
             def cache_context(name: str, **kwargs):
                 step_index, total = kwargs.get("step_index"), kwargs.get("num_inference_steps")
                 final = None if step_index is None or not total else step_index == total - 1
-                ctx = StepContext(kwargs.get("sigma"), (name,), step_index, final)
+                ctx = StepContext(None, (name,), step_index, final)
                 previous, handle.context = handle.context, ctx
                 try:
                     with context(name, **kwargs):
@@ -57,7 +59,7 @@ class DiffusersBridge:
         if callable(reset):
 
             def reset_stateful_cache(*args, **kwargs):
-                handle.reset()
+                handle.reset_state(stale=True)
                 return reset(*args, **kwargs)
 
             owner.__dict__["_reset_stateful_cache"] = reset_stateful_cache

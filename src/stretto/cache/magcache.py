@@ -5,8 +5,10 @@ prompt, so it is measured once per model (a calibration run) and then predicts t
 residual: skipping steps multiplies the ratios, and the accumulated error sum |1 - prod ratio| must stay
 under `threshold`, with at most `max_skip` consecutive skips; `warmup` early steps always compute.
 
-Calibrate: run one generation with `ratios=""` (everything is computed); `policy.calibration` then holds
-one ratio per step index (the mean over the batch), and `policy.ratios_text()` the value for `ratios=`.
+Calibrate: run one generation with `calibrate=true` (everything is computed); `policy.calibration` then
+holds one ratio per step index (the mean over the batch), and `policy.ratios_text()` the value for
+`ratios=` (or run `stretto calibrate cache magcache`). Without ratios and without `calibrate` the policy
+refuses to be built: it would compute every block.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class MagCache(CachePolicy):
     threshold: float = bounded(0.06, 0.0, 10.0, "bound on the accumulated ratio error")
     max_skip: int = bounded(2, 0, 1000, "most consecutive skipped steps")
     warmup: int = bounded(2, 0, 1000, "full steps at the start")
-    ratios: str = field(default="", metadata={"doc": "calibrated ratios per step, '/'-separated; empty: calibrate"})
+    ratios: str = field(default="", metadata={"doc": "calibrated ratios per step, '/'-separated"})
+    calibrate: bool = bounded(False, 0, 1, "compute everything and record the ratios (policy.ratios_text())")
     calibration: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -42,6 +45,11 @@ class MagCache(CachePolicy):
             ) from None
         if any(not r > 0 for r in self._ratios):
             raise ValueError(f"MagCache.ratios must be positive numbers separated by '/', got {self.ratios!r}")
+        if not self._ratios and not self.calibrate:
+            raise ValueError(
+                "MagCache needs calibrated ratios: give ratios='1.0/0.98/...' (stretto calibrate cache magcache) or "
+                "calibrate=true for one full-compute run that records them"
+            )
 
     def reset(self) -> None:
         self.calibration.clear()  # a calibration covers one generation
@@ -52,7 +60,7 @@ class MagCache(CachePolicy):
 
     def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
         state, n = call.state, stack.num_blocks
-        if not self._ratios:
+        if self.calibrate:
             out = stack.compute(h, 0, n)
             residual = stack.main(out) - stack.main(h)
             norm = residual.norm(dim=-1).reshape(residual.shape[0], -1).mean(1)  # mean token norm per row

@@ -33,6 +33,7 @@ class CachePolicy:
     """Base of all cache policies: validation, description, and the hooks the mechanism calls."""
 
     name: ClassVar[str] = ""
+    unet: ClassVar[bool] = False  # runs on a UNet's down / mid / up blocks instead of a transformer block stack
 
     def __post_init__(self) -> None:
         spec.check_ranges(self)

@@ -9,15 +9,15 @@ policy's state for these rows (kept per CFG branch, see branch_state.py). Decisi
 returns a boolean per row; rows that compute are gathered into a smaller batch, the others reuse or
 forecast).
 
-The block interface: a block takes the carried tensors (`carried_args`) as keyword arguments plus the
-model's other arguments (`extras`, the same for every block) and returns the carried tensors in the same
-order. Tensor extras with one entry per batch row are split with the rows, except `SHARED_ARGS`; tensors
-inside `joint_attention_kwargs` are not split by row yet.
+How each block is called (its carried tensors and its other arguments, per block list) is `BlockCalls`
+(block_calls.py), following the model class's table entry (families.py). Tensor arguments with one entry
+per batch row are split with the rows (also inside dict arguments such as attention kwargs), except
+`SHARED_ARGS`; tuples of tensors only for the family's `row_args`. Long skips (HunyuanDiT) are
+taken from the blocks that produced them in the same call.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,42 +26,17 @@ import torch
 from torch import nn
 
 from stretto.cache.accounting import KINDS
+from stretto.cache.block_calls import BlockCalls, Prepare
+from stretto.cache.families import DUAL, token_level_classes
 from stretto.cache.hidden import Hidden, add, put, split, sub, take
 
 # block arguments that are shared by all batch rows even when their first dimension happens to equal the batch
 SHARED_ARGS = frozenset({"image_rotary_emb", "rotary_emb", "joint_attention_kwargs", "cross_attention_kwargs"})
-DUAL_STREAM = ("encoder_hidden_states", "hidden_states")  # Flux / SD3 blocks return (encoder, image) tokens
+DUAL_STREAM = DUAL  # Flux / SD3 blocks return (encoder, image) tokens
 # block arguments with one entry per token (text tokens, then image tokens) that compute_tokens slices
 TOKEN_ARGS = frozenset({"image_rotary_emb"})
 # per-token block arguments in layouts compute_tokens cannot slice (Wan's rotary table, self-attention masks)
 UNSLICEABLE_ARGS = frozenset({"rotary_emb", "attention_mask"})
-
-
-def carried_args(signature: inspect.Signature) -> tuple[str, ...]:
-    """The arguments a block hands to the next, in its output order, read from its forward's signature."""
-    params = list(signature.parameters)
-    returns = str(signature.return_annotation).lower()
-    dual = all(p in params for p in DUAL_STREAM) and returns.startswith(("tuple", "typing.tuple"))
-    return DUAL_STREAM if dual else (params[0],)
-
-
-def block_arguments(
-    signature: inspect.Signature, carried: tuple[str, ...], args: tuple, kwargs: dict
-) -> tuple[Hidden, dict]:
-    """Split the arguments of a call to the first block into the carried tensors and the other arguments."""
-    bound = signature.bind(*args, **kwargs).arguments
-    h = tuple(bound.get(n) for n in carried)
-    extras = {}
-    for name, value in bound.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            extras.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            if value:
-                raise TypeError(f"the cache cannot pass extra positional block arguments (*{name})")
-        elif name not in carried:
-            extras[name] = value
-    return h, extras
 
 
 class Stack:
@@ -70,8 +45,7 @@ class Stack:
     def __init__(
         self,
         blocks: Sequence[nn.Module],
-        carried: tuple[str, ...],
-        extras: dict,
+        calls: BlockCalls,
         batch: int,
         counts: torch.Tensor,
         fresh: torch.Tensor,
@@ -79,16 +53,23 @@ class Stack:
     ):
         self.blocks = blocks
         self.num_blocks = len(blocks)
-        self.carried = carried
-        self.extras = extras
+        self.calls = calls
+        self.carried = calls.carried
+        self.extras = calls.arguments(0)  # the first block's other arguments (TeaCache reads its `temb`)
         self.batch = batch
         self._counts = counts  # (batch, 3) tensor: block evaluations per row and kind
         self.fresh = fresh  # (batch,) bool: rows without stored state, which must compute
         self.model = model or type(blocks[0]).__name__  # for error messages
+        family = calls.family
+        self._skip_from = family.skip_from
+        self._skips: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}  # block -> (rows, output) this call
+        n = len(blocks)
+        self._skip_sources = {family.skip_from(j, n) for j in range(n)} if family.skip_from else set()
+        self._row_args = frozenset(family.row_args)
 
     def compute(self, h: Hidden, start: int, stop: int, rows: torch.Tensor | None = None) -> Hidden:
         """Run blocks [start, stop) on `h`; with `rows`, `h` holds just those batch rows."""
-        h = self._run_blocks(h, start, stop, self._row_extras(rows))
+        h = self._run_blocks(h, start, stop, self._row_prepare(rows), rows)
         self.count("computed", start, stop, rows)
         return h
 
@@ -117,6 +98,10 @@ class Stack:
         the keys and values of all tokens (see stretto.cache.token_attention): with every token selected the
         blocks' image keys and values are recorded into `kv`; otherwise the selected tokens' fresh keys and
         values overwrite their slots in `kv` (which is updated in place) and the others come from it."""
+        if not self.calls.family.token_level:
+            raise ValueError(
+                f"token-level cache policies support {', '.join(token_level_classes())}; {self.model} is not one"
+            )
         image = self.carried.index("hidden_states") if "hidden_states" in self.carried else 0
         if h[image].ndim != 3:
             raise ValueError(
@@ -128,20 +113,24 @@ class Stack:
         if k == 0 or k > n_image:
             raise ValueError(f"compute_tokens needs 1 to {n_image} distinct image tokens, got {k}")
         keep = torch.cat([torch.arange(text, device=tokens.device), text + tokens])  # rows of per-token tables
-        extras = {name: self._token_arg(name, value, keep, text + n_image) for name, value in self.extras.items()}
+        for name, value in self.extras.items():  # fail before running anything
+            self._token_arg(name, value, keep, text + n_image)
         if k == n_image:
             if kv is None:
                 return self.compute(h, start, stop, rows)
             with self._attend_all(kv, start, stop, None, text):
                 return self.compute(h, start, stop, rows)
-        if rows is not None and rows.numel() != self.batch:
-            extras = {name: self._take_arg(name, value, rows) for name, value in extras.items()}
+        by_row = self._row_prepare(rows) or (lambda name, value: value)
+
+        def prepare(name: str, value: Any) -> Any:
+            return by_row(name, self._token_arg(name, value, keep, text + n_image))
+
         h = tuple(t.index_select(1, tokens) if i == image else t for i, t in enumerate(h))
         if kv is None:
-            h = self._run_blocks(h, start, stop, extras)
+            h = self._run_blocks(h, start, stop, prepare, rows)
         else:
             with self._attend_all(kv, start, stop, tokens, text):
-                h = self._run_blocks(h, start, stop, extras)
+                h = self._run_blocks(h, start, stop, prepare, rows)
         self.count("computed", start, stop, rows, fraction=k / n_image)
         self.count("reused", start, stop, rows, fraction=1 - k / n_image)
         return h
@@ -151,10 +140,10 @@ class Stack:
 
         return all_token_attention(self.blocks[start:stop], kv, tokens, text, self.model)
 
-    def _row_extras(self, rows: torch.Tensor | None) -> dict:
+    def _row_prepare(self, rows: torch.Tensor | None) -> Prepare | None:
         if rows is None or rows.numel() == self.batch:
-            return self.extras
-        return {k: self._take_arg(k, v, rows) for k, v in self.extras.items()}
+            return None  # every row: the arguments as they are
+        return lambda name, value: self._take_arg(name, value, rows)
 
     def _token_arg(self, name: str, value: Any, keep: torch.Tensor, n_tokens: int) -> Any:
         """A block argument restricted to the kept tokens (`keep` indexes text then image tokens)."""
@@ -177,16 +166,29 @@ class Stack:
         sliced = tuple(t.index_select(0, keep.to(t.device)) for t in tables)
         return sliced if isinstance(value, (tuple, list)) else sliced[0]
 
-    def _run_blocks(self, h: Hidden, start: int, stop: int, extras: dict) -> Hidden:
-        for block in self.blocks[start:stop]:
-            out = block(**extras, **dict(zip(self.carried, h, strict=True)))
-            h = out if isinstance(out, tuple) else (out,)
-            if len(h) != len(self.carried):
-                raise RuntimeError(
-                    f"{type(block).__name__} returned {len(h)} tensors but the cache expected {self.carried}; "
-                    "this block type is not supported yet"
-                )
+    def _run_blocks(
+        self, h: Hidden, start: int, stop: int, prepare: Prepare | None, rows: torch.Tensor | None
+    ) -> Hidden:
+        for i in range(start, stop):
+            values = self.calls.prepared(self.calls.arguments(i), prepare)
+            if self._skip_from is not None and (src := self._skip_from(i, self.num_blocks)) is not None:
+                values = {**values, "skip": self._skip(i, src, rows)}  # already for these rows
+            h = self.calls.call(i, self.blocks[i], h, values)
+            if i in self._skip_sources:
+                self._skips[i] = (None if rows is None or rows.numel() == self.batch else rows, self.main(h))
         return h
+
+    def _skip(self, i: int, src: int, rows: torch.Tensor | None) -> torch.Tensor:
+        """The long skip block i takes: block src's output in this call, for these rows."""
+        rows_src, value = self._skips.get(src, (None, None))
+        if value is not None:
+            if rows_src is None or (rows is not None and torch.equal(rows_src, rows)):
+                return value if rows is None or rows_src is not None else value.index_select(0, rows)
+        raise ValueError(
+            f"{self.model}'s block {i} takes the long skip of block {src}, which this call did not compute for "
+            "the same rows; use a policy that runs or skips the whole stack (none, fora, taylor, teacache, "
+            "magcache) or dbcache / firstblock with last=0"
+        )
 
     def count(self, kind: str, start: int, stop: int, rows: torch.Tensor | None = None, fraction: float = 1.0) -> None:
         """Record that blocks [start, stop) were computed / reused / forecast for the rows (all if None);
@@ -224,7 +226,13 @@ class Stack:
         return h[self.carried.index("hidden_states")] if "hidden_states" in self.carried else h[0]
 
     def _take_arg(self, name: str, value: Any, rows: torch.Tensor) -> Any:
-        if name in SHARED_ARGS or not isinstance(value, torch.Tensor) or value.ndim == 0:
+        if isinstance(value, dict):  # e.g. attention kwargs carrying a per-row mask (NucleusMoE)
+            return {k: self._take_arg(k, v, rows) for k, v in value.items()}
+        if name in self._row_args and isinstance(value, (tuple, list)):
+            return type(value)(self._take_arg(name, v, rows) for v in value)
+        if name in SHARED_ARGS and name not in self._row_args:
+            return value
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
             return value
         return value.index_select(0, rows) if value.shape[0] == self.batch else value
 

@@ -182,7 +182,7 @@ def calibrate_magcache(
     """MagCache's ratios for `model`: its calibration mode on one full-compute batched run of `prompts`, the
     ratio per step index averaged over all prompts and both CFG branches."""
     _check(prompts, steps)
-    policy = MagCache()
+    policy = MagCache(calibrate=True)
     policy.calibration = _MeanPerStep()
     generate(model, prompts, steps=steps, sampler=sampler, guidance=guidance, seeds=seeds, cache=policy)
     table = dict(policy.calibration)
