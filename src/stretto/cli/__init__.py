@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stretto.cli.bench import add_bench_commands
     from stretto.cli.demo import add_demo_command
     from stretto.cli.image import add_generate_command
+    from stretto.cli.serve import add_serve_command
     from stretto.cli.text import add_text_command
     from stretto.cli.train import add_train_commands
     from stretto.cli.tune import add_calibrate_commands, add_search_commands
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_command(sub)
     add_calibrate_commands(sub)
     add_search_commands(sub)
+    add_serve_command(sub)
     return parser
 
 

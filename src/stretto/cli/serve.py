@@ -1,0 +1,95 @@
+"""`stretto serve`: the pipelines over HTTP / WebSocket (FastAPI on uvicorn), with a web page at `/`."""
+
+from __future__ import annotations
+
+import argparse
+
+from stretto.cli import args as shared
+
+# ServeSettings' field -> the flag that sets it, for error messages
+FLAGS = {"timeout_s": "--timeout", "idle_s": "--idle-timeout", "max_body_bytes": "--max-body-kib"}
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from stretto.serve.server import run
+        from stretto.serve.settings import ServeSettings
+    except ImportError as err:
+        raise ValueError(f"stretto serve needs the serve extra: pip install 'stretto[serve]' ({err})") from None
+
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        device=str(args.device),
+        queue_size=args.queue_size,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        timeout_s=args.timeout,
+        max_body_bytes=args.max_body_kib * 1024,
+        allow_model_dirs=tuple(args.allow_model_dir),
+        torch_threads=args.torch_threads,
+        max_streams=args.max_streams,
+        idle_s=args.idle_timeout,
+        max_images=args.max_images,
+        max_steps=args.max_steps,
+        quality=not args.no_quality,
+    )
+    try:
+        settings.check()  # a bad flag is one line before anything loads
+    except ValueError as err:
+        field = str(err).split()[0]
+        raise ValueError(f"{FLAGS.get(field, '--' + field.replace('_', '-'))}: {err}") from None
+    print(f"stretto serve: http://{args.host}:{args.port}/ (models {', '.join(settings.models)})", flush=True)
+    run(settings, log_level=args.log_level)
+
+
+def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    """`stretto serve`."""
+    import os
+
+    p = subparsers.add_parser("serve", help="serve images, text and world streams over HTTP/WebSocket, with a page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", action=shared.IntInRange, low=0, high=65535, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--models",
+        default="shapes-flux,text-masked,world-sf",
+        help="comma-separated models to load at start: shipped names or checkpoint folders; requests may name "
+        "only these (default shapes-flux,text-masked,world-sf)",
+    )
+    p.add_argument(
+        "--allow-model-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose checkpoints clients may name as `model` (loaded on first use); repeatable; "
+        "default none: clients cannot name paths",
+    )
+    p.add_argument("--queue-size", action=shared.IntInRange, low=1, high=100_000, default=32,
+                   help="requests waiting for the model at most; one more is answered 429 (default 32)")  # fmt: skip
+    p.add_argument("--max-batch", action=shared.IntInRange, low=1, high=4096, default=16,
+                   help="images in one batched generation at most (default 16)")  # fmt: skip
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="ms a waiting image request waits for others to join its batch (default 10)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a request may take; later it is cancelled and answered 504 (default 60)")  # fmt: skip
+    p.add_argument("--max-body-kib", action=shared.IntInRange, low=1, high=1024 * 1024, default=1024,
+                   help="largest request body and WebSocket message, KiB; larger is 413 (default 1024)")  # fmt: skip
+    p.add_argument("--max-images", action=shared.IntInRange, low=1, high=4096, default=8,
+                   help="most images (n) per image request, <= --max-batch (default 8)")  # fmt: skip
+    p.add_argument("--max-steps", action=shared.IntInRange, low=1, high=10_000, default=50,
+                   help="most sampler steps per image request (default 50)")  # fmt: skip
+    p.add_argument("--max-streams", action=shared.IntInRange, low=1, high=1024, default=4,
+                   help="world streams open at once; more are closed with 1013 (default 4)")  # fmt: skip
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds a world socket may send nothing before it is closed (default 60)")  # fmt: skip
+    cores = len(os.sched_getaffinity(0))
+    p.add_argument("--torch-threads", action=shared.IntInRange, low=1, high=1024, default=cores,
+                   help=f"torch intra-op threads for the model thread (default: the {cores} usable cores)")  # fmt: skip
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip scoring each image's prompt adherence with the shipped shapes classifier")  # fmt: skip
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
+                   help="uvicorn's log level (default info)")  # fmt: skip
+    shared.add_device(p)
+    p.set_defaults(func=cmd_serve)
+    return p

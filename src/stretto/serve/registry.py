@@ -1,0 +1,62 @@
+"""The models a server holds: loaded at start by name, or (only inside operator-allowed folders) on first use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from stretto import checkpoints
+from stretto.serve.errors import ApiError
+
+
+class ModelRegistry:
+    """Model names -> loaded models; a client may name a loaded model, or a folder under an allowed one."""
+
+    def __init__(self, device: str, allow_dirs: Sequence[str] = ()):
+        self.device = device
+        self.allow_dirs = [Path(d).resolve() for d in allow_dirs]
+        self.models: dict[str, nn.Module] = {}
+        self._lock = threading.Lock()  # first-use loads run on the model thread, lookups on the event loop
+
+    def load(self, name: str) -> nn.Module:
+        """Load a model now (at start, or a client's allowed folder on first use) and keep it."""
+        with self._lock:
+            if name not in self.models:
+                self.models[name] = checkpoints.load(name, device=self.device)
+            return self.models[name]
+
+    def kind(self, name: str) -> str:
+        model = self.models.get(name)
+        return model.kind if model is not None else checkpoints.read_config(checkpoints.resolve(name))["kind"]
+
+    def names(self, kinds: Sequence[str]) -> list[str]:
+        """The loaded models of these kinds, in load order."""
+        return [n for n, m in self.models.items() if m.kind in kinds]
+
+    def choose(self, requested: str | None, kinds: Sequence[str], what: str) -> str:
+        """The model a request names (or the first loaded one of these kinds); 422 if it may not be used."""
+        loaded = self.names(kinds)
+        if requested is None:
+            if not loaded:
+                raise ApiError(422, f"this server has no {what} model loaded (kinds {', '.join(kinds)})", "model")
+            return loaded[0]
+        if requested not in self.models and not self._allowed(requested):
+            where = "; checkpoint folders are refused unless the operator allows them (--allow-model-dir)"
+            if self.allow_dirs:
+                where = f", or a checkpoint folder under {', '.join(map(str, self.allow_dirs))}"
+            raise ApiError(422, f"model {requested!r} is not served; use one of {loaded}{where}", "model")
+        try:
+            kind = self.kind(requested)
+        except (checkpoints.CheckpointError, OSError) as err:
+            raise ApiError(422, f"model {requested!r}: {err}", "model") from None
+        if kind not in kinds:
+            wanted = f"a {what} model ({', '.join(kinds)})"
+            raise ApiError(422, f"model {requested!r} is a {kind} model, not {wanted}", "model")
+        return requested
+
+    def _allowed(self, requested: str) -> bool:
+        path = Path(requested).resolve()
+        return any(path.is_relative_to(d) for d in self.allow_dirs) and path.is_dir()
