@@ -70,7 +70,7 @@ $("text-form").addEventListener("submit", async (event) => {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ prompt: $("text-prompt").value, max_tokens: maxTokens, stream: true,
-                           decode: $("text-decode").value }),
+                           decode: $("text-decode").value, block_length: Number($("text-block").value) }),
   });
   if (!response.ok) { $("text-line").innerHTML = `<span class="error">${await errorText(response)}</span>`; return; }
   const reader = response.body.getReader();
