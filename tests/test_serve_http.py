@@ -282,3 +282,20 @@ def test_a_client_may_name_a_checkpoint_folder_only_under_an_allowed_one():
         assert outside.status_code == 422 and "under" in outside.json()["error"]["message"]
         wrong = post(base, IMAGES, {"prompt": PROMPT, "model": str(SHIPPED_DIR / "text-masked"), **FAST})
         assert wrong.status_code == 422 and "masked-lm model, not a text-to-image model" in wrong.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "0"], "--timeout: timeout_s must be a number in [0.001, 86400], got 0.0"),
+        (["--max-images", "20", "--max-batch", "4"], "max_images (20) must be <= max_batch (4)"),
+        (["--port", "70000"], "--port must be an integer in [0, 65535]"),
+        (["--models", "shapes-flux,nosuch"], "no checkpoint at 'nosuch'"),
+    ],
+)
+def test_serve_command_refuses_bad_flags_in_one_line(args, message, capsys):
+    from stretto.cli import main
+
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stretto: error: ") and err.count("\n") == 1 and message in err, err

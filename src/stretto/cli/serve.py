@@ -11,6 +11,8 @@ FLAGS = {"timeout_s": "--timeout", "idle_s": "--idle-timeout", "max_body_bytes":
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from stretto import checkpoints
+
     try:
         from stretto.serve.server import run
         from stretto.serve.settings import ServeSettings
@@ -40,6 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ValueError as err:
         field = str(err).split()[0]
         raise ValueError(f"{FLAGS.get(field, '--' + field.replace('_', '-'))}: {err}") from None
+    for name in settings.models:
+        checkpoints.resolve(name)  # a missing model is one line here, not a failed server start
     print(f"stretto serve: http://{args.host}:{args.port}/ (models {', '.join(settings.models)})", flush=True)
     run(settings, log_level=args.log_level)
 

@@ -115,13 +115,16 @@ async def completions(body: CompletionRequest, request: Request):
     """Complete the prompt(s); `stream: true` sends each step's committed tokens as a server-sent event."""
     state = request.app.state
     name = state.registry.choose(body.model, TEXT_KINDS, "text")
-    model = state.registry.models.get(name) or await state.worker.run(state.registry.load, name)
+    model = await state.registry.get(name, state.worker)
     check_completion(model, body)
     state.admission.enter()
     job = TextJob(state.admission)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
     if body.stream:
-        return StreamingResponse(stream_events(state, model, body, job, head), media_type="text/event-stream",
+        # The work is queued here, not when the body starts: a client gone before then leaves nothing queued.
+        events: asyncio.Queue = asyncio.Queue()
+        done = start_streamed(state, model, body, job, head, events)
+        return StreamingResponse(stream_events(state, body, job, head, events, done), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     def work():
@@ -138,6 +141,8 @@ async def completions(body: CompletionRequest, request: Request):
         return Response(status_code=CLIENT_CLOSED)
     except Cancelled:
         raise ApiError(503, "the completion was cancelled") from None
+    except ValueError as err:  # a setting the pipeline refused past the checks above
+        raise ApiError(422, str(err)) from None
     state.metrics.model_calls.labels(name).inc(res.stats.nfe)
     state.metrics.tokens.inc(res.tokens)
     choices = [{"index": i, "text": t, "finish_reason": finish_reason(t, body), "logprobs": None}
@@ -149,15 +154,9 @@ def sse(data) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
-async def stream_events(state, model, body: CompletionRequest, job: TextJob, head: dict):
-    """The SSE body: one event per decoding step, a final event with tokens/s and model calls, then [DONE].
-
-    Starlette cancels this generator when the client disconnects; the `finally` then stops the generation at
-    its next model call.
-    """
+def start_streamed(state, model, body: CompletionRequest, job: TextJob, head: dict, events: asyncio.Queue):
+    """Queue the generation; each step's event, then None, lands in `events`. Returns the work's future."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    deadline = loop.time() + state.settings.timeout_s
 
     def on_step(choices, info):
         event = {**head, "object": "text_completion.chunk", "step": info["step"], "model_calls": info["nfe"],
@@ -167,14 +166,24 @@ async def stream_events(state, model, body: CompletionRequest, job: TextJob, hea
     def work():
         return run_completion(model, body, on_step, job.cancelled.is_set) if job.start() else None
 
-    done = asyncio.ensure_future(state.worker.run(work))
-
     def ended(future: asyncio.Future) -> None:
         if not future.cancelled():
             future.exception()  # read here, so an abandoned stream's error is not logged as never retrieved
         events.put_nowait(None)
 
+    done = asyncio.ensure_future(state.worker.run(work))
     done.add_done_callback(ended)
+    return done
+
+
+async def stream_events(state, body: CompletionRequest, job: TextJob, head: dict, events: asyncio.Queue, done):
+    """The SSE body: one event per decoding step, a final event with tokens/s and model calls, then [DONE].
+
+    Starlette cancels this generator when the client disconnects; the `finally` then stops the generation at
+    its next model call.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.timeout_s
     finished = False
     try:
         while (event := await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))) is not None:

@@ -84,10 +84,8 @@ def batch_runner(app):
     state = app.state
 
     async def run(jobs: list[ImageJob]) -> None:
-        model = state.registry.models.get(jobs[0].model)
         try:
-            if model is None:
-                model = await state.worker.run(state.registry.load, jobs[0].model)
+            model = await state.registry.get(jobs[0].model, state.worker)
             answers = await state.worker.run(run_batch, model, state.classifier, jobs)
         except Exception as err:  # every job learns why its batch failed; the loop goes on
             for job in jobs:

@@ -28,6 +28,11 @@ class ModelRegistry:
                 self.models[name] = checkpoints.load(name, device=self.device)
             return self.models[name]
 
+    async def get(self, name: str, worker) -> nn.Module:
+        """The model, loaded on the model thread on first use (a client's allowed folder)."""
+        model = self.models.get(name)
+        return model if model is not None else await worker.run(self.load, name)
+
     def kind(self, name: str) -> str:
         model = self.models.get(name)
         return model.kind if model is not None else checkpoints.read_config(checkpoints.resolve(name))["kind"]

@@ -95,7 +95,7 @@ async def world_stream(websocket: WebSocket):
     try:
         params = WorldParams(**websocket.query_params)
         name = state.registry.choose(params.model, (WORLD_KIND,), "world")
-        model = state.registry.models.get(name) or await state.worker.run(state.registry.load, name)
+        model = await state.registry.get(name, state.worker)
         settings = {"mode": "kv-rolling", "steps": params.steps, "window": params.window, "sinks": params.sinks}
         StreamSettings(**settings).check(model)
     except ValidationError as err:
