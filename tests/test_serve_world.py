@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 
 import pytest
 
@@ -14,7 +15,7 @@ pytest.importorskip("websockets", reason="websockets is not installed (pip insta
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from serve_helpers import metric, served, wait_until  # noqa: E402
+from serve_helpers import ModelGate, metric, served, wait_until  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
@@ -79,6 +80,29 @@ def test_closing_the_socket_stops_the_stream_and_frees_its_kv_cache(server):
     wait_until(lambda: not app.state.streams, "the stream to be dropped")
     assert generator.gi_frame is None  # closed: its `finally` released the KV cache
     assert metric(base, "stretto_world_kv_bytes") == 0 and metric(base, "stretto_world_streams") == 0
+
+
+def test_a_client_that_vanishes_mid_stream_stops_its_stream(server):
+    base, app = server
+    cancelled = metric(base, 'stretto_cancelled_total{route="/v1/world"}')
+    with connect(ws_url(base)) as ws:
+        json.loads(ws.recv(timeout=60))
+        ws.send("R" * 64)
+        frames(ws, 1)
+        generator = next(iter(app.state.streams.values())).frames
+        with ModelGate(app.state.registry.models["world-sf"]) as gate:
+            assert gate.entered.wait(60)  # frame 1 is being made
+            ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a close frame, 63 frames still asked for
+            wait_until(lambda: metric(base, 'stretto_cancelled_total{route="/v1/world"}') > cancelled,
+                       "the server to notice the client is gone")  # fmt: skip
+            gate.release()
+            wait_until(lambda: not app.state.streams, "the stream to be dropped")
+            assert gate.calls <= 4 + 1  # the block in flight (4 steps, its commit), no further frame
+    assert generator.gi_frame is None  # closed: its `finally` released the KV cache
+    with connect(ws_url(base)) as again:  # the server goes on
+        json.loads(again.recv(timeout=60))
+        again.send("N")
+        assert frames(again, 1)[0]["index"] == 0
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
     """`stretto serve`."""
-    import os
+    from stretto.serve.settings import usable_cores
 
     p = subparsers.add_parser("serve", help="serve images, text and world streams over HTTP/WebSocket, with a page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -87,7 +87,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="world streams open at once; more are closed with 1013 (default 4)")  # fmt: skip
     p.add_argument("--idle-timeout", type=float, default=60.0,
                    help="seconds a world socket may send nothing before it is closed (default 60)")  # fmt: skip
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     p.add_argument("--torch-threads", action=shared.IntInRange, low=1, high=1024, default=cores,
                    help=f"torch intra-op threads for the model thread (default: the {cores} usable cores)")  # fmt: skip
     p.add_argument("--no-quality", action="store_true",

@@ -1,4 +1,11 @@
-"""`POST /v1/completions` for the diffusion LMs; with `stream: true` as server-sent events, step by step."""
+"""`POST /v1/completions` for the diffusion LMs; with `stream: true` as server-sent events, step by step.
+
+Streamed, every decoding step is one event, `{"object": "text_completion.chunk", "step", "model_calls",
+"choices": [{"index", "text", "tokens": [{"position", "text"}, ...]}]}` (`Unmasking` says what `text` and
+`tokens` hold); then a final event whose choices carry `finish_reason` and which has `usage` and `stretto`
+(tokens/s, model calls, steps, seconds); then `data: [DONE]`. A refusal after the stream started (the
+timeout) is an event `{"error": {...}}`.
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,11 @@ DEFAULT_MODELS = ("shapes-flux", "text-masked", "world-sf")
 MIB = 1024 * 1024
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass
 class ServeSettings:
     """The server's settings; `check` raises ValueError naming the field, the bad value and the allowed range."""
@@ -26,7 +31,7 @@ class ServeSettings:
     timeout_s: float = 60.0  # a request not answered by then is cancelled and answered 504
     max_body_bytes: int = 1 * MIB  # larger request bodies (and WebSocket messages) are refused with 413
     allow_model_dirs: tuple[str, ...] = ()  # folders whose checkpoints clients may name; none by default
-    torch_threads: int | None = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    torch_threads: int | None = field(default_factory=lambda: usable_cores())  # None: leave torch's setting
     max_streams: int = 4  # world streams open at once
     idle_s: float = 60.0  # a world socket that sends no action for this long is closed
     max_images: int = 8  # `n` of one image request

@@ -32,7 +32,7 @@ from stretto.serve.settings import WORLD_KIND
 
 router = APIRouter()
 MAX_WAITING_ACTIONS = 256
-POLICY_VIOLATION, GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1001, 1011, 1013
+CLIENT_GONE, GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
 
 
 class BadMessage(ValueError):
@@ -124,7 +124,7 @@ async def world_stream(websocket: WebSocket):
                     continue  # idle means nothing to do: a client waiting for its frames is not
                 return GOING_AWAY, f"no action for {state.settings.idle_s:g} s; closing"
             if message["type"] == "websocket.disconnect":
-                return 1000, None
+                return CLIENT_GONE, None
             try:
                 new = parse_message(message)
             except BadMessage as err:
@@ -168,9 +168,11 @@ async def world_stream(websocket: WebSocket):
         if err is None:
             code, reason = ended.result()
         elif isinstance(err, WebSocketDisconnect | OSError):  # a send to a client that has gone
-            code, reason = 1000, None
+            code, reason = CLIENT_GONE, None
         else:
             code, reason = INTERNAL_ERROR, f"the stream failed: {err}"
+        if code == CLIENT_GONE and (actions or producing.is_set()):
+            state.metrics.cancelled.labels("/v1/world").inc()  # it left frames unmade
         await close(websocket, code, reason)
     finally:
         for task in tasks:
