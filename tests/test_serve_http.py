@@ -299,3 +299,35 @@ def test_serve_command_refuses_bad_flags_in_one_line(args, message, capsys):
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stretto: error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and diffusers: 5-15 s here
+def test_the_serve_command_starts_a_server_and_stops_on_interrupt():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["--port", str(port), "--models", "world-sf", "--no-quality", "--torch-threads", "1"]
+    args += ["--log-level", "warning"]
+    proc = subprocess.Popen([sys.executable, "-m", "stretto.cli", "serve", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health").json()["models"] == {"world-sf": "world-dit"}
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, "`stretto serve` to answer /health")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.endswith("stretto: interrupted\n"), err  # Ctrl-C, as every command
+    assert f"http://127.0.0.1:{port}/" in out
