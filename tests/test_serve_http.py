@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from serve_helpers import ModelGate, idle, metric, served, wait_until  # noqa: E402
 
+from stretto.cache import get_handle  # noqa: E402
 from stretto.checkpoints import SHIPPED_DIR  # noqa: E402
 
 IMAGES, COMPLETIONS = "/v1/images/generations", "/v1/completions"
@@ -132,11 +133,17 @@ def raw_request(base: str, path: str, body: dict) -> socket.socket:
     return sock
 
 
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 def test_a_client_that_disconnects_stops_its_image_work(server):
     base, app = server
     cancelled = metric(base, 'stretto_cancelled_total{route="/v1/images/generations"}')
-    with ModelGate(app.state.registry.models["shapes-flux"]) as gate:
-        sock = raw_request(base, IMAGES, {"prompt": PROMPT, "steps": 20})
+    model = app.state.registry.models["shapes-flux"]
+    hooks = hook_count(model)
+    with ModelGate(model) as gate:
+        sock = raw_request(base, IMAGES, {"prompt": PROMPT, "steps": 20, "cache": "fora:interval=2"})
         assert gate.entered.wait(60)  # its batch is running: 1 of 20 model calls started
         sock.close()
         wait_until(lambda: metric(base, 'stretto_cancelled_total{route="/v1/images/generations"}') > cancelled,
@@ -144,6 +151,9 @@ def test_a_client_that_disconnects_stops_its_image_work(server):
         gate.release()
         idle(app)
         assert gate.calls == 1  # the held call was the last: the other 19 never ran
+        assert hook_count(model) == hooks + 1  # only the gate: the stop hook and the block counter are gone
+    assert get_handle(model) is None  # and so is the feature cache the stopped generation had applied
+    assert app.state.admission.depth == 0
     assert post(base, IMAGES, {"prompt": PROMPT, **FAST}).status_code == 200  # and the server goes on
 
 

@@ -46,6 +46,7 @@ def prompt_matches(classifier, images: torch.Tensor, prompts: list[str]) -> list
 
 def run_batch(model, classifier, jobs: list[ImageJob]) -> list[dict]:
     """On the model thread: one generation for every job still wanted; each job's answer, in order."""
+    started = time.perf_counter()
     live = [j for j in jobs if not j.cancelled.is_set()]
     if not live:
         raise Cancelled()
@@ -70,7 +71,7 @@ def run_batch(model, classifier, jobs: list[ImageJob]) -> list[dict]:
                 "wall_s": s.wall_s,
                 "batch_images": len(prompts),
                 "batch_requests": len(live),
-                "queue_s": time.perf_counter() - job.arrived - s.wall_s,
+                "queue_s": started - job.arrived,
                 "cache": {"policy": r.cache or "none", **cache} if cache else {"policy": "none"},
                 "prompt_match": [matches[i] for i in rows],
                 "seeds": [seeds[i] for i in rows],
@@ -98,8 +99,12 @@ def batch_runner(app):
         m.model_calls.labels(jobs[0].model).inc(first["model_calls"])
         m.block_evals.labels(jobs[0].model).inc(first["block_evals"])
         for job, answer in zip(jobs, answers, strict=True):
-            if not job.answer.done():
-                job.answer.set_result(answer) if answer else job.answer.set_exception(Cancelled())
+            if job.answer.done():
+                continue  # its client left or timed out
+            if answer is None:
+                job.answer.set_exception(Cancelled())
+            else:
+                job.answer.set_result(answer)
 
     return run
 
