@@ -263,6 +263,9 @@ def test_a_10_mb_body_is_refused_with_413(server):
     prompt = "a " * (5 * 1024 * 1024)
     r = post(base, IMAGES, {"prompt": prompt})
     assert r.status_code == 413 and "limit is 1048576 bytes" in r.json()["error"]["message"]
+    chunks = (b"x" * 65536 for _ in range(160))  # 10 MiB with no Content-Length: chunked
+    r = httpx.post(base + IMAGES, content=chunks, headers={"Content-Type": "application/json"}, timeout=120)
+    assert r.status_code == 413 and "limit is 1048576 bytes" in r.json()["error"]["message"]
     assert httpx.get(base + "/health").status_code == 200  # the server goes on
 
 
