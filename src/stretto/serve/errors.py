@@ -51,7 +51,7 @@ def validation_message(err: dict) -> str:
         return f"{where}: unknown field"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:80]!r})"
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {repr(got)[:80]})"
     return f"{where}: {msg}{shown}"
 
 
