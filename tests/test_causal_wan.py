@@ -16,7 +16,8 @@ import stretto
 from stretto.checkpoints import CheckpointError
 from stretto.models.causal_wan import CausalWan
 from stretto.models.wan_checkpoints import release_config
-from stretto.pipelines.world import StreamSettings, stream_video
+from stretto.pipelines.video import stream_video
+from stretto.pipelines.world import StreamSettings
 
 torch.set_num_threads(1)
 LATENT = (4, 6)

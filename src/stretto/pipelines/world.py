@@ -17,14 +17,20 @@ The KV cache is allocated within `StreamSettings.kv_budget_mib` (default 1,024 M
 would need more fails before anything is allocated, with the size asked and how to raise the limit.
 `denoise_block` is shared with Self Forcing training, which runs this very loop with gradients on one step.
 
+How a block is denoised: Self Forcing's few-step re-noising (`steps`, `shift`), or a diffusers scheduler's own
+steps (`StreamSettings.scheduler`, e.g. SkyReels-V2's UniPC; a fresh copy per block, since multistep solvers keep
+a history). Prompts may switch mid-stream (CausVid's dynamic prompting): the new text's cross-attention K/V are
+computed once, the video's KV cache is kept.
+
 The driver runs any model with the small `StreamModel` interface: stretto's `WorldDiT` (pixels, steered by one
 action per frame: `stream`, `stream_world`) and `CausalWan`, a Self-Forcing / CausVid checkpoint on diffusers'
-Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once: `stream_video`).
+Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once:
+`stretto.pipelines.video`).
 """
 
 from __future__ import annotations
 
-import itertools
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +89,22 @@ def denoise_block(
     return x0
 
 
+def scheduler_block(
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, scheduler: Any
+) -> torch.Tensor:
+    """One block through a diffusers flow-prediction scheduler's steps (its timesteps already set). Returns x0.
+
+    A fresh copy per block: SkyReels-V2's diffusion forcing gives every frame its own solver state.
+    """
+    scheduler = copy.deepcopy(scheduler)
+    x = noise[0]
+    scale = scheduler.config.num_train_timesteps
+    for t in scheduler.timesteps:
+        v = call(x, torch.full(x.shape[:2], float(t) / scale, device=x.device))
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+    return x
+
+
 class StreamModel(Protocol):
     """What the driver asks of a block-causal video model; `WorldDiT` and `CausalWan` implement it.
 
@@ -114,9 +136,18 @@ class StreamSettings:
     sinks: int = DEFAULT_SINKS
     max_frames: int | None = None  # kv only: capacity of the full cache, in frames
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
+    # a diffusers scheduler whose `steps` timesteps denoise each block (its own shift); None: Self Forcing's
+    # few-step re-noising at `steps` and `shift`
+    scheduler: Any = None
 
     def check(self, model: StreamModel) -> None:
         fpb = model.frames_per_block
+        if self.scheduler is not None and not all(
+            hasattr(self.scheduler, a) for a in ("set_timesteps", "step", "config")
+        ):
+            raise ValueError(
+                f"StreamSettings.scheduler must be a diffusers scheduler, got {type(self.scheduler).__name__}"
+            )
         budget = self.kv_budget_mib
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
             raise ValueError(f"StreamSettings.kv_budget_mib must be a number of MiB > 0, got {budget!r}")
@@ -268,6 +299,10 @@ def stream_blocks(
         device, dtype, frame_shape = p.device, p.dtype, tuple(model.frame_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     timesteps = few_step_timesteps(settings.steps, settings.shift)
+    scheduler = None
+    if settings.scheduler is not None:
+        scheduler = copy.deepcopy(settings.scheduler)  # the caller's scheduler is left as it was
+        scheduler.set_timesteps(settings.steps, device=device)
     context = _Context(model, batch, settings)
     raw, prepared = None, None
     try:
@@ -280,7 +315,11 @@ def stream_blocks(
                 raw, prepared = cond, model.condition(cond)
             began = time.perf_counter()
             noise = torch.randn((len(timesteps), batch, fpb, *frame_shape), generator=gen).to(device, dtype)
-            block = denoise_block(context.caller(prepared, fpb), noise, timesteps, clamp=model.x0_clamp)
+            call = context.caller(prepared, fpb)
+            if scheduler is None:
+                block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp)
+            else:
+                block = scheduler_block(call, noise, scheduler)
             latency = time.perf_counter() - began
             for i in range(fpb):
                 yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
@@ -312,34 +351,6 @@ def stream(
     blocks = (torch.tensor(chunk, device=device).expand(b, fpb) for chunk in block_actions(actions, fpb))
     return stream_blocks(
         model, blocks, settings, first_block=prompt, first_condition=prompt_actions, seed=seed, frames=frames
-    )
-
-
-def stream_video(
-    model: StreamModel,
-    prompt_embeds: torch.Tensor,
-    settings: StreamSettings | None = None,
-    *,
-    first_block: torch.Tensor | None = None,
-    seed: int = 0,
-    frames: int | None = None,
-) -> Iterator[StreamFrame]:
-    """Stream a text-conditioned block-causal video model (Self Forcing / CausVid on diffusers' Wan): latents.
-
-    prompt_embeds (B, L, text_dim): the text encoder's states, the same for the whole stream (their
-    cross-attention K/V are computed once). first_block: optional given latent frames (B, F, C, H, W), e.g. an
-    encoded first image. Yields `StreamFrame`s whose `pixels` are latent frames (B, C, H, W); endless unless
-    `frames` is given.
-    """
-    return stream_blocks(
-        model,
-        itertools.repeat(prompt_embeds),
-        settings,
-        first_block=first_block,
-        first_condition=prompt_embeds,
-        batch=prompt_embeds.shape[0],
-        seed=seed,
-        frames=frames,
     )
 
 
