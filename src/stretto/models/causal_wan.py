@@ -164,6 +164,10 @@ class CausalWan(nn.Module):
             processors[name] = kind(self._slot, int(layer))
         transformer.set_attn_processor(processors)
 
+    def resized(self, latent_size: tuple[int, int]) -> CausalWan:
+        """The same weights streaming another latent resolution; the new wrapper owns the transformer."""
+        return CausalWan(self.transformer, self.frames_per_block, latent_size, self.causal_training, self.fps)
+
     # -- the streaming driver's interface (stretto.pipelines.world.StreamModel) -------------------------------
     @property
     def frame_shape(self) -> tuple[int, int, int]:

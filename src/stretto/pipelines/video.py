@@ -111,6 +111,7 @@ def stream(
     switches: Mapping[int, str | torch.Tensor] | None = None,
     parts: str | Path | WanParts | None = None,
     decode: bool = True,
+    latent_size: tuple[int, int] | None = None,
     frames: int | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -120,9 +121,10 @@ def stream(
 
     model: a `CausalWan` or a path `stretto.load` reads (a Self-Forcing / CausVid release, a diffusers Wan or
     SkyReels-V2 folder). prompt: text or embeddings (B, L, text_dim); switches: {frame: prompt} (latent frame
-    index). parts: the diffusers Wan pipeline folder whose text encoder, VAE (and, for diffusion forcing, scheduler)
-    the model uses; default the pipeline folder the model sits in. frames: latent frames to generate (endless if
-    None). settings: those of `StreamSettings` (mode, steps, window, sinks, ...).
+    index). parts: the diffusers Wan pipeline folder whose text encoder, VAE (and, for diffusion forcing,
+    scheduler) the model uses; default the pipeline folder the model sits in. latent_size: (h, w) of the latent
+    frames (video size / 8 with Wan's VAE; default the model's, 60 x 104 = 480 x 832 for Self Forcing). frames:
+    latent frames to generate (endless if None). settings: those of `StreamSettings` (mode, steps, window, ...).
     """
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("the prompt is empty; give the text the stream should start from")
@@ -132,6 +134,8 @@ def stream(
 
         parts = parts if parts is not None else pipeline_folder(model)
         model = load(model, device=device, kind=CausalWan.kind)
+    if latent_size is not None and tuple(latent_size) != model.latent_size:
+        model = model.resized(tuple(latent_size))
     if not isinstance(parts, WanParts):
         parts = load_parts(parts, device=device)
     if model.diffusion_forcing and parts.scheduler is not None:
