@@ -196,3 +196,20 @@ def test_a_plain_wan_folder_streams_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotCausalWarning)
         assert stretto.load(str(save_pipeline_folder(tmp_path / "sf"))).causal_training == "self-forcing"
+
+
+# -- bench rows -------------------------------------------------------------------------------------------------
+def test_bench_stream_video_rows(tmp_path):
+    out = tmp_path / "stream.json"
+    args = ["bench", "stream", "--models", "--frames", "6", "9", "--json", str(out), "--plot", "", "--gif", "",
+            "--window", "3", "--sinks", "0", "--steps", "2"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    world_keys = {"mode", "model", "frames", "fps", "latency_ms_p95_last10pct", "kv_bytes_peak", "psnr_db_vs_sim"}
+    assert all({*world_keys, "feature_cache", "speedup_vs_uncached", "psnr_loss_db"} <= row.keys() for row in rows)
+    wan = [(r["mode"], r["frames"]) for r in rows if "wan" in r["model"]]
+    assert wan == [("recompute", 6), ("kv", 6), ("kv-rolling", 6), ("kv-rolling", 9)]
+    assert all(r["kv_bytes_constant"] for r in rows if r["mode"] == "kv-rolling")
+    sky = {r["mode"]: r for r in rows if "skyreels" in r["model"]}
+    assert list(sky) == ["diffusers-pipeline", "kv", "kv-rolling"] and sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
+    assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in rows} == {("none", 1.0, 0.0)}

@@ -44,7 +44,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
     frames = stream(
         args.model, args.prompt, switches=switches, parts=args.parts, frames=args.frames, seed=args.seed,
         device=args.device, latent_size=size, mode=args.mode, steps=args.steps,
-        window=None if args.mode == "kv" else args.window, sinks=args.sinks, max_frames=args.frames + 1,
+        window=None if args.mode == "kv" else args.window, sinks=args.sinks,
         kv_budget_mib=args.kv_budget_mib,
     )  # fmt: skip
     out, latency, interrupted = [], [], False

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -134,7 +134,7 @@ class StreamSettings:
     shift: float = DEFAULT_SHIFT
     window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
     sinks: int = DEFAULT_SINKS
-    max_frames: int | None = None  # kv only: capacity of the full cache, in frames
+    max_frames: int | None = None  # kv only: capacity of the full cache, in frames (None: the stream's `frames`)
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
     # a diffusers scheduler whose `steps` timesteps denoise each block (its own shift); None: Self Forcing's
     # few-step re-noising at `steps` and `shift`
@@ -166,7 +166,7 @@ class StreamSettings:
                 except ValueError as err:
                     raise ValueError(f"StreamSettings.{name}={getattr(self, name)}: {err}") from None
         if self.mode == "kv" and self.max_frames is None:
-            raise ValueError("mode kv needs max_frames (the full cache is allocated up front)")
+            raise ValueError("mode kv needs max_frames or a stream length (the full cache is allocated up front)")
 
 
 @dataclass
@@ -285,10 +285,13 @@ def stream_blocks(
     generated frames. Closing the generator frees the cache.
     """
     settings = settings or StreamSettings()
+    fpb = model.frames_per_block
+    if settings.mode == "kv" and settings.max_frames is None and frames is not None and frames >= 1:
+        given = 0 if first_block is None else first_block.shape[1]
+        settings = replace(settings, max_frames=given + -(-frames // fpb) * fpb)  # whole blocks hold `frames`
     settings.check(model)
     if frames is not None and frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    fpb = model.frames_per_block
     if first_block is not None:
         if first_block.shape[1] != fpb:
             raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {first_block.shape[1]}")

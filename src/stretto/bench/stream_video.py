@@ -1,0 +1,172 @@
+"""`stretto bench stream` rows for causal video models on diffusers' classes (tiny, random weights: speed only).
+
+- causal Wan (Self Forcing / CausVid's architecture, `CausalWan` on `WanTransformer3DModel`): recompute / kv /
+  kv-rolling at the short length, kv-rolling alone at the long ones (a full cache past 1,024 frames would leave
+  Wan's RoPE table; kv-rolling positions frames by cache slot and runs forever);
+- SkyReels-V2 diffusion forcing, side by side: diffusers' `SkyReelsV2DiffusionForcingPipeline` (block-causal,
+  `ar_step` = steps, so each block starts when the one before is clean; every call re-runs every frame) against
+  stretto's KV-cache stream of the same transformer and schedule, whose frames equal the pipeline's
+  (`max_abs_diff_vs_diffusers`).
+Rows carry the world rows' keys (no simulator here: `psnr_db_vs_sim` and `position_error` are None).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stretto.models.causal_wan import CausalWan
+from stretto.pipelines.video import stream_video
+from stretto.pipelines.world import StreamSettings
+
+WAN_MODEL = "causal-wan (tiny, random)"
+SKYREELS_MODEL = "skyreels-v2 (tiny, random)"
+LATENT = (8, 8)  # 16 tokens per latent frame at Wan's (1, 2, 2) patches
+FRAMES_PER_BLOCK = 3  # Self Forcing's and CausVid's block
+TEXT_TOKENS = 32
+TINY = {  # Wan's shape at 1/20 of Wan2.1-1.3B's width: 4 layers of 4 x 16-dim heads
+    "patch_size": (1, 2, 2), "num_attention_heads": 4, "attention_head_dim": 16, "in_channels": 16,
+    "out_channels": 16, "text_dim": 64, "freq_dim": 32, "ffn_dim": 256, "num_layers": 4,
+}  # fmt: skip
+
+
+def tiny_wan(seed: int = 0) -> CausalWan:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CausalWan(WanTransformer3DModel(**TINY).eval(), FRAMES_PER_BLOCK, LATENT).eval()
+
+
+def tiny_skyreels(seed: int = 0):
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    torch.manual_seed(seed)
+    return SkyReelsV2Transformer3DModel(**TINY, inject_sample_info=True).eval()
+
+
+def skyreels_scheduler():
+    """SkyReels-V2 DF's UniPC, corrector off (diffusers 0.42.1's DF pipeline feeds its corrector an overwritten
+    sample; see tests/test_video_stream.py), so both runs are one algorithm."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0, disable_corrector=list(range(1000))
+    )
+
+
+ROW_KEYS = (
+    "mode", "model", "frames", "fps", "first_frame_ms", "latency_ms_p50", "latency_ms_p95",
+    "latency_ms_p95_first10pct", "latency_ms_p95_last10pct", "kv_bytes_peak", "kv_bytes_constant",
+    "psnr_db_vs_sim", "position_error", "window", "sinks", "steps", "seconds",
+)  # fmt: skip
+
+
+def video_row(mode: str, model: str, frames: list, total_s: float, first_s: float, settings: StreamSettings) -> dict:
+    """A row with the world rows' keys, from the stream's `StreamFrame`s."""
+    lat_ms = np.array([f.latency_s for f in frames]) * 1000
+    tenth = max(1, len(lat_ms) // 10)
+    kv = [f.kv_bytes for f in frames]
+    return {
+        "mode": mode,
+        "model": model,
+        "frames": len(frames),
+        "fps": round(len(frames) / total_s, 2),
+        "first_frame_ms": round(first_s * 1000, 2),
+        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 2),
+        "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 2),
+        "latency_ms_p95_first10pct": round(float(np.percentile(lat_ms[:tenth], 95)), 2),
+        "latency_ms_p95_last10pct": round(float(np.percentile(lat_ms[-tenth:], 95)), 2),
+        "kv_bytes_peak": max(kv),
+        "kv_bytes_constant": min(kv) == max(kv),
+        "psnr_db_vs_sim": None,
+        "position_error": None,
+        "window": settings.window,
+        "sinks": settings.sinks if settings.window is not None else 0,
+        "steps": settings.steps,
+        "seconds": round(total_s, 2),
+    }
+
+
+def timed_stream(model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str) -> tuple:
+    """(frames, total seconds, seconds to the first frame) of one stream at batch 1."""
+    began, first, out = time.perf_counter(), None, []
+    for frame in tqdm(stream_video(model, prompt, settings, frames=n), total=n, desc=progress, leave=False):
+        first = first if first is not None else time.perf_counter() - began
+        out.append(frame)
+    return out, time.perf_counter() - began, first
+
+
+def video_settings(mode: str, steps: int, window: int, sinks: int, scheduler=None) -> StreamSettings:
+    """kv: the whole stream cached; kv-rolling: window + sinks; recompute: the whole context re-run per call."""
+    if mode == "kv-rolling":
+        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, scheduler=scheduler)
+    return StreamSettings(mode=mode, steps=steps, window=None, scheduler=scheduler)
+
+
+def causal_wan_rows(lengths, modes, steps: int, window: int, sinks: int, print_row) -> list[dict]:
+    """Every mode at the shortest length, kv-rolling at the longer ones."""
+    model = tiny_wan()
+    prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
+    timed_stream(model, prompt, 6, video_settings("kv-rolling", steps, window, sinks), "warm-up")
+    rows = []
+    for n in lengths:
+        for mode in modes if n == min(lengths) else [m for m in modes if m == "kv-rolling"]:
+            settings = video_settings(mode, steps, window, sinks)
+            frames, total, first = timed_stream(model, prompt, n, settings, f"{mode} causal-wan {n}")
+            rows.append(video_row(mode, WAN_MODEL, frames, total, first, settings))
+            print_row(rows[-1])
+    return rows
+
+
+def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> list[dict]:
+    """diffusers' SkyReels-V2 DF pipeline, then stretto's kv and kv-rolling streams of the same model."""
+    n = -(-n // FRAMES_PER_BLOCK) * FRAMES_PER_BLOCK  # the pipeline makes whole blocks
+    prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
+    began = time.perf_counter()
+    theirs = skyreels_pipeline(prompt, n, steps)
+    total = time.perf_counter() - began
+    rows = [{
+        **{key: None for key in ROW_KEYS}, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL, "frames": n,
+        "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # every frame comes at the end
+        "kv_bytes_peak": 0, "kv_bytes_constant": True, "sinks": 0, "steps": steps, "seconds": round(total, 2),
+    }]  # fmt: skip
+    print_row(rows[-1])
+    model = CausalWan(tiny_skyreels(), FRAMES_PER_BLOCK, LATENT).eval()
+    for mode in ("kv", "kv-rolling"):
+        settings = video_settings(mode, steps, window, sinks, skyreels_scheduler())
+        frames, total, first = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}")
+        rows.append(video_row(mode, SKYREELS_MODEL, frames, total, first, settings))
+        if mode == "kv":  # the same algorithm as the pipeline: the same frames
+            ours = torch.stack([f.pixels for f in frames], dim=1)
+            rows[-1]["max_abs_diff_vs_diffusers"] = float((ours - theirs).abs().max())
+        print_row(rows[-1])
+    return rows
+
+
+def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
+    """n latent frames (1, n, C, h, w) from diffusers' DF pipeline, block-autoregressive, from the stream's noise."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    gen = torch.Generator().manual_seed(0)  # the stream's draws (seed 0): one (steps, ...) tensor per block
+    init = torch.cat([torch.randn((steps, 1, FRAMES_PER_BLOCK, TINY["in_channels"], *LATENT), generator=gen)[0]
+                      for _ in range(n // FRAMES_PER_BLOCK)], dim=1)  # fmt: skip
+    pipe = SkyReelsV2DiffusionForcingPipeline(
+        tokenizer=None, text_encoder=None, transformer=tiny_skyreels(), vae=None, scheduler=skyreels_scheduler()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prepare = pipe.prepare_latents
+
+    def prepare_given(*args, **kwargs):  # given latents, 0.42.1 returns a bare tensor where its caller unpacks four
+        out = prepare(*args, **kwargs)
+        return (out, out.shape[2], None, 0) if torch.is_tensor(out) else out
+
+    pipe.prepare_latents = prepare_given
+    video_frames = (n - 1) * 4 + 1  # Wan's VAE: 1 + 4 (n - 1) video frames for n latent frames
+    return pipe(
+        prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=video_frames,
+        num_inference_steps=steps, guidance_scale=1.0, latents=init.transpose(1, 2).clone(), output_type="latent",
+        base_num_frames=video_frames, ar_step=steps, causal_block_size=FRAMES_PER_BLOCK,
+    ).frames.transpose(1, 2)  # fmt: skip
