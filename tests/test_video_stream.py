@@ -210,6 +210,8 @@ def test_bench_stream_video_rows(tmp_path):
     wan = [(r["mode"], r["frames"]) for r in rows if "wan" in r["model"]]
     assert wan == [("recompute", 6), ("kv", 6), ("kv-rolling", 6), ("kv-rolling", 9)]
     assert all(r["kv_bytes_constant"] for r in rows if r["mode"] == "kv-rolling")
+    computed = {r["mode"]: r["frames_computed"] for r in rows if "wan" in r["model"] and r["frames"] == 6}
+    assert computed == {"recompute": 2 * 3 + 2 * 6, "kv": 2 * 3 + 3 + 2 * 3, "kv-rolling": 2 * 3 + 3 + 2 * 3}
     sky = {r["mode"]: r for r in rows if "skyreels" in r["model"]}
     assert list(sky) == ["diffusers-pipeline", "kv", "kv-rolling"] and sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
     assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in rows} == {("none", 1.0, 0.0)}

@@ -7,11 +7,14 @@
   `ar_step` = steps, so each block starts when the one before is clean; every call re-runs every frame) against
   stretto's KV-cache stream of the same transformer and schedule, whose frames equal the pipeline's
   (`max_abs_diff_vs_diffusers`).
-Rows carry the world rows' keys (no simulator here: `psnr_db_vs_sim` and `position_error` are None).
+Rows carry the world rows' keys (no simulator here: `psnr_db_vs_sim` and `position_error` are None), plus what
+was computed, to check a speedup against the ideal on a noisy machine: `model_calls` (transformer forwards) and
+`frames_computed` (latent frames through the transformer, summed over calls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -24,7 +27,7 @@ from stretto.pipelines.world import StreamSettings
 
 WAN_MODEL = "causal-wan (tiny, random)"
 SKYREELS_MODEL = "skyreels-v2 (tiny, random)"
-LATENT = (8, 8)  # 16 tokens per latent frame at Wan's (1, 2, 2) patches
+LATENT = (16, 16)  # 64 tokens per latent frame at Wan's (1, 2, 2) patches (Self Forcing: 1,560)
 FRAMES_PER_BLOCK = 3  # Self Forcing's and CausVid's block
 TEXT_TOKENS = 32
 TINY = {  # Wan's shape at 1/20 of Wan2.1-1.3B's width: 4 layers of 4 x 16-dim heads
@@ -60,8 +63,25 @@ def skyreels_scheduler():
 ROW_KEYS = (
     "mode", "model", "frames", "fps", "first_frame_ms", "latency_ms_p50", "latency_ms_p95",
     "latency_ms_p95_first10pct", "latency_ms_p95_last10pct", "kv_bytes_peak", "kv_bytes_constant",
-    "psnr_db_vs_sim", "position_error", "window", "sinks", "steps", "seconds",
+    "psnr_db_vs_sim", "position_error", "window", "sinks", "steps", "seconds", "model_calls", "frames_computed",
 )  # fmt: skip
+
+
+@contextlib.contextmanager
+def counting(transformer):
+    """Count the transformer's forwards and the latent frames they ran: {"model_calls", "frames_computed"}."""
+    counts = {"model_calls": 0, "frames_computed": 0}
+
+    def count(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]  # (B, C, F, H, W)
+        counts["model_calls"] += 1
+        counts["frames_computed"] += x.shape[2]
+
+    handle = transformer.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield counts
+    finally:
+        handle.remove()
 
 
 def video_row(mode: str, model: str, frames: list, total_s: float, first_s: float, settings: StreamSettings) -> dict:
@@ -93,10 +113,11 @@ def video_row(mode: str, model: str, frames: list, total_s: float, first_s: floa
 def timed_stream(model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str) -> tuple:
     """(frames, total seconds, seconds to the first frame) of one stream at batch 1."""
     began, first, out = time.perf_counter(), None, []
-    for frame in tqdm(stream_video(model, prompt, settings, frames=n), total=n, desc=progress, leave=False):
-        first = first if first is not None else time.perf_counter() - began
-        out.append(frame)
-    return out, time.perf_counter() - began, first
+    with counting(model.transformer) as counts:
+        for frame in tqdm(stream_video(model, prompt, settings, frames=n), total=n, desc=progress, leave=False):
+            first = first if first is not None else time.perf_counter() - began
+            out.append(frame)
+    return out, time.perf_counter() - began, first, counts
 
 
 def video_settings(mode: str, steps: int, window: int, sinks: int, scheduler=None) -> StreamSettings:
@@ -110,13 +131,13 @@ def causal_wan_rows(lengths, modes, steps: int, window: int, sinks: int, print_r
     """Every mode at the shortest length, kv-rolling at the longer ones."""
     model = tiny_wan()
     prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
-    timed_stream(model, prompt, 6, video_settings("kv-rolling", steps, window, sinks), "warm-up")
+    timed_stream(model, prompt, 6, video_settings("kv-rolling", steps, window, sinks), None)  # warm-up
     rows = []
     for n in lengths:
         for mode in modes if n == min(lengths) else [m for m in modes if m == "kv-rolling"]:
             settings = video_settings(mode, steps, window, sinks)
-            frames, total, first = timed_stream(model, prompt, n, settings, f"{mode} causal-wan {n}")
-            rows.append(video_row(mode, WAN_MODEL, frames, total, first, settings))
+            frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} causal-wan {n}")
+            rows.append({**video_row(mode, WAN_MODEL, frames, total, first, settings), **counts})
             print_row(rows[-1])
     return rows
 
@@ -126,9 +147,9 @@ def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> lis
     n = -(-n // FRAMES_PER_BLOCK) * FRAMES_PER_BLOCK  # the pipeline makes whole blocks
     prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
     began = time.perf_counter()
-    theirs = skyreels_pipeline(prompt, n, steps)
+    theirs, counts = skyreels_pipeline(prompt, n, steps)
     total = time.perf_counter() - began
-    rows = [{
+    rows = [{**counts,
         **{key: None for key in ROW_KEYS}, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL, "frames": n,
         "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # every frame comes at the end
         "kv_bytes_peak": 0, "kv_bytes_constant": True, "sinks": 0, "steps": steps, "seconds": round(total, 2),
@@ -137,8 +158,8 @@ def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> lis
     model = CausalWan(tiny_skyreels(), FRAMES_PER_BLOCK, LATENT).eval()
     for mode in ("kv", "kv-rolling"):
         settings = video_settings(mode, steps, window, sinks, skyreels_scheduler())
-        frames, total, first = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}")
-        rows.append(video_row(mode, SKYREELS_MODEL, frames, total, first, settings))
+        frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}")
+        rows.append({**video_row(mode, SKYREELS_MODEL, frames, total, first, settings), **counts})
         if mode == "kv":  # the same algorithm as the pipeline: the same frames
             ours = torch.stack([f.pixels for f in frames], dim=1)
             rows[-1]["max_abs_diff_vs_diffusers"] = float((ours - theirs).abs().max())
@@ -147,7 +168,8 @@ def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> lis
 
 
 def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
-    """n latent frames (1, n, C, h, w) from diffusers' DF pipeline, block-autoregressive, from the stream's noise."""
+    """n latent frames (1, n, C, h, w) from diffusers' DF pipeline, block-autoregressive, from the stream's noise;
+    and its counts."""
     from diffusers import SkyReelsV2DiffusionForcingPipeline
 
     gen = torch.Generator().manual_seed(0)  # the stream's draws (seed 0): one (steps, ...) tensor per block
@@ -165,8 +187,10 @@ def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
 
     pipe.prepare_latents = prepare_given
     video_frames = (n - 1) * 4 + 1  # Wan's VAE: 1 + 4 (n - 1) video frames for n latent frames
-    return pipe(
-        prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=video_frames,
-        num_inference_steps=steps, guidance_scale=1.0, latents=init.transpose(1, 2).clone(), output_type="latent",
-        base_num_frames=video_frames, ar_step=steps, causal_block_size=FRAMES_PER_BLOCK,
-    ).frames.transpose(1, 2)  # fmt: skip
+    with counting(pipe.transformer) as counts:
+        frames = pipe(
+            prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=video_frames,
+            num_inference_steps=steps, guidance_scale=1.0, latents=init.transpose(1, 2).clone(), output_type="latent",
+            base_num_frames=video_frames, ar_step=steps, causal_block_size=FRAMES_PER_BLOCK,
+        ).frames.transpose(1, 2)  # fmt: skip
+    return frames, counts
