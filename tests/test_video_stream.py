@@ -215,3 +215,14 @@ def test_bench_stream_video_rows(tmp_path):
     sky = {r["mode"]: r for r in rows if "skyreels" in r["model"]}
     assert list(sky) == ["diffusers-pipeline", "kv", "kv-rolling"] and sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
     assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in rows} == {("none", 1.0, 0.0)}
+
+
+def test_an_anyflow_far_folder_is_refused_with_the_reason(tmp_path):
+    from diffusers import AnyFlowFARTransformer3DModel
+
+    far = AnyFlowFARTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                                       text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1)  # fmt: skip
+    far.save_pretrained(tmp_path / "far")
+    with pytest.raises(ValueError, match="AnyFlow-FAR re-encodes its whole clean prefix after every chunk"):
+        stretto.load(str(tmp_path / "far"))
+    assert main(["stream", "--model", str(tmp_path / "far"), "--prompt", "a cat"]) == 2

@@ -33,9 +33,10 @@ class WanParts:
     def encode(self, prompt: str) -> torch.Tensor:
         """Text -> (1, 512, text_dim) UMT5 states, zero past the prompt's tokens (WanPipeline's encode_prompt)."""
         if self.text is None:
+            where = f"none in {self.folder}" if self.folder else "no parts folder given"
             raise ValueError(
-                f"prompt {prompt!r} is text, but no text encoder was found (looked in {self.folder}); pass the "
-                "folder of a diffusers Wan pipeline (parts=..., --parts) or prompt embeddings"
+                f"prompt {prompt!r} is text, but no text encoder was found ({where}); pass the folder of a "
+                "diffusers Wan pipeline (parts=..., --parts), e.g. Wan2.1-T2V-1.3B-Diffusers, or prompt embeddings"
             )
         embeds, _ = self.text.encode_prompt(
             prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=self.text.device
