@@ -217,12 +217,66 @@ def test_bench_stream_video_rows(tmp_path):
     assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in rows} == {("none", 1.0, 0.0)}
 
 
-def test_an_anyflow_far_folder_is_refused_with_the_reason(tmp_path):
+# -- AnyFlow-FAR: its compressed + full caches in stretto's KVCache -----------------------------------------------
+def tiny_far(seed=0, layers=1, rope=64):
     from diffusers import AnyFlowFARTransformer3DModel
 
-    far = AnyFlowFARTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-                                       text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1)  # fmt: skip
-    far.save_pretrained(tmp_path / "far")
-    with pytest.raises(ValueError, match="AnyFlow-FAR re-encodes its whole clean prefix after every chunk"):
-        stretto.load(str(tmp_path / "far"))
-    assert main(["stream", "--model", str(tmp_path / "far"), "--prompt", "a cat"]) == 2
+    torch.manual_seed(seed)
+    model = AnyFlowFARTransformer3DModel(
+        patch_size=(1, 2, 2), compressed_patch_size=(1, 4, 4), full_chunk_limit=3, num_attention_heads=2,
+        attention_head_dim=12, in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=16, ffn_dim=32,
+        num_layers=layers, rope_max_seq_len=rope,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_anyflow_far_stream_equals_the_diffusers_pipeline():
+    from diffusers import AnyFlowFARPipeline, FlowMapEulerDiscreteScheduler
+
+    from stretto.models.causal_far import CausalFAR
+
+    # 4 chunks of 2 frames: from chunk 3 on the oldest chunk is compressed context. 16 x 16 latents make a chunk
+    # 128 tokens: diffusers 0.42.1 pads its KV-cache attention to a multiple of 128 tokens without masking the
+    # padding (zero keys take softmax weight), so at other sizes its frames are off by that
+    fpb, steps, blocks, size = 2, 2, 4, (16, 16)
+    n = fpb * blocks
+    prompt = text(batch=1)
+    model = CausalFAR(tiny_far(), fpb, size)
+    flow_map = FlowMapEulerDiscreteScheduler(shift=5.0)
+    runs = {
+        mode: latents(stream_video(model, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
+                                                                  scheduler=flow_map), frames=n))
+        for mode in ("kv", "recompute")
+    }  # fmt: skip
+    gen = torch.Generator().manual_seed(0)  # the driver's noise draws
+    init = torch.cat([torch.randn((steps, 1, fpb, 4, *size), generator=gen)[0] for _ in range(blocks)], dim=1)
+    pipe = AnyFlowFARPipeline(tokenizer=None, text_encoder=None, transformer=tiny_far(), vae=None,
+                              scheduler=FlowMapEulerDiscreteScheduler(shift=5.0))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        prompt=None, prompt_embeds=prompt, height=size[0] * 8, width=size[1] * 8, num_frames=(n - 1) * 4 + 1,
+        num_inference_steps=steps, output_type="latent", chunk_partition=[fpb] * blocks,
+        latents=init.transpose(1, 2).clone(),
+    ).frames.transpose(1, 2)  # fmt: skip
+    assert theirs.shape == runs["kv"].shape and theirs.abs().mean() > 0.5
+    assert (runs["kv"] - theirs).abs().max() < 1e-4
+    assert (runs["recompute"] - theirs).abs().max() < 1e-4  # FAR's training forward over context + block
+
+
+def test_anyflow_far_rolls_past_its_rope_table_with_constant_memory(tmp_path):
+    from diffusers import FlowMapEulerDiscreteScheduler
+
+    tiny_far(rope=12).save_pretrained(tmp_path / "far")
+    model = stretto.load(str(tmp_path / "far"))
+    assert model.kind == "causal-far"
+    settings = {"mode": "kv-rolling", "window": 6, "sinks": 3, "steps": 2, "scheduler": FlowMapEulerDiscreteScheduler()}
+    out = list(stretto.stream(model, text(batch=1), frames=60, latent_size=(8, 8), **settings))
+    assert len(out) == 60 and torch.isfinite(latents(out)).all()  # 5x its 12-frame RoPE table
+    assert len({f.kv_bytes for f in out}) == 1 and out[0].kv_bytes > 0
+    with pytest.raises(ValueError, match="StreamSettings.sinks=2: 2 frames are not whole chunks of 3"):
+        next(stretto.stream(model, text(batch=1), frames=6, latent_size=(8, 8), **{**settings, "sinks": 2}))
+    with pytest.raises(ValueError, match="past the model's RoPE table"):
+        next(stretto.stream(model, text(batch=1), frames=15, latent_size=(8, 8), mode="kv", window=None))

@@ -150,15 +150,14 @@ def load(
 
 
 def _load_causal_wan(path: str | Path, device: str | torch.device, kind: str | Sequence[str] | None):
-    from stretto.models.causal_wan import CausalWan
     from stretto.models.wan_checkpoints import load_causal_wan
 
-    kinds = [kind] if isinstance(kind, str) else list(kind or [CausalWan.kind])
-    if CausalWan.kind not in kinds:
-        expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
-        raise CheckpointError(f"checkpoint {str(path)!r} is a {CausalWan.kind!r}, expected {expected}")
     try:
         model = load_causal_wan(path)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
+    kinds = [kind] if isinstance(kind, str) else list(kind or [model.kind])
+    if model.kind not in kinds:
+        expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
+        raise CheckpointError(f"checkpoint {str(path)!r} is a {model.kind!r}, expected {expected}")
     return model.to(device).eval()

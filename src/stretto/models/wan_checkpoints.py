@@ -17,18 +17,7 @@ diffusers `WanTransformer3DModel` folder is taken as plain Wan2.1, trained on wh
 attention, unless its config.json says `"causal_training": "<method>"`: it streams, with a warning that its
 frames were never trained block-causally.
 
-AnyFlow-FAR (diffusers' `AnyFlowFARTransformer3DModel`, Gu et al. 2026, on FAR, Gu et al. 2025) is refused with
-the reason (`ANYFLOW_FAR_REASON`): its context is not a KV cache written once per block, which is what stretto's
-stream driver commits. After every chunk its pipeline re-encodes the whole clean prefix at t = 0, because a chunk
-that falls out of the last `full_chunk_limit - 1` chunks is demoted from full-resolution tokens (`patch_embedding`)
-to 4x-compressed ones (`far_patch_embedding`), and the full-resolution chunks' K/V depend on which earlier chunks
-are compressed (work grows with the square of the video's length). Its RoPE positions count frames from the first
-one and its compressed cache is sized for the whole video up front, so a stream ends at `rope_max_seq_len` frames;
-its first chunk is one frame (blocks of 1, 3, 3, ...), and it samples with a flow map (each step conditioned on a
-source and a target time). What would stream it: compressed chunks attend only to earlier compressed chunks, so
-their K/V could be written once into a rolling KVCache, and only the last `full_chunk_limit - 1` chunks re-encoded
-per chunk (a constant cost); that needs a forward diffusers' class does not expose (its cache step always starts
-from frame 0) and a driver commit that re-encodes a window of recent frames.
+An AnyFlow-FAR folder (diffusers' `AnyFlowFARTransformer3DModel`, trained chunk-causally) loads as a `CausalFAR`.
 """
 
 from __future__ import annotations
@@ -44,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from stretto.models.causal_far import CausalFAR
 from stretto.models.causal_wan import SKYREELS_CLASS, CausalWan
 
 RELEASE_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -53,11 +43,6 @@ WAN21_HEAD_DIM = 128  # every Wan2.1 size (1.3B: 12 x 128, 14B: 40 x 128)
 WAN_CLASS = "WanTransformer3DModel"
 HOSTED_CLASSES = (WAN_CLASS, SKYREELS_CLASS)
 ANYFLOW_FAR_CLASS = "AnyFlowFARTransformer3DModel"
-ANYFLOW_FAR_REASON = (
-    "AnyFlow-FAR re-encodes its whole clean prefix after every chunk (chunks leaving the last full_chunk_limit - 1 "
-    "are demoted to compressed tokens, which changes the full chunks' K/V), so it has no per-block KV cache for "
-    "stretto's stream to commit and roll; stream it with diffusers' AnyFlowFARPipeline"
-)
 CAUSAL_KEY = "causal_training"  # stretto's mark on a diffusers Wan folder whose weights were trained to stream
 SKYREELS_BLOCK = 5  # SkyReels-V2's recommended causal_block_size (with ar_step 5)
 SKYREELS_LATENT_SIZE = (68, 120)  # its 544 x 960 (540P) video through Wan's 8x VAE
@@ -86,8 +71,9 @@ def _diffusers_folder(path: Path) -> Path | None:
     return None
 
 
-def load_causal_wan(path: str | Path, **adapter) -> CausalWan:
-    """A Self-Forcing / CausVid release file or a diffusers Wan / SkyReels-V2 folder -> `CausalWan` (fp32, eval).
+def load_causal_wan(path: str | Path, **adapter) -> CausalWan | CausalFAR:
+    """A Self-Forcing / CausVid release file or a diffusers Wan / SkyReels-V2 folder -> `CausalWan` (fp32, eval);
+    an AnyFlow-FAR folder -> `CausalFAR`.
 
     Warns (`NotCausalWarning`) when the weights were not trained to stream (see the module docstring).
     """
@@ -96,6 +82,8 @@ def load_causal_wan(path: str | Path, **adapter) -> CausalWan:
         transformer, causal = _from_release(path), "self-forcing"
     else:
         transformer, causal = _from_diffusers_folder(path)
+    if causal == ANYFLOW_FAR_CLASS:
+        return CausalFAR(transformer.float().eval(), **adapter).eval()
     if type(transformer).__name__ == SKYREELS_CLASS:
         causal = "diffusion-forcing"
         blocks = transformer.config.num_frame_per_block
@@ -120,9 +108,7 @@ def _from_diffusers_folder(path: Path):
     if folder is None:
         raise ValueError(f"{path} holds no diffusers {' or '.join(HOSTED_CLASSES)} (config.json with that _class_name)")
     config = json.loads((folder / "config.json").read_text())
-    if config["_class_name"] == ANYFLOW_FAR_CLASS:
-        raise ValueError(f"{folder}: {ANYFLOW_FAR_REASON}")
-    causal = config.pop(CAUSAL_KEY, None)
+    causal = ANYFLOW_FAR_CLASS if config["_class_name"] == ANYFLOW_FAR_CLASS else config.pop(CAUSAL_KEY, None)
     cls = getattr(diffusers, config["_class_name"])
     # from_pretrained would need accelerate for Wan (its fp32-kept modules); the config and the shards suffice
     transformer = cls.from_config(config)

@@ -1,11 +1,13 @@
 """Streaming a text-prompted causal video model: prompts in (switchable mid-stream), frames out block by block.
 
-Self Forcing / CausVid on diffusers' Wan and SkyReels-V2 diffusion forcing (both `CausalWan`), through the one
-driver (`stretto.pipelines.world.stream_blocks`). A prompt is text (encoded by the model's UMT5, from its diffusers
-pipeline folder) or prompt embeddings (B, L, text_dim). A switch is CausVid's dynamic prompting (Yin et al. 2025):
-from a given frame on, the new prompt's cross-attention K/V (computed once) replace the old, and the video's KV
-cache is kept, so the scene carries on under the new text. Latents are decoded by the model's VAE as each block is
-done, its causal-convolution cache carried from block to block (`StreamDecoder`).
+Self Forcing / CausVid on diffusers' Wan and SkyReels-V2 diffusion forcing (both `CausalWan`) and AnyFlow-FAR
+(`CausalFAR`), through the one driver (`stretto.pipelines.world.stream_blocks`). A prompt is text (encoded by the
+model's UMT5, from its diffusers pipeline folder) or prompt embeddings (B, L, text_dim). A switch is CausVid's
+dynamic prompting (Yin et al. 2025): from a given frame on, the new prompt's cross-attention K/V (computed once)
+replace the old, and the video's KV cache is kept, so the scene carries on under the new text (AnyFlow-FAR, which
+re-encodes its context at every commit, re-encodes it under the new text). Latents are decoded
+by the model's VAE as each block is done, its causal-convolution cache carried from block to block
+(`StreamDecoder`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from stretto.models.causal_far import CausalFAR
 from stretto.models.causal_wan import CausalWan
 from stretto.models.wan_parts import StreamDecoder, WanParts, load_parts, pipeline_folder
 from stretto.pipelines.world import StreamFrame, StreamSettings, stream_blocks
@@ -45,8 +48,11 @@ def check_switches(switches: Mapping[int, Any] | None) -> dict[int, Any]:
     return checked
 
 
+STREAMED_KINDS = (CausalWan.kind, CausalFAR.kind)
+
+
 def stream_video(
-    model: CausalWan,
+    model: CausalWan | CausalFAR,
     prompt_embeds: torch.Tensor,
     settings: StreamSettings | None = None,
     *,
@@ -105,7 +111,7 @@ def decoded(latents: Iterator[StreamFrame], decoder: StreamDecoder, frames_per_b
 
 
 def stream(
-    model: CausalWan | str | Path,
+    model: CausalWan | CausalFAR | str | Path,
     prompt: str | torch.Tensor,
     *,
     switches: Mapping[int, str | torch.Tensor] | None = None,
@@ -119,27 +125,29 @@ def stream(
 ) -> Iterator[StreamFrame]:
     """Stream a causal video model: frames (decoded by its VAE, else latents) as each block is done.
 
-    model: a `CausalWan` or a path `stretto.load` reads (a Self-Forcing / CausVid release, a diffusers Wan or
-    SkyReels-V2 folder). prompt: text or embeddings (B, L, text_dim); switches: {frame: prompt} (latent frame
-    index). parts: the diffusers Wan pipeline folder whose text encoder, VAE (and, for diffusion forcing,
-    scheduler) the model uses; default the pipeline folder the model sits in. latent_size: (h, w) of the latent
-    frames (video size / 8 with Wan's VAE; default the model's, 60 x 104 = 480 x 832 for Self Forcing). frames:
-    latent frames to generate (endless if None). settings: those of `StreamSettings` (mode, steps, window, ...).
+    model: a `CausalWan` / `CausalFAR` or a path `stretto.load` reads (a Self-Forcing / CausVid release, a
+    diffusers Wan, SkyReels-V2 or AnyFlow-FAR folder). prompt: text or embeddings (B, L, text_dim); switches:
+    {frame: prompt} (latent frame index). parts: the diffusers Wan pipeline folder whose text encoder, VAE (and,
+    for diffusion forcing, scheduler) the model uses; default the pipeline folder the model sits in.
+    latent_size: (h, w) of the latent frames (video size / 8 with Wan's VAE; default the model's, 60 x 104 = 480
+    x 832 for Self Forcing). frames: latent frames to generate (endless if None). settings: those of
+    `StreamSettings` (mode, steps, window, ...).
     """
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("the prompt is empty; give the text the stream should start from")
     switches = check_switches(switches)
-    if not isinstance(model, CausalWan):
+    if isinstance(model, str | Path):
         from stretto.checkpoints import load
 
         parts = parts if parts is not None else pipeline_folder(model)
-        model = load(model, device=device, kind=CausalWan.kind)
+        model = load(model, device=device, kind=STREAMED_KINDS)
     if latent_size is not None and tuple(latent_size) != model.latent_size:
         model = model.resized(tuple(latent_size))
     if not isinstance(parts, WanParts):
         parts = load_parts(parts, device=device)
-    if model.diffusion_forcing and parts.scheduler is not None:
-        settings.setdefault("scheduler", parts.scheduler)  # SkyReels-V2 is sampled by its own solver, not few-step
+    own_solver = getattr(model, "diffusion_forcing", False) or getattr(model, "flow_map", False)
+    if own_solver and parts.scheduler is not None:  # SkyReels-V2's UniPC, AnyFlow's flow map: not Self Forcing's
+        settings.setdefault("scheduler", parts.scheduler)
     encoded: dict[str, torch.Tensor] = {}
 
     def embeds(p: str | torch.Tensor) -> torch.Tensor:

@@ -90,17 +90,24 @@ def denoise_block(
 
 
 def scheduler_block(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, scheduler: Any
+    call: Callable[..., torch.Tensor], noise: torch.Tensor, scheduler: Any, flow_map: bool = False
 ) -> torch.Tensor:
     """One block through a diffusers flow-prediction scheduler's steps (its timesteps already set). Returns x0.
 
     A fresh copy per block: SkyReels-V2's diffusion forcing gives every frame its own solver state.
+    flow_map: the model predicts the mean velocity from t to the next level r (AnyFlow's flow map; the call
+    gets r, the scheduler steps z_r = z_t - (sigma_t - sigma_r) u).
     """
     scheduler = copy.deepcopy(scheduler)
     x = noise[0]
     scale = scheduler.config.num_train_timesteps
-    for t in scheduler.timesteps:
-        v = call(x, torch.full(x.shape[:2], float(t) / scale, device=x.device))
+
+    def level(value) -> torch.Tensor:  # float64: the models scale it by 1000 and embed it, as their pipelines do
+        return torch.full(x.shape[:2], float(value), dtype=torch.float64, device=x.device)
+
+    for i, t in enumerate(scheduler.timesteps):
+        target = {"r": level(scheduler.sigmas[i + 1])} if flow_map else {}
+        v = call(x, level(float(t) / scale), **target)
         x = scheduler.step(v, t, x, return_dict=False)[0]
     return x
 
@@ -201,6 +208,8 @@ class _Context:
     def start(self, n_frames: int) -> int:
         """The cache slot of the next block (kv-rolling makes room first)."""
         slots = self.model.cache_slots(n_frames)
+        if not isinstance(self.cache, KVCache):  # a context the model re-encodes (AnyFlow-FAR): it places blocks
+            return 0
         if self.settings.mode == "kv-rolling":
             return self.cache.make_room(slots)
         start = self.cache.length
@@ -213,17 +222,18 @@ class _Context:
         model = self.model
         if self.cache is not None:
             start = self.start(n_frames)
-            return lambda x, t: model(x, t, cond, kv_cache=self.cache, start=start)
+            return lambda x, t, **target: model(x, t, cond, kv_cache=self.cache, start=start, **target)
         ctx, past = self._recompute_context()
         n = len(past)
         if n == 0:
-            return lambda x, t: model(x, t, cond)
+            return lambda x, t, **target: model(x, t, cond, **target)
         joint = model.context_condition(past, cond)
 
-        def call(x, t):
+        def call(x, t, **target):  # target: a flow map's r, like t per frame, 0 for the clean context
             frames = torch.cat([ctx, x], dim=1)
-            times = torch.cat([torch.zeros(x.shape[0], n, device=x.device), t], dim=1)
-            return model(frames, times, joint)[:, n:]
+            clean = {k: torch.cat([v.new_zeros(x.shape[0], n), v], dim=1) for k, v in target.items()}
+            times = torch.cat([t.new_zeros(x.shape[0], n), t], dim=1)
+            return model(frames, times, joint, **clean)[:, n:]
 
         return call
 
@@ -322,7 +332,7 @@ def stream_blocks(
             if scheduler is None:
                 block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp)
             else:
-                block = scheduler_block(call, noise, scheduler)
+                block = scheduler_block(call, noise, scheduler, flow_map=getattr(model, "flow_map", False))
             latency = time.perf_counter() - began
             for i in range(fpb):
                 yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
