@@ -214,6 +214,9 @@ def test_bench_stream_video_rows(tmp_path):
     assert computed == {"recompute": 2 * 3 + 2 * 6, "kv": 2 * 3 + 3 + 2 * 3, "kv-rolling": 2 * 3 + 3 + 2 * 3}
     sky = {r["mode"]: r for r in rows if "skyreels" in r["model"]}
     assert list(sky) == ["diffusers-pipeline", "kv", "kv-rolling"] and sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
+    far = {r["mode"]: r for r in rows if "anyflow" in r["model"]}
+    assert list(far) == ["diffusers-pipeline", "kv", "kv-rolling"] and far["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
+    assert far["kv-rolling"]["frames_computed"] < far["diffusers-pipeline"]["frames_computed"]
     assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in rows} == {("none", 1.0, 0.0)}
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from stretto import checkpoints
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
-from stretto.bench.stream_video import causal_wan_rows, skyreels_rows
+from stretto.bench.stream_video import anyflow_rows, causal_wan_rows, skyreels_rows
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
@@ -37,7 +37,7 @@ from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, StreamSettings, strea
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
-VIDEO_MODELS = ("causal-wan", "skyreels-v2")
+VIDEO_MODELS = ("causal-wan", "skyreels-v2", "anyflow-far")
 UNCACHED = {"feature_cache": "none", "speedup_vs_uncached": 1.0, "psnr_loss_db": 0.0}  # no feature cache yet
 
 
@@ -153,6 +153,8 @@ def run_stream_bench(
         rows += causal_wan_rows(lengths, modes, steps, window, sinks, show)
     if "skyreels-v2" in video_models:
         rows += skyreels_rows(min(lengths), steps, window, sinks, show)
+    if "anyflow-far" in video_models:
+        rows += anyflow_rows(min(lengths), steps, window, sinks, show)
     rows = [{**row, **UNCACHED} for row in rows]
     drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
@@ -194,7 +196,7 @@ TABLE = [
     ("p95 ms", lambda r: _num(r["latency_ms_p95"]), ">7.1f"),
     ("p95 first10%", lambda r: _num(r["latency_ms_p95_first10pct"]), ">12.1f"),
     ("p95 last10%", lambda r: _num(r["latency_ms_p95_last10pct"]), ">11.1f"),
-    ("KV MiB", lambda r: r["kv_bytes_peak"] / 2**20, ">7.1f"),
+    ("KV MiB", lambda r: _num(r["kv_bytes_peak"]) / 2**20, ">7.1f"),
     ("PSNR dB", lambda r: _num(r["psnr_db_vs_sim"]), ">7.1f"),
     ("pos err px", lambda r: _num(r["position_error"]), ">10.1f"),
 ]  # fmt: skip

@@ -6,7 +6,10 @@
 - SkyReels-V2 diffusion forcing, side by side: diffusers' `SkyReelsV2DiffusionForcingPipeline` (block-causal,
   `ar_step` = steps, so each block starts when the one before is clean; every call re-runs every frame) against
   stretto's KV-cache stream of the same transformer and schedule, whose frames equal the pipeline's
-  (`max_abs_diff_vs_diffusers`).
+  (`max_abs_diff_vs_diffusers`);
+- AnyFlow-FAR, side by side: diffusers' `AnyFlowFARPipeline` (re-encodes the whole prefix after every chunk, flex
+  attention) against stretto's kv stream (the same frames: chunks of 128 tokens, where diffusers' unmasked
+  attention padding is empty) and kv-rolling (a kept window re-encoded: constant cost per chunk).
 Rows carry the world rows' keys (no simulator here: `psnr_db_vs_sim` and `position_error` are None), plus what
 was computed, to check a speedup against the ideal on a noisy machine: `model_calls` (transformer forwards) and
 `frames_computed` (latent frames through the transformer, summed over calls).
@@ -27,6 +30,8 @@ from stretto.pipelines.world import StreamSettings
 
 WAN_MODEL = "causal-wan (tiny, random)"
 SKYREELS_MODEL = "skyreels-v2 (tiny, random)"
+ANYFLOW_MODEL = "anyflow-far (tiny, random)"
+ANYFLOW_CHUNK = 2  # 2 frames x 64 tokens: 128-token chunks
 LATENT = (16, 16)  # 64 tokens per latent frame at Wan's (1, 2, 2) patches (Self Forcing: 1,560)
 FRAMES_PER_BLOCK = 3  # Self Forcing's and CausVid's block
 TEXT_TOKENS = 32
@@ -71,11 +76,12 @@ ROW_KEYS = (
 def counting(transformer):
     """Count the transformer's forwards and the latent frames they ran: {"model_calls", "frames_computed"}."""
     counts = {"model_calls": 0, "frames_computed": 0}
+    frame_dim = 1 if type(transformer).__name__.startswith("AnyFlow") else 2  # its (B, F, C, H, W), Wan's (B, C, F..)
 
     def count(module, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]  # (B, C, F, H, W)
+        x = args[0] if args else kwargs["hidden_states"]
         counts["model_calls"] += 1
-        counts["frames_computed"] += x.shape[2]
+        counts["frames_computed"] += x.shape[frame_dim]
 
     handle = transformer.register_forward_pre_hook(count, with_kwargs=True)
     try:
@@ -194,3 +200,63 @@ def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
             base_num_frames=video_frames, ar_step=steps, causal_block_size=FRAMES_PER_BLOCK,
         ).frames.transpose(1, 2)  # fmt: skip
     return frames, counts
+
+
+def tiny_far(seed: int = 0):
+    from diffusers import AnyFlowFARTransformer3DModel
+
+    torch.manual_seed(seed)
+    return AnyFlowFARTransformer3DModel(**TINY).eval()
+
+
+def anyflow_rows(n: int, steps: int, window: int, sinks: int, print_row) -> list[dict]:
+    """diffusers' AnyFlow-FAR pipeline, then stretto's kv and kv-rolling streams of the same model and flow map."""
+    from diffusers import AnyFlowFARPipeline, FlowMapEulerDiscreteScheduler
+
+    from stretto.models.causal_far import CausalFAR
+
+    chunk = ANYFLOW_CHUNK
+    n = max(-(-n // chunk), 3) * chunk  # whole chunks; diffusers' pipeline needs at least full_chunk_limit of them
+    prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)  # the stream's draws (seed 0): one (steps, ...) tensor per chunk
+    init = torch.cat([torch.randn((steps, 1, chunk, TINY["in_channels"], *LATENT), generator=gen)[0]
+                      for _ in range(n // chunk)], dim=1)  # fmt: skip
+    pipe = AnyFlowFARPipeline(tokenizer=None, text_encoder=None, transformer=tiny_far(), vae=None,
+                              scheduler=FlowMapEulerDiscreteScheduler(shift=5.0))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    began = time.perf_counter()
+    with counting(pipe.transformer) as counts:
+        theirs = pipe(
+            prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=(n - 1) * 4 + 1,
+            num_inference_steps=steps, output_type="latent", chunk_partition=[chunk] * (n // chunk),
+            latents=init.transpose(1, 2).clone(),
+        ).frames.transpose(1, 2)  # fmt: skip
+    total = time.perf_counter() - began
+    rows = [{
+        **{key: None for key in ROW_KEYS}, **counts, "mode": "diffusers-pipeline", "model": ANYFLOW_MODEL,
+        "frames": n, "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # all frames at the end
+        "kv_bytes_peak": far_pipeline_cache_bytes(n // chunk), "kv_bytes_constant": False, "sinks": 0,
+        "steps": steps, "seconds": round(total, 2),
+    }]  # fmt: skip
+    print_row(rows[-1])
+    model = CausalFAR(tiny_far(), chunk, LATENT).eval()
+    sinks = -(-sinks // chunk) * chunk  # FAR keeps whole chunks
+    window = max(window // chunk, 1) * chunk
+    for mode in ("kv", "kv-rolling"):
+        settings = video_settings(mode, steps, window, sinks, FlowMapEulerDiscreteScheduler(shift=5.0))
+        frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} anyflow {n}")
+        rows.append({**video_row(mode, ANYFLOW_MODEL, frames, total, first, settings), **counts})
+        if mode == "kv":  # the same algorithm as the pipeline: the same frames
+            ours = torch.stack([f.pixels for f in frames], dim=1)
+            rows[-1]["max_abs_diff_vs_diffusers"] = float((ours - theirs).abs().max())
+        print_row(rows[-1])
+    return rows
+
+
+def far_pipeline_cache_bytes(chunks: int) -> int:
+    """The K/V bytes diffusers' AnyFlowFARPipeline allocates for `chunks` chunks (fp32): sized for the whole video."""
+    limit, (h, w) = 3, LATENT  # full_chunk_limit; (1, 2, 2) full and (1, 4, 4) compressed patches
+    per_token = 2 * TINY["num_layers"] * TINY["num_attention_heads"] * TINY["attention_head_dim"] * 4
+    full = limit * ANYFLOW_CHUNK * (h // 2) * (w // 2)
+    compressed = (chunks - limit + 1) * ANYFLOW_CHUNK * (h // 4) * (w // 4)
+    return per_token * (full + compressed)

@@ -147,7 +147,7 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
                    help="GIF of simulator | each model, '' for none (default stretto-results/stream.gif)")  # fmt: skip
     p.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), help="world models: names or folders")
     p.add_argument("--video-models", nargs="*", choices=VIDEO_MODELS, default=list(VIDEO_MODELS),
-                   help="tiny random causal video models on diffusers' classes, for speed (default both)")  # fmt: skip
+                   help="tiny random causal video models on diffusers' classes, for speed (default all)")  # fmt: skip
     p.add_argument("--frames", nargs="+", type=int, default=[64, 2000], help="stream lengths to time (each >= 1)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how the past is kept")
     shared.add_stream_settings(p)
