@@ -180,6 +180,12 @@ def test_stream_a_pipeline_folder_from_text_with_a_switch(tmp_path):
     video = torch.stack([f.pixels for f in frames], 1)
     assert video.shape == (1, 21, 3, LATENT[0] * 8, LATENT[1] * 8)
     assert video.abs().max() <= 1 and video.std() > 0.01
+    kw = {"frames": 6, "steps": 2, "latent_size": LATENT, "decode": False}
+    plain = latents(stretto.stream(str(folder), "a red ball", **kw))
+    switched = latents(stretto.stream(str(folder), "a red ball", switches={3: "a blue ball"}, **kw))
+    assert torch.equal(switched[:, :3], plain[:, :3])  # block 0 is before the switch
+    # the text encoder's "blue" changed the rest (a little: 3 words among Wan's 512 zero-padded text positions)
+    assert (switched[:, 3:] - plain[:, 3:]).abs().max() > 1e-3
     # text in, frames out, switch mid-stream: the same from the command line, to a GIF
     out = tmp_path / "cat.gif"
     args = ["stream", "--model", str(folder), "--prompt", "a red ball", "--switch", "3:a cat rolls", "--frames", "6",
