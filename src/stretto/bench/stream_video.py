@@ -155,8 +155,8 @@ def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> lis
     began = time.perf_counter()
     theirs, counts = skyreels_pipeline(prompt, n, steps)
     total = time.perf_counter() - began
-    rows = [{**counts,
-        **{key: None for key in ROW_KEYS}, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL, "frames": n,
+    rows = [{
+        **{key: None for key in ROW_KEYS}, **counts, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL, "frames": n,
         "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # every frame comes at the end
         "kv_bytes_peak": 0, "kv_bytes_constant": True, "sinks": 0, "steps": steps, "seconds": round(total, 2),
     }]  # fmt: skip
