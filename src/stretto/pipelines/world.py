@@ -119,7 +119,9 @@ class StreamModel(Protocol):
     noise levels t (B, T): block-causal over T with no cache, else sitting at cache slots [start, ...).
     `condition(c)` turns a block's conditioning into what the calls take (run once per distinct c);
     `context_condition(past, cond)` is the conditioning of a recompute call: the past frames', as (block
-    condition, index in its block) pairs, then the current block's.
+    condition, index in its block) pairs, then the current block's. A flow-map model (`flow_map = True`,
+    AnyFlow-FAR) also takes `r=`, the target time per frame. A model whose `new_cache` returns something other
+    than a KVCache (AnyFlow-FAR's re-encoded context) places each block in it itself (`start` is 0).
     """
 
     frames_per_block: int
