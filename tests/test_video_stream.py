@@ -50,7 +50,8 @@ def latents(frames) -> torch.Tensor:
 
 
 # -- SkyReels-V2 diffusion forcing: stretto's KV-cache stream vs diffusers' pipeline ----------------------------
-def test_skyreels_stream_with_kv_cache_equals_the_diffusers_pipeline():
+@pytest.mark.parametrize(("mode", "ar_step"), [("kv", 4), ("kv", 1), ("kv", 3), ("recompute", 2)])
+def test_skyreels_stream_equals_the_diffusers_pipeline(mode, ar_step):
     fpb, steps, blocks = 3, 4, 4
     n = fpb * blocks
     # UniPC's corrector is off: diffusers 0.42.1's DF pipeline steps each frame's solver on a view of its latents
@@ -59,8 +60,8 @@ def test_skyreels_stream_with_kv_cache_equals_the_diffusers_pipeline():
     scheduler = unipc(disable_corrector=list(range(steps)))
     prompt = text(batch=1)
     model = CausalWan(tiny_skyreels(), frames_per_block=fpb, latent_size=LATENT)
-    settings = StreamSettings(mode="kv", window=None, max_frames=n, steps=steps, scheduler=scheduler)
-    ours = latents(stream_video(model, prompt, settings, frames=n, seed=3))
+    settings = StreamSettings(mode=mode, window=None, steps=steps, scheduler=scheduler)
+    ours = latents(stream_video(model, prompt, settings, ar_step=ar_step, frames=n, seed=3))
 
     gen = torch.Generator().manual_seed(3)  # the driver's noise draws, one (steps, ...) tensor per block
     init = torch.cat([torch.randn((steps, 1, fpb, 4, *LATENT), generator=gen)[0] for _ in range(blocks)], dim=1)
@@ -79,18 +80,21 @@ def test_skyreels_stream_with_kv_cache_equals_the_diffusers_pipeline():
     theirs = pipe(
         prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=video_frames,
         num_inference_steps=steps, guidance_scale=1.0, latents=init.transpose(1, 2).clone(), output_type="latent",
-        base_num_frames=video_frames, ar_step=steps, causal_block_size=fpb,
+        base_num_frames=video_frames, ar_step=ar_step, causal_block_size=fpb,
     ).frames.transpose(1, 2)  # fmt: skip
-    # ar_step >= steps: each block starts when the one before is clean, as in a block-autoregressive stream
+    # ar_step = steps: each block starts when the one before is clean (one block at a time); below: a wave of
+    # blocks in flight, each ar_step steps behind the one before (diffusion forcing over the KV cache)
     assert ours.shape == theirs.shape and ours.abs().mean() > 0.5
     assert (ours - theirs).abs().max() < 1e-5
 
 
-def test_skyreels_rolls_past_its_rope_table_with_constant_memory():
+@pytest.mark.parametrize("ar_step", [None, 1])
+def test_skyreels_rolls_past_its_rope_table_with_constant_memory(ar_step):
     model = CausalWan(tiny_skyreels(), frames_per_block=3, latent_size=LATENT)  # RoPE table: 32 frames
-    settings = StreamSettings(mode="kv-rolling", window=6, sinks=0, steps=2, scheduler=unipc())
-    out = list(stream_video(model, text(batch=1), settings, frames=60))
-    assert torch.isfinite(latents(out)).all() and len({f.kv_bytes for f in out}) == 1
+    settings = StreamSettings(mode="kv-rolling", window=9, sinks=0, steps=2, scheduler=unipc())
+    out = list(stream_video(model, text(batch=1), settings, ar_step=ar_step, frames=60))
+    assert [f.index for f in out] == list(range(60)) and torch.isfinite(latents(out)).all()
+    assert len({f.kv_bytes for f in out}) == 1
 
 
 # -- prompt switching (CausVid's dynamic prompting) --------------------------------------------------------------
@@ -120,6 +124,10 @@ def test_bad_switches_fail_in_one_line():
         stretto.stream(model, "a cat", switches={6: "  "})
     with pytest.raises(ValueError, match=r"a prompt switch's frame must be an int >= 1 .*got 0"):
         stretto.stream(model, "a cat", switches={0: "a dog"})
+    with pytest.raises(ValueError, match=r"ar_step must be an int in \[1, steps=4\), got 0"):
+        next(stretto.stream(model, text(batch=1), ar_step=0, scheduler=unipc()))
+    with pytest.raises(ValueError, match="diffusion forcing steps every block with its own solver"):
+        next(stretto.stream(model, text(batch=1), ar_step=2))
     with pytest.raises(ValueError, match="the prompt is empty"):
         stretto.stream(model, "")
     with pytest.raises(ValueError, match="'a cat' is text, but no text encoder was found"):

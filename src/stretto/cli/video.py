@@ -43,7 +43,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
         size = (int(h), int(w))
     frames = stream(
         args.model, args.prompt, switches=switches, parts=args.parts, frames=args.frames, seed=args.seed,
-        device=args.device, latent_size=size, mode=args.mode, steps=args.steps,
+        device=args.device, latent_size=size, ar_step=args.ar_step, mode=args.mode, steps=args.steps,
         window=None if args.mode == "kv" else args.window, sinks=args.sinks,
         kv_budget_mib=args.kv_budget_mib,
     )  # fmt: skip
@@ -85,5 +85,7 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
                    help="video model: switch to PROMPT from latent frame FRAME on (repeatable)")  # fmt: skip
     p.add_argument("--parts", default=None, help="video model: diffusers Wan pipeline folder with its text encoder "
                    "and VAE (default: the folder the model sits in)")  # fmt: skip
+    p.add_argument("--ar-step", type=int, default=None, help="video model: diffusion forcing (SkyReels-V2): blocks in "
+                   "flight together, each this many steps behind the one before (< --steps)")  # fmt: skip
     p.add_argument("--latent-size", default=None, metavar="HxW", help="video model: latent frame size, video size / "
                    "8 (default the model's: 60x104 = 480x832 for Self Forcing)")  # fmt: skip

@@ -307,6 +307,12 @@ class CausalWan(nn.Module):
             rope_q = self.rope(frame_pos, frames.dtype)
             rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)
             mask = None  # the cache holds only earlier blocks, and a block sees all of itself
+            if n_pf > frames_per_block:  # blocks in flight together (diffusion forcing): block-causal among them
+                q_block = (torch.arange(n_pf, device=device) // frames_per_block).repeat_interleave(per_frame)
+                k_block = torch.full((n_keys * per_frame,), n_pf, device=device)  # past the call: never seen
+                k_block[:start] = -1  # the cache before the call: always seen
+                k_block[start : start + len(q_block)] = q_block
+                mask = k_block[None, :] <= q_block[:, None]
         call = _Call(kv_cache, start, write, rope_q, rope_k, mask, prompt)
         with self._slot.bind(call):
             out = self._transformer_call(frames.transpose(1, 2), t[:, ::pt], prompt.placeholder)

@@ -22,6 +22,7 @@ import torch
 from stretto.models.causal_far import CausalFAR
 from stretto.models.causal_wan import CausalWan
 from stretto.models.wan_parts import StreamDecoder, WanParts, load_parts, pipeline_folder
+from stretto.pipelines.diffusion_forcing import stream_diffusion_forcing
 from stretto.pipelines.world import StreamFrame, StreamSettings, stream_blocks
 
 
@@ -58,6 +59,7 @@ def stream_video(
     *,
     switches: Mapping[int, torch.Tensor] | None = None,
     first_block: torch.Tensor | None = None,
+    ar_step: int | None = None,
     seed: int = 0,
     frames: int | None = None,
 ) -> Iterator[StreamFrame]:
@@ -65,16 +67,25 @@ def stream_video(
 
     prompt_embeds (B, L, text_dim): the text encoder's states; switches: {frame: embeddings} switch the prompt
     from the first block starting at or after that frame. first_block: optional given latent frames (B, F, C, H,
-    W), e.g. an encoded first image. Endless unless `frames` is given.
+    W), e.g. an encoded first image. ar_step < steps: diffusion forcing, blocks in flight together, each lagging
+    the one before by ar_step steps (SkyReels-V2; `stretto.pipelines.diffusion_forcing`). Endless unless `frames`
+    is given.
     """
     switches = check_switches(switches)
     for frame, embeds in switches.items():
         if embeds.shape[0] != prompt_embeds.shape[0]:
             raise ValueError(f"the prompt switch at frame {frame} has batch {embeds.shape[0]}, the prompt "
                              f"{prompt_embeds.shape[0]}")  # fmt: skip
+    blocks = prompt_blocks(prompt_embeds, switches, model.frames_per_block)
+    settings = settings or StreamSettings()
+    if ar_step is not None and ar_step < settings.steps:
+        if first_block is not None:
+            raise ValueError("diffusion forcing (ar_step < steps) starts from noise; first_block is not supported")
+        return stream_diffusion_forcing(model, blocks, settings, ar_step, batch=prompt_embeds.shape[0], seed=seed,
+                                        frames=frames)  # fmt: skip
     return stream_blocks(
         model,
-        prompt_blocks(prompt_embeds, switches, model.frames_per_block),
+        blocks,
         settings,
         first_block=first_block,
         first_condition=prompt_embeds,
@@ -118,6 +129,7 @@ def stream(
     parts: str | Path | WanParts | None = None,
     decode: bool = True,
     latent_size: tuple[int, int] | None = None,
+    ar_step: int | None = None,
     frames: int | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -162,6 +174,7 @@ def stream(
         embeds(prompt),
         StreamSettings(**settings),
         switches={frame: embeds(p) for frame, p in switches.items()},
+        ar_step=ar_step,
         seed=seed,
         frames=frames,
     )

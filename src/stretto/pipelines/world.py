@@ -188,7 +188,7 @@ class StreamFrame:
     kv_bytes: int
 
 
-class _Context:
+class StreamContext:
     """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute)."""
 
     def __init__(self, model: StreamModel, batch: int, settings: StreamSettings):
@@ -318,7 +318,7 @@ def stream_blocks(
     if settings.scheduler is not None:
         scheduler = copy.deepcopy(settings.scheduler)  # the caller's scheduler is left as it was
         scheduler.set_timesteps(settings.steps, device=device)
-    context = _Context(model, batch, settings)
+    context = StreamContext(model, batch, settings)
     raw, prepared = None, None
     try:
         if first_block is not None:
