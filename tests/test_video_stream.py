@@ -226,9 +226,12 @@ def test_bench_stream_video_rows(tmp_path):
     assert all(r["kv_bytes_constant"] for r in rows if r["mode"] == "kv-rolling")
     computed = {r["mode"]: r["frames_computed"] for r in rows if "wan" in r["model"] and r["frames"] == 6}
     assert computed == {"recompute": 2 * 3 + 2 * 6, "kv": 2 * 3 + 3 + 2 * 3, "kv-rolling": 2 * 3 + 3 + 2 * 3}
-    sky = {r["mode"]: r for r in rows if "skyreels" in r["model"]}
-    assert list(sky) == ["diffusers-pipeline", "kv", "kv-rolling"] and sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
-    assert sky["kv"]["frames_computed"] < sky["diffusers-pipeline"]["frames_computed"]  # it re-runs every frame
+    sky = [(r["mode"], r["ar_step"]) for r in rows if "skyreels" in r["model"]]
+    assert sky == [(mode, a) for a in (2, 1) for mode in ("diffusers-pipeline", "kv", "kv-rolling")]
+    for ar_step in (2, 1):  # one block at a time, then the wave
+        sky = {r["mode"]: r for r in rows if "skyreels" in r["model"] and r["ar_step"] == ar_step}
+        assert sky["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
+        assert sky["kv"]["frames_computed"] < sky["diffusers-pipeline"]["frames_computed"]  # it re-runs every frame
     far = {r["mode"]: r for r in rows if "anyflow" in r["model"]}
     assert list(far) == ["diffusers-pipeline", "kv", "kv-rolling"] and far["kv"]["max_abs_diff_vs_diffusers"] < 1e-4
     assert far["kv-rolling"]["frames_computed"] < far["diffusers-pipeline"]["frames_computed"]

@@ -116,11 +116,12 @@ def video_row(mode: str, model: str, frames: list, total_s: float, first_s: floa
     }
 
 
-def timed_stream(model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str) -> tuple:
-    """(frames, total seconds, seconds to the first frame) of one stream at batch 1."""
+def timed_stream(model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str, ar_step=None) -> tuple:
+    """(frames, total seconds, seconds to the first frame, counts) of one stream at batch 1."""
     began, first, out = time.perf_counter(), None, []
+    stream = stream_video(model, prompt, settings, ar_step=ar_step, frames=n)
     with counting(model.transformer) as counts:
-        for frame in tqdm(stream_video(model, prompt, settings, frames=n), total=n, desc=progress, leave=False):
+        for frame in tqdm(stream, total=n, desc=progress, leave=False):
             first = first if first is not None else time.perf_counter() - began
             out.append(frame)
     return out, time.perf_counter() - began, first, counts
@@ -149,31 +150,37 @@ def causal_wan_rows(lengths, modes, steps: int, window: int, sinks: int, print_r
 
 
 def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> list[dict]:
-    """diffusers' SkyReels-V2 DF pipeline, then stretto's kv and kv-rolling streams of the same model."""
+    """diffusers' SkyReels-V2 DF pipeline, then stretto's kv and kv-rolling streams of the same model: one block at
+    a time (ar_step = steps), then the diffusion-forcing wave (ar_step 1: every block one step behind the last)."""
     n = -(-n // FRAMES_PER_BLOCK) * FRAMES_PER_BLOCK  # the pipeline makes whole blocks
     prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
-    began = time.perf_counter()
-    theirs, counts = skyreels_pipeline(prompt, n, steps)
-    total = time.perf_counter() - began
-    rows = [{
-        **{key: None for key in ROW_KEYS}, **counts, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL, "frames": n,
-        "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # every frame comes at the end
-        "kv_bytes_peak": 0, "kv_bytes_constant": True, "sinks": 0, "steps": steps, "seconds": round(total, 2),
-    }]  # fmt: skip
-    print_row(rows[-1])
     model = CausalWan(tiny_skyreels(), FRAMES_PER_BLOCK, LATENT).eval()
-    for mode in ("kv", "kv-rolling"):
-        settings = video_settings(mode, steps, window, sinks, skyreels_scheduler())
-        frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}")
-        rows.append({**video_row(mode, SKYREELS_MODEL, frames, total, first, settings), **counts})
-        if mode == "kv":  # the same algorithm as the pipeline: the same frames
-            ours = torch.stack([f.pixels for f in frames], dim=1)
-            rows[-1]["max_abs_diff_vs_diffusers"] = float((ours - theirs).abs().max())
+    rows = []
+    for ar_step in (steps, 1):
+        began = time.perf_counter()
+        theirs, counts = skyreels_pipeline(prompt, n, steps, ar_step)
+        total = time.perf_counter() - began
+        rows.append({
+            **{key: None for key in ROW_KEYS}, **counts, "mode": "diffusers-pipeline", "model": SKYREELS_MODEL,
+            "frames": n, "fps": round(n / total, 2), "first_frame_ms": round(total * 1000, 2),  # all at the end
+            "kv_bytes_peak": 0, "kv_bytes_constant": True, "sinks": 0, "steps": steps, "seconds": round(total, 2),
+            "ar_step": ar_step,
+        })  # fmt: skip
         print_row(rows[-1])
+        for mode in ("kv", "kv-rolling"):
+            in_flight = 0 if ar_step >= steps else -(-steps // ar_step) * FRAMES_PER_BLOCK  # the window holds them too
+            settings = video_settings(mode, steps, window + in_flight, sinks, skyreels_scheduler())
+            frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}", ar_step)
+            rows.append({**video_row(mode, SKYREELS_MODEL, frames, total, first, settings), **counts,
+                         "ar_step": ar_step})  # fmt: skip
+            if mode == "kv":  # the same algorithm as the pipeline: the same frames
+                ours = torch.stack([f.pixels for f in frames], dim=1)
+                rows[-1]["max_abs_diff_vs_diffusers"] = float((ours - theirs).abs().max())
+            print_row(rows[-1])
     return rows
 
 
-def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
+def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int, ar_step: int) -> tuple[torch.Tensor, dict]:
     """n latent frames (1, n, C, h, w) from diffusers' DF pipeline, block-autoregressive, from the stream's noise;
     and its counts."""
     from diffusers import SkyReelsV2DiffusionForcingPipeline
@@ -197,7 +204,7 @@ def skyreels_pipeline(prompt: torch.Tensor, n: int, steps: int) -> torch.Tensor:
         frames = pipe(
             prompt=None, prompt_embeds=prompt, height=LATENT[0] * 8, width=LATENT[1] * 8, num_frames=video_frames,
             num_inference_steps=steps, guidance_scale=1.0, latents=init.transpose(1, 2).clone(), output_type="latent",
-            base_num_frames=video_frames, ar_step=steps, causal_block_size=FRAMES_PER_BLOCK,
+            base_num_frames=video_frames, ar_step=ar_step, causal_block_size=FRAMES_PER_BLOCK,
         ).frames.transpose(1, 2)  # fmt: skip
     return frames, counts
 
