@@ -5,9 +5,10 @@ Self Forcing / CausVid on diffusers' Wan and SkyReels-V2 diffusion forcing (both
 model's UMT5, from its diffusers pipeline folder) or prompt embeddings (B, L, text_dim). A switch is CausVid's
 dynamic prompting (Yin et al. 2025): from a given frame on, the new prompt's cross-attention K/V (computed once)
 replace the old, and the video's KV cache is kept, so the scene carries on under the new text (AnyFlow-FAR, which
-re-encodes its context at every commit, re-encodes it under the new text). Latents are decoded
-by the model's VAE as each block is done, its causal-convolution cache carried from block to block
-(`StreamDecoder`).
+re-encodes its context at every commit, re-encodes it under the new text). Latents are decoded by the model's VAE as
+each block is done, its causal-convolution cache carried from block to block (`StreamDecoder`). With `ar_step` below
+the steps, SkyReels-V2's diffusion-forcing wave keeps several blocks in flight
+(`stretto.pipelines.diffusion_forcing`).
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def stream(
     {frame: prompt} (latent frame index). parts: the diffusers Wan pipeline folder whose text encoder, VAE (and,
     for diffusion forcing, scheduler) the model uses; default the pipeline folder the model sits in.
     latent_size: (h, w) of the latent frames (video size / 8 with Wan's VAE; default the model's, 60 x 104 = 480
-    x 832 for Self Forcing). frames: latent frames to generate (endless if None). settings: those of
-    `StreamSettings` (mode, steps, window, ...).
+    x 832 for Self Forcing). ar_step < steps: diffusion forcing, blocks in flight together (SkyReels-V2).
+    frames: latent frames to generate (endless if None). settings: those of `StreamSettings` (mode, steps,
+    window, ...).
     """
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("the prompt is empty; give the text the stream should start from")
