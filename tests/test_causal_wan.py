@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from diffusers import WanTransformer3DModel
 import stretto
 from stretto.checkpoints import CheckpointError
 from stretto.models.causal_wan import CausalWan
-from stretto.models.wan_checkpoints import release_config
-from stretto.pipelines.world import StreamSettings, stream_video
+from stretto.models.wan_checkpoints import NotCausalWarning, release_config
+from stretto.pipelines.video import stream_video
+from stretto.pipelines.world import StreamSettings
 
 torch.set_num_threads(1)
 LATENT = (4, 6)
@@ -164,13 +166,17 @@ def test_release_and_diffusers_layouts_load_the_same_weights(tmp_path):
     transformer.save_pretrained(tmp_path / "diffusers")
 
     expected = transformer.state_dict()
-    for path in (release / "self_forcing_dmd.pt", tmp_path / "diffusers"):
-        model = stretto.load(str(path))
-        assert isinstance(model, CausalWan) and model.heads == 2
+    for path, causal in ((release / "self_forcing_dmd.pt", "self-forcing"), (tmp_path / "diffusers", None)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = stretto.load(str(path))
+        assert [w.category for w in caught] == ([] if causal else [NotCausalWarning])  # a plain Wan folder warns
+        assert isinstance(model, CausalWan) and model.heads == 2 and model.causal_training == causal
         got = model.transformer.state_dict()
         assert got.keys() == expected.keys()
         assert all(torch.equal(got[k], expected[k]) for k in expected)
-    with pytest.raises(CheckpointError, match="is a 'causal-wan', expected a 'world-dit'"):
+    with pytest.raises(CheckpointError, match="is a 'causal-wan', expected a 'world-dit'"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotCausalWarning)
         stretto.load(str(tmp_path / "diffusers"), kind="world-dit")
 
 

@@ -363,6 +363,7 @@ def test_bench_stream_rows_have_the_contract_keys(tiny_world_checkpoint, tmp_pat
             "3",
             "--gif",
             str(tmp_path / "s.gif"),
+            "--video-models",  # none: the world rows alone (tests/test_video_stream.py runs the video rows)
         ]
     )
     assert code == 0
@@ -380,8 +381,14 @@ def test_bench_stream_rows_have_the_contract_keys(tiny_world_checkpoint, tmp_pat
         "kv_bytes_peak",
         "psnr_db_vs_sim",
         "position_error",
+        "feature_cache",
+        "speedup_vs_uncached",
+        "psnr_loss_db",
     }
     assert [r["mode"] for r in result["rows"]] == ["recompute", "kv", "kv-rolling"]
+    assert {(r["feature_cache"], r["speedup_vs_uncached"], r["psnr_loss_db"]) for r in result["rows"]} == {
+        ("none", 1.0, 0.0)
+    }
     for row in result["rows"]:
         assert keys <= row.keys() and row["frames"] == 6 and row["fps"] > 0
     assert result["rows"][0]["kv_bytes_peak"] == 0 and result["rows"][1]["kv_bytes_peak"] > 0

@@ -1,14 +1,15 @@
 """stretto: make diffusion models generate fast (fewer steps, cheaper steps, streaming).
 
 The public API, one function per modality; each hands over to the pipeline that owns the whole run:
-images `stretto.pipelines.image`, text `stretto.pipelines.text`, world streams `stretto.pipelines.world`.
+images `stretto.pipelines.image`, text `stretto.pipelines.text`, world streams `stretto.pipelines.world`,
+causal video streams `stretto.pipelines.video`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["generate", "generate_text", "load", "stream_world", "__version__"]
+__all__ = ["generate", "generate_text", "load", "stream", "stream_world", "__version__"]
 
 
 def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None, dtype=None):
@@ -45,3 +46,15 @@ def stream_world(model, actions, **kwargs):
     from stretto.pipelines.world import stream_world as _stream_world
 
     return _stream_world(model, actions, **kwargs)
+
+
+def stream(model, prompt, **kwargs):
+    """Stream a causal video model (Self Forcing / CausVid / SkyReels-V2) from a text prompt, switchable mid-stream.
+
+    Yields frames (decoded by the model's VAE, else latents) as each block is done; see
+    stretto.pipelines.video.stream, e.g. `stretto.stream("ckpt.pt", "a cat", parts="Wan2.1-T2V-1.3B-Diffusers",
+    switches={48: "a dog"}, frames=96)`.
+    """
+    from stretto.pipelines.video import stream as _stream
+
+    return _stream(model, prompt, **kwargs)

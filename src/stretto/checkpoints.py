@@ -123,11 +123,16 @@ def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
         found = f"published {model_type} checkpoint"
     else:
         found = read_config(folder).get("kind")
-    kinds = [kind] if isinstance(kind, str) else list(kind)
+    require_kind(name_or_path, found, kind)
+    return found
+
+
+def require_kind(name_or_path: str | Path, found: str, kind: str | Sequence[str] | None) -> None:
+    """A CheckpointError naming both kinds unless `found` is `kind` (or one of several; None takes any)."""
+    kinds = [kind] if isinstance(kind, str) else list(kind or [found])
     if found not in kinds:
         expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
         raise CheckpointError(f"checkpoint {str(name_or_path)!r} is a {found!r}, expected {expected}")
-    return found
 
 
 def load(
@@ -181,17 +186,13 @@ def load(
 def _load_causal_wan(
     path: str | Path, device: str | torch.device, kind: str | Sequence[str] | None, dtype: torch.dtype
 ):
-    from stretto.models.causal_wan import CausalWan
     from stretto.models.wan_checkpoints import load_causal_wan
 
-    kinds = [kind] if isinstance(kind, str) else list(kind or [CausalWan.kind])
-    if CausalWan.kind not in kinds:
-        expected = f"a {kinds[0]!r}" if len(kinds) == 1 else "one of " + ", ".join(repr(k) for k in kinds)
-        raise CheckpointError(f"checkpoint {str(path)!r} is a {CausalWan.kind!r}, expected {expected}")
     try:
         model = load_causal_wan(path)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
+    require_kind(path, model.kind, kind)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -206,6 +207,6 @@ def _load_published(folder: Path, device: str | torch.device, kind: str | Sequen
         model = load_published(folder, device, dtype)
     except LayoutError as err:
         raise CheckpointError(str(err)) from None
-    if kinds is not None and model.kind not in kinds:
-        raise CheckpointError(f"checkpoint {str(folder)!r} is a {model.kind!r}, expected one of {list(kinds)}")
+    if kind is not None:  # (a natively hosted model such as DiffusionGemma has no stretto kind)
+        require_kind(folder, model.kind, kind)
     return model

@@ -11,6 +11,10 @@ Rows: mode x model x stream length, each a single held-out episode at batch 1 (a
   (searched over the whole map) and the true one: did the model follow the actions?
 Plus a drift curve: PSNR against the simulator vs frame index, averaged over several episodes, for the
 teacher-forced and the Self-Forcing model (kv-rolling). Speeds are wall time within this one run.
+Causal video models on diffusers' classes add rows (`stretto.bench.stream_video`: a tiny causal Wan, and
+SkyReels-V2 beside its own diffusers pipeline). Every row also carries the feature-cache contract keys:
+`"feature_cache"` (the policy applied inside the stream, "none"), `"speedup_vs_uncached"` and `"psnr_loss_db"`
+(against the uncached stream of the same model and settings: 1.0 and 0.0 for an uncached row).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from stretto import checkpoints
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
+from stretto.bench.stream_video import anyflow_rows, causal_wan_rows, skyreels_rows
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
@@ -32,6 +37,9 @@ from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, StreamSettings, strea
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
+VIDEO_MODELS = ("causal-wan", "skyreels-v2", "anyflow-far")
+SIDE_BY_SIDE_FRAMES = 24  # frames of the rows beside diffusers' own pipelines
+UNCACHED = {"feature_cache": "none", "speedup_vs_uncached": 1.0, "psnr_loss_db": 0.0}  # no feature cache yet
 
 
 @dataclass
@@ -128,8 +136,9 @@ def run_stream_bench(
     gif_path: str | Path | None = None,
     gif_frames: int = 240,
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
+    video_models: tuple[str, ...] = VIDEO_MODELS,
 ) -> dict:
-    """Every mode x model x length row, then the drift curves (and a GIF: simulator | each model)."""
+    """Every mode x model x length row, the video models' rows, then the drift curves (and a GIF)."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
     rows = []
     print(table_header(TABLE))
@@ -140,6 +149,15 @@ def run_stream_bench(
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
                 print(table_row(rows[-1], TABLE))
+    show = lambda row: print(table_row(row, TABLE))  # noqa: E731
+    if "causal-wan" in video_models:
+        rows += causal_wan_rows(lengths, modes, steps, window, sinks, show)
+    side_by_side = min(*lengths, SIDE_BY_SIDE_FRAMES)  # diffusers' pipelines re-run a growing past: keep it short
+    if "skyreels-v2" in video_models:
+        rows += skyreels_rows(side_by_side, steps, window, sinks, show)
+    if "anyflow-far" in video_models:
+        rows += anyflow_rows(side_by_side, steps, window, sinks, show)
+    rows = [{**row, **UNCACHED} for row in rows]
     drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
     for name, model in loaded.items():
@@ -154,14 +172,15 @@ def run_stream_bench(
         }
         panels["simulator"] = run.truth[:gif_frames, 0]
         panels[name] = run.frames[:gif_frames, 0]
-    if gif_path:
+    if gif_path and panels:
         from stretto.images import save_gif
 
         save_gif(list(panels.values()), gif_path, fps=12, scale=4)
         print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")
     result = {
         "machine": describe_machine(device),
-        "command": f"stretto bench stream --steps {steps} --window {window} --sinks {sinks}",
+        "command": f"stretto bench stream --steps {steps} --window {window} --sinks {sinks} --frames "
+        + " ".join(map(str, lengths)),
         "held_out_map_seed": HELD_OUT_SEED,
         "rows": rows,
         "drift": {"mode": "kv-rolling", "episodes": drift_episodes, "frames": drift_frames, "models": drift},
@@ -174,13 +193,20 @@ def run_stream_bench(
 
 
 TABLE = [
-    ("mode", "mode", "<11"), ("model", "model", "<9"), ("frames", "frames", ">6"), ("fps", "fps", ">7.1f"),
-    ("first ms", "first_frame_ms", ">8.1f"), ("p50 ms", "latency_ms_p50", ">7.1f"),
-    ("p95 ms", "latency_ms_p95", ">7.1f"),
-    ("p95 first10%", "latency_ms_p95_first10pct", ">12.1f"), ("p95 last10%", "latency_ms_p95_last10pct", ">11.1f"),
-    ("KV MiB", lambda r: r["kv_bytes_peak"] / 2**20, ">7.1f"), ("PSNR dB", "psnr_db_vs_sim", ">7.1f"),
-    ("pos err px", "position_error", ">10.1f"),
+    ("mode", "mode", "<18"), ("model", "model", "<26"), ("frames", "frames", ">6"), ("fps", "fps", ">7.1f"),
+    ("first ms", "first_frame_ms", ">8.1f"), ("p50 ms", lambda r: _num(r["latency_ms_p50"]), ">7.1f"),
+    ("p95 ms", lambda r: _num(r["latency_ms_p95"]), ">7.1f"),
+    ("p95 first10%", lambda r: _num(r["latency_ms_p95_first10pct"]), ">12.1f"),
+    ("p95 last10%", lambda r: _num(r["latency_ms_p95_last10pct"]), ">11.1f"),
+    ("KV MiB", lambda r: _num(r["kv_bytes_peak"]) / 2**20, ">7.1f"),
+    ("PSNR dB", lambda r: _num(r["psnr_db_vs_sim"]), ">7.1f"),
+    ("pos err px", lambda r: _num(r["position_error"]), ">10.1f"),
 ]  # fmt: skip
+
+
+def _num(value) -> float:
+    """A row's number, NaN where the row has none (video rows: no simulator to compare with)."""
+    return float("nan") if value is None else value
 
 
 def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
@@ -188,12 +214,13 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     ax_fps, ax_drift = axes[0]
     rows = result["rows"]
     labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" for r in rows]
-    colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green"}
+    colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green", "diffusers-pipeline": "tab:red"}
     ax_fps.barh(range(len(rows)), [r["fps"] for r in rows], color=[colours[r["mode"]] for r in rows])
     ax_fps.set_yticks(range(len(rows)), labels, fontsize=7)
     ax_fps.invert_yaxis()
     for i, r in enumerate(rows):
-        ax_fps.text(r["fps"], i, f" {r['fps']:.1f} fps, {r['psnr_db_vs_sim']:.1f} dB", va="center", fontsize=7)
+        psnr = "" if r["psnr_db_vs_sim"] is None else f", {r['psnr_db_vs_sim']:.1f} dB"
+        ax_fps.text(r["fps"], i, f" {r['fps']:.1f} fps{psnr}", va="center", fontsize=7)
     ax_fps.set_xlabel("frames / s (batch 1, 4 denoising steps per frame)")
     ax_fps.set_title("throughput by mode")
     drift = result["drift"]

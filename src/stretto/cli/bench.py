@@ -83,7 +83,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
         args.json, args.plot, models=tuple(args.models), lengths=tuple(args.frames), modes=tuple(args.modes),
         steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
         drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
-        kv_budget_mib=args.kv_budget_mib,
+        kv_budget_mib=args.kv_budget_mib, video_models=tuple(args.video_models),
     )  # fmt: skip
 
 
@@ -138,14 +138,16 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
 
 def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench stream`."""
-    from stretto.bench.stream import DEFAULT_MODELS
+    from stretto.bench.stream import DEFAULT_MODELS, VIDEO_MODELS
     from stretto.pipelines.world import MODES
 
     p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
     shared.add_results(p, "stream")
     p.add_argument("--gif", default=f"{shared.RESULTS_DIR}/stream.gif",
                    help="GIF of simulator | each model, '' for none (default stretto-results/stream.gif)")  # fmt: skip
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="world models: names or folders")
+    p.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), help="world models: names or folders")
+    p.add_argument("--video-models", nargs="*", choices=VIDEO_MODELS, default=list(VIDEO_MODELS),
+                   help="tiny random causal video models on diffusers' classes, for speed (default all)")  # fmt: skip
     p.add_argument("--frames", nargs="+", type=int, default=[64, 2000], help="stream lengths to time (each >= 1)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how the past is kept")
     shared.add_stream_settings(p)

@@ -1,4 +1,8 @@
-"""`stretto stream`: stream the world model block by block, steered by actions, to a GIF (or live in the terminal)."""
+"""`stretto stream`: stream the world model block by block, steered by actions, to a GIF (or live in the terminal).
+
+A Wan checkpoint as --model (Self-Forcing / CausVid release, diffusers Wan or SkyReels-V2 folder) streams that
+video model from --prompt instead (`stretto.cli.video`).
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,16 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     from stretto.data import world
     from stretto.eval.metrics import frame_psnr
     from stretto.images import save_gif
+    from stretto.models.wan_checkpoints import is_wan_checkpoint
     from stretto.models.world_dit import WorldDiT
     from stretto.pipelines import world as world_pipeline
 
+    if is_wan_checkpoint(args.model):
+        from stretto.cli.video import cmd_stream_video
+
+        return cmd_stream_video(args)
+    if args.prompt or args.switch or args.parts:
+        raise ValueError(f"--prompt, --switch and --parts are for video models; {args.model!r} is a world model")
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     model = checkpoints.load(args.model, device=args.device, kind=WorldDiT.kind)
@@ -109,12 +120,16 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
     from stretto.pipelines.world import MODES
 
     keys = ", ".join(f"{k}={v}" for k, v in ACTION_NAMES.items())
-    p = subparsers.add_parser("stream", help="stream the world model block by block, steered by actions")
+    from stretto.cli.video import add_video_arguments
+
+    p = subparsers.add_parser("stream", help="stream a world model (actions) or a causal video model (text)")
     p.add_argument("--actions", default=None, help=f"action symbols ({keys}), repeated to --frames; "
                    "default a random walk")  # fmt: skip
     p.add_argument("--frames", type=int, default=240, help="frames to generate (>= 1, default 240)")
     p.add_argument("--out", default="world.gif", help="GIF of the stream (default world.gif)")
-    shared.add_model(p, DEFAULT_WORLD_MODEL, what="world model (world-sf, world-tf)")
+    shared.add_model(p, DEFAULT_WORLD_MODEL, what="world model (world-sf, world-tf), or a causal video model (a "
+                     "Self-Forcing / CausVid .pt, a diffusers Wan or SkyReels-V2 folder)")  # fmt: skip
+    add_video_arguments(p)
     p.add_argument("--world", action=shared.IntInRange, high=shared.MAX_SEED - 1, default=1_000_000,
                    help="map seed of the simulated world (prompt + truth, default 1000000)")  # fmt: skip
     shared.add_seed(p, "noise seed (and the random walk's)")

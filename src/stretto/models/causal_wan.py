@@ -12,6 +12,11 @@ stream, so a rolling window keeps positions inside the model's RoPE table howeve
 released Self Forcing rotates by absolute frame and breaks past its table). Wan rotates interleaved pairs of head
 dims; queries and keys are reordered to the halves layout `kv_attention` uses, which leaves q . k unchanged.
 Timesteps are per frame (diffusers' Wan takes one per token), in the driver's [0, 1], scaled to Wan's 1000.
+
+SkyReels-V2's diffusion-forcing transformer (diffusers' `SkyReelsV2Transformer3DModel`, Chen et al. 2025) is
+Wan's architecture with per-frame timesteps and an fps embedding: the same processors host it, and its calls go
+through its own diffusion-forcing forward (`enable_diffusion_forcing=True`, one integer timestep per frame, as its
+pipeline's int64 step template gives them).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
 
 SELF_FORCING_FRAMES_PER_BLOCK = 3  # latent frames per block in Self Forcing and CausVid
 SELF_FORCING_LATENT_SIZE = (60, 104)  # 480 x 832 video through Wan's 8x VAE
+SKYREELS_CLASS = "SkyReelsV2Transformer3DModel"
+SKYREELS_DEFAULT_FPS = 24  # its pipeline's default; the fps embedding has two entries: 16 fps and anything else
 
 
 @dataclass
@@ -110,6 +117,9 @@ class CausalWan(nn.Module):
     """diffusers' WanTransformer3DModel streamed block by block with a KV cache (CausVid / Self Forcing).
 
     Wrapping swaps the transformer's attention processors: the newest CausalWan on a transformer owns it.
+    Hosts diffusers' `WanTransformer3DModel` and `SkyReelsV2Transformer3DModel` (diffusion forcing).
+    `causal_training` says how the weights were trained to stream ("self-forcing", "diffusion-forcing", ...), or
+    None for a Wan trained on whole clips (bidirectional), which streams, but not well (the loader warns).
     """
 
     kind = "causal-wan"
@@ -120,9 +130,14 @@ class CausalWan(nn.Module):
         transformer: nn.Module,
         frames_per_block: int = SELF_FORCING_FRAMES_PER_BLOCK,
         latent_size: tuple[int, int] = SELF_FORCING_LATENT_SIZE,
+        causal_training: str | None = None,
+        fps: int = SKYREELS_DEFAULT_FPS,
     ):
         super().__init__()
         config = transformer.config
+        self.diffusion_forcing = type(transformer).__name__ == SKYREELS_CLASS
+        self.causal_training = causal_training
+        self.fps = fps
         self.patch = tuple(config.patch_size)
         pt, ph, pw = self.patch
         if config.added_kv_proj_dim is not None or config.image_dim is not None:
@@ -148,6 +163,10 @@ class CausalWan(nn.Module):
             kind = CausalSelfAttention if which == "attn1" else PromptCrossAttention
             processors[name] = kind(self._slot, int(layer))
         transformer.set_attn_processor(processors)
+
+    def resized(self, latent_size: tuple[int, int]) -> CausalWan:
+        """The same weights streaming another latent resolution; the new wrapper owns the transformer."""
+        return CausalWan(self.transformer, self.frames_per_block, latent_size, self.causal_training, self.fps)
 
     # -- the streaming driver's interface (stretto.pipelines.world.StreamModel) -------------------------------
     @property
@@ -288,12 +307,26 @@ class CausalWan(nn.Module):
             rope_q = self.rope(frame_pos, frames.dtype)
             rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)
             mask = None  # the cache holds only earlier blocks, and a block sees all of itself
-        timestep = 1000 * t[:, ::pt].to(frames.dtype)
+            if n_pf > frames_per_block:  # blocks in flight together (diffusion forcing): block-causal among them
+                q_block = (torch.arange(n_pf, device=device) // frames_per_block).repeat_interleave(per_frame)
+                k_block = torch.full((n_keys * per_frame,), n_pf, device=device)  # past the call: never seen
+                k_block[:start] = -1  # the cache before the call: always seen
+                k_block[start : start + len(q_block)] = q_block
+                mask = k_block[None, :] <= q_block[:, None]
+        call = _Call(kv_cache, start, write, rope_q, rope_k, mask, prompt)
+        with self._slot.bind(call):
+            out = self._transformer_call(frames.transpose(1, 2), t[:, ::pt], prompt.placeholder)
+        return out.transpose(1, 2)
+
+    def _transformer_call(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The hosted class's own forward, given its timestep layout. t: (B, patch frames) in [0, 1]."""
+        timestep = 1000 * t.to(x.dtype)
+        if self.diffusion_forcing:  # SkyReels-V2: one integer timestep per patch frame, the way it was trained
+            fps = [0 if self.fps == 16 else 1] * x.shape[0]
+            timestep = timestep.round().long()
+            return self.transformer(x, timestep, text, enable_diffusion_forcing=True, fps=fps, return_dict=False)[0]
         if bool((timestep == timestep[:, :1]).all()):
             timestep = timestep[:, 0]  # one level for the whole call: Wan's (B,) path, no per-token embedding
         else:
-            timestep = timestep.repeat_interleave(per_frame, dim=1)  # per frame, spread to its tokens
-        call = _Call(kv_cache, start, write, rope_q, rope_k, mask, prompt)
-        with self._slot.bind(call):
-            out = self.transformer(frames.transpose(1, 2), timestep, prompt.placeholder, return_dict=False)[0]
-        return out.transpose(1, 2)
+            timestep = timestep.repeat_interleave(self.tokens_per_patch_frame, dim=1)  # per frame, to its tokens
+        return self.transformer(x, timestep, text, return_dict=False)[0]

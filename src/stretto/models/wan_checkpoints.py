@@ -8,7 +8,16 @@ only, so a pickle that would run code is refused, with the command that converts
 Sizes are read from the weights; the head count (which no weight shape gives) comes from a `config.json` beside
 the file (Wan's own `num_heads`, or diffusers' `num_attention_heads`), else Wan2.1's 128-dim heads.
 The diffusers layout is a folder with the transformer's `config.json` and safetensors (or a pipeline folder
-with a `transformer/` subfolder).
+with a `transformer/` subfolder), holding a `WanTransformer3DModel` or SkyReels-V2's diffusion-forcing
+`SkyReelsV2Transformer3DModel`.
+
+Which weights were trained to stream: a released Self-Forcing / CausVid file was (block-causal, its own
+rollouts); a SkyReels-V2 DF transformer was (diffusion forcing: per-frame noise levels, causal blocks); a
+diffusers `WanTransformer3DModel` folder is taken as plain Wan2.1, trained on whole clips with bidirectional
+attention, unless its config.json says `"causal_training": "<method>"`: it streams, with a warning that its
+frames were never trained block-causally.
+
+An AnyFlow-FAR folder (diffusers' `AnyFlowFARTransformer3DModel`, trained chunk-causally) loads as a `CausalFAR`.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,13 +33,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from stretto.models.causal_wan import CausalWan
+from stretto.models.causal_far import CausalFAR
+from stretto.models.causal_wan import SKYREELS_CLASS, CausalWan
 
 RELEASE_SUFFIXES = (".pt", ".pth", ".safetensors")
 STATE_KEYS = ("generator_ema", "generator")  # the EMA weights are the ones Self Forcing samples with (--use_ema)
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.")
 WAN21_HEAD_DIM = 128  # every Wan2.1 size (1.3B: 12 x 128, 14B: 40 x 128)
 WAN_CLASS = "WanTransformer3DModel"
+HOSTED_CLASSES = (WAN_CLASS, SKYREELS_CLASS)
+ANYFLOW_FAR_CLASS = "AnyFlowFARTransformer3DModel"
+CAUSAL_KEY = "causal_training"  # stretto's mark on a diffusers Wan folder whose weights were trained to stream
+SKYREELS_BLOCK = 5  # SkyReels-V2's recommended causal_block_size (with ar_step 5)
+SKYREELS_LATENT_SIZE = (68, 120)  # its 544 x 960 (540P) video through Wan's 8x VAE
+
+
+class NotCausalWarning(UserWarning):
+    """A Wan checkpoint streamed block-causally although it was trained on whole clips (bidirectional)."""
 
 
 def is_wan_checkpoint(path: str | Path) -> bool:
@@ -46,26 +66,52 @@ def _diffusers_folder(path: Path) -> Path | None:
             config = json.loads((folder / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(config, dict) and config.get("_class_name") == WAN_CLASS:
+        if isinstance(config, dict) and config.get("_class_name") in (*HOSTED_CLASSES, ANYFLOW_FAR_CLASS):
             return folder
     return None
 
 
-def load_causal_wan(path: str | Path, **adapter) -> CausalWan:
-    """A Self-Forcing / CausVid release file or a diffusers Wan folder -> `CausalWan` (fp32, eval mode)."""
+def load_causal_wan(path: str | Path, **adapter) -> CausalWan | CausalFAR:
+    """A Self-Forcing / CausVid release file or a diffusers Wan / SkyReels-V2 folder -> `CausalWan` (fp32, eval);
+    an AnyFlow-FAR folder -> `CausalFAR`.
+
+    Warns (`NotCausalWarning`) when the weights were not trained to stream (see the module docstring).
+    """
     path = Path(path)
-    transformer = _from_release(path) if path.is_file() else _from_diffusers_folder(path)
-    return CausalWan(transformer.float().eval(), **adapter).eval()
+    if path.is_file():
+        transformer, causal = _from_release(path), "self-forcing"
+    else:
+        transformer, causal = _from_diffusers_folder(path)
+    if causal == ANYFLOW_FAR_CLASS:
+        return CausalFAR(transformer.float().eval(), **adapter).eval()
+    if type(transformer).__name__ == SKYREELS_CLASS:
+        causal = "diffusion-forcing"
+        blocks = transformer.config.num_frame_per_block
+        adapter.setdefault("frames_per_block", blocks if blocks > 1 else SKYREELS_BLOCK)
+        adapter.setdefault("latent_size", SKYREELS_LATENT_SIZE)
+    if causal is None:
+        warnings.warn(
+            f"{path} is a plain Wan transformer, trained on whole clips with bidirectional attention, not "
+            "block-causally: streamed block by block its frames will drift and break up. Stream a Self-Forcing / "
+            f"CausVid release or a SkyReels-V2 DF folder, or, if these weights were trained to stream, add "
+            f'"{CAUSAL_KEY}": "<method>" to its config.json',
+            NotCausalWarning,
+            stacklevel=2,
+        )
+    return CausalWan(transformer.float().eval(), causal_training=causal, **adapter).eval()
 
 
 def _from_diffusers_folder(path: Path):
-    from diffusers import WanTransformer3DModel
+    import diffusers
 
     folder = _diffusers_folder(path)
     if folder is None:
-        raise ValueError(f"{path} holds no diffusers {WAN_CLASS} (config.json with _class_name {WAN_CLASS!r})")
+        raise ValueError(f"{path} holds no diffusers {' or '.join(HOSTED_CLASSES)} (config.json with that _class_name)")
+    config = json.loads((folder / "config.json").read_text())
+    causal = ANYFLOW_FAR_CLASS if config["_class_name"] == ANYFLOW_FAR_CLASS else config.pop(CAUSAL_KEY, None)
+    cls = getattr(diffusers, config["_class_name"])
     # from_pretrained would need accelerate for Wan (its fp32-kept modules); the config and the shards suffice
-    transformer = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
+    transformer = cls.from_config(config)
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise ValueError(f"{folder} has a Wan config.json but no .safetensors weights")
@@ -76,7 +122,7 @@ def _from_diffusers_folder(path: Path):
         except (SafetensorError, OSError) as err:
             raise ValueError(f"corrupt safetensors file {shard}: {err}") from None
     _load_weights(transformer, state, folder)
-    return transformer
+    return transformer, causal if isinstance(causal, str) and causal else None
 
 
 def read_release(path: Path) -> dict[str, torch.Tensor]:

@@ -17,17 +17,23 @@ The KV cache is allocated within `StreamSettings.kv_budget_mib` (default 1,024 M
 would need more fails before anything is allocated, with the size asked and how to raise the limit.
 `denoise_block` is shared with Self Forcing training, which runs this very loop with gradients on one step.
 
+How a block is denoised: Self Forcing's few-step re-noising (`steps`, `shift`), or a diffusers scheduler's own
+steps (`StreamSettings.scheduler`, e.g. SkyReels-V2's UniPC; a fresh copy per block, since multistep solvers keep
+a history). Prompts may switch mid-stream (CausVid's dynamic prompting): the new text's cross-attention K/V are
+computed once, the video's KV cache is kept.
+
 The driver runs any model with the small `StreamModel` interface: stretto's `WorldDiT` (pixels, steered by one
 action per frame: `stream`, `stream_world`) and `CausalWan`, a Self-Forcing / CausVid checkpoint on diffusers'
-Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once: `stream_video`).
+Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once:
+`stretto.pipelines.video`).
 """
 
 from __future__ import annotations
 
-import itertools
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -83,6 +89,29 @@ def denoise_block(
     return x0
 
 
+def scheduler_block(
+    call: Callable[..., torch.Tensor], noise: torch.Tensor, scheduler: Any, flow_map: bool = False
+) -> torch.Tensor:
+    """One block through a diffusers flow-prediction scheduler's steps (its timesteps already set). Returns x0.
+
+    A fresh copy per block: SkyReels-V2's diffusion forcing gives every frame its own solver state.
+    flow_map: the model predicts the mean velocity from t to the next level r (AnyFlow's flow map; the call
+    gets r, the scheduler steps z_r = z_t - (sigma_t - sigma_r) u).
+    """
+    scheduler = copy.deepcopy(scheduler)
+    x = noise[0]
+    scale = scheduler.config.num_train_timesteps
+
+    def level(value) -> torch.Tensor:  # float64: the models scale it by 1000 and embed it, as their pipelines do
+        return torch.full(x.shape[:2], float(value), dtype=torch.float64, device=x.device)
+
+    for i, t in enumerate(scheduler.timesteps):
+        target = {"r": level(scheduler.sigmas[i + 1])} if flow_map else {}
+        v = call(x, level(float(t) / scale), **target)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+    return x
+
+
 class StreamModel(Protocol):
     """What the driver asks of a block-causal video model; `WorldDiT` and `CausalWan` implement it.
 
@@ -90,7 +119,9 @@ class StreamModel(Protocol):
     noise levels t (B, T): block-causal over T with no cache, else sitting at cache slots [start, ...).
     `condition(c)` turns a block's conditioning into what the calls take (run once per distinct c);
     `context_condition(past, cond)` is the conditioning of a recompute call: the past frames', as (block
-    condition, index in its block) pairs, then the current block's.
+    condition, index in its block) pairs, then the current block's. A flow-map model (`flow_map = True`,
+    AnyFlow-FAR) also takes `r=`, the target time per frame. A model whose `new_cache` returns something other
+    than a KVCache (AnyFlow-FAR's re-encoded context) places each block in it itself (`start` is 0).
     """
 
     frames_per_block: int
@@ -112,11 +143,20 @@ class StreamSettings:
     shift: float = DEFAULT_SHIFT
     window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
     sinks: int = DEFAULT_SINKS
-    max_frames: int | None = None  # kv only: capacity of the full cache, in frames
+    max_frames: int | None = None  # kv only: capacity of the full cache, in frames (None: the stream's `frames`)
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
+    # a diffusers scheduler whose `steps` timesteps denoise each block (its own shift); None: Self Forcing's
+    # few-step re-noising at `steps` and `shift`
+    scheduler: Any = None
 
     def check(self, model: StreamModel) -> None:
         fpb = model.frames_per_block
+        if self.scheduler is not None and not all(
+            hasattr(self.scheduler, a) for a in ("set_timesteps", "step", "config")
+        ):
+            raise ValueError(
+                f"StreamSettings.scheduler must be a diffusers scheduler, got {type(self.scheduler).__name__}"
+            )
         budget = self.kv_budget_mib
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
             raise ValueError(f"StreamSettings.kv_budget_mib must be a number of MiB > 0, got {budget!r}")
@@ -135,7 +175,7 @@ class StreamSettings:
                 except ValueError as err:
                     raise ValueError(f"StreamSettings.{name}={getattr(self, name)}: {err}") from None
         if self.mode == "kv" and self.max_frames is None:
-            raise ValueError("mode kv needs max_frames (the full cache is allocated up front)")
+            raise ValueError("mode kv needs max_frames or a stream length (the full cache is allocated up front)")
 
 
 @dataclass
@@ -148,7 +188,7 @@ class StreamFrame:
     kv_bytes: int
 
 
-class _Context:
+class StreamContext:
     """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute)."""
 
     def __init__(self, model: StreamModel, batch: int, settings: StreamSettings):
@@ -170,6 +210,8 @@ class _Context:
     def start(self, n_frames: int) -> int:
         """The cache slot of the next block (kv-rolling makes room first)."""
         slots = self.model.cache_slots(n_frames)
+        if not isinstance(self.cache, KVCache):  # a context the model re-encodes (AnyFlow-FAR): it places blocks
+            return 0
         if self.settings.mode == "kv-rolling":
             return self.cache.make_room(slots)
         start = self.cache.length
@@ -182,17 +224,18 @@ class _Context:
         model = self.model
         if self.cache is not None:
             start = self.start(n_frames)
-            return lambda x, t: model(x, t, cond, kv_cache=self.cache, start=start)
+            return lambda x, t, **target: model(x, t, cond, kv_cache=self.cache, start=start, **target)
         ctx, past = self._recompute_context()
         n = len(past)
         if n == 0:
-            return lambda x, t: model(x, t, cond)
+            return lambda x, t, **target: model(x, t, cond, **target)
         joint = model.context_condition(past, cond)
 
-        def call(x, t):
+        def call(x, t, **target):  # target: a flow map's r, like t per frame, 0 for the clean context
             frames = torch.cat([ctx, x], dim=1)
-            times = torch.cat([torch.zeros(x.shape[0], n, device=x.device), t], dim=1)
-            return model(frames, times, joint)[:, n:]
+            clean = {k: torch.cat([v.new_zeros(x.shape[0], n), v], dim=1) for k, v in target.items()}
+            times = torch.cat([t.new_zeros(x.shape[0], n), t], dim=1)
+            return model(frames, times, joint, **clean)[:, n:]
 
         return call
 
@@ -254,10 +297,13 @@ def stream_blocks(
     generated frames. Closing the generator frees the cache.
     """
     settings = settings or StreamSettings()
+    fpb = model.frames_per_block
+    if settings.mode == "kv" and settings.max_frames is None and frames is not None and frames >= 1:
+        given = 0 if first_block is None else first_block.shape[1]
+        settings = replace(settings, max_frames=given + -(-frames // fpb) * fpb)  # whole blocks hold `frames`
     settings.check(model)
     if frames is not None and frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    fpb = model.frames_per_block
     if first_block is not None:
         if first_block.shape[1] != fpb:
             raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {first_block.shape[1]}")
@@ -268,7 +314,11 @@ def stream_blocks(
         device, dtype, frame_shape = p.device, p.dtype, tuple(model.frame_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     timesteps = few_step_timesteps(settings.steps, settings.shift)
-    context = _Context(model, batch, settings)
+    scheduler = None
+    if settings.scheduler is not None:
+        scheduler = copy.deepcopy(settings.scheduler)  # the caller's scheduler is left as it was
+        scheduler.set_timesteps(settings.steps, device=device)
+    context = StreamContext(model, batch, settings)
     raw, prepared = None, None
     try:
         if first_block is not None:
@@ -280,7 +330,11 @@ def stream_blocks(
                 raw, prepared = cond, model.condition(cond)
             began = time.perf_counter()
             noise = torch.randn((len(timesteps), batch, fpb, *frame_shape), generator=gen).to(device, dtype)
-            block = denoise_block(context.caller(prepared, fpb), noise, timesteps, clamp=model.x0_clamp)
+            call = context.caller(prepared, fpb)
+            if scheduler is None:
+                block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp)
+            else:
+                block = scheduler_block(call, noise, scheduler, flow_map=getattr(model, "flow_map", False))
             latency = time.perf_counter() - began
             for i in range(fpb):
                 yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
@@ -312,34 +366,6 @@ def stream(
     blocks = (torch.tensor(chunk, device=device).expand(b, fpb) for chunk in block_actions(actions, fpb))
     return stream_blocks(
         model, blocks, settings, first_block=prompt, first_condition=prompt_actions, seed=seed, frames=frames
-    )
-
-
-def stream_video(
-    model: StreamModel,
-    prompt_embeds: torch.Tensor,
-    settings: StreamSettings | None = None,
-    *,
-    first_block: torch.Tensor | None = None,
-    seed: int = 0,
-    frames: int | None = None,
-) -> Iterator[StreamFrame]:
-    """Stream a text-conditioned block-causal video model (Self Forcing / CausVid on diffusers' Wan): latents.
-
-    prompt_embeds (B, L, text_dim): the text encoder's states, the same for the whole stream (their
-    cross-attention K/V are computed once). first_block: optional given latent frames (B, F, C, H, W), e.g. an
-    encoded first image. Yields `StreamFrame`s whose `pixels` are latent frames (B, C, H, W); endless unless
-    `frames` is given.
-    """
-    return stream_blocks(
-        model,
-        itertools.repeat(prompt_embeds),
-        settings,
-        first_block=first_block,
-        first_condition=prompt_embeds,
-        batch=prompt_embeds.shape[0],
-        seed=seed,
-        frames=frames,
     )
 
 
