@@ -116,6 +116,11 @@ class KVCache:
         return rows[:, None], starts[:, None] + torch.arange(n, device=starts.device)
 
     @staticmethod
+    def _end(start: int | torch.Tensor, n: int) -> int:
+        """One past the last slot of n slots from (per-row) start."""
+        return int(torch.as_tensor(start).max()) + n
+
+    @staticmethod
     def _is_ragged(start: int | torch.Tensor, rows: torch.Tensor | None) -> bool:
         return rows is not None or isinstance(start, torch.Tensor)
 
@@ -187,7 +192,7 @@ class KVCache:
     def _read_rows(self, k_buf, v_buf, start, k, v, rows) -> tuple[torch.Tensor, torch.Tensor]:
         """read() of some rows or per-row starts: the rows' K/V gathered, fresh k, v laid over their own slots."""
         rows = torch.arange(k_buf.shape[0], device=k_buf.device) if rows is None else rows
-        n = self.length if k is None else max(self.length, int(torch.as_tensor(start).max()) + k.shape[2])
+        n = self.length if k is None else max(self.length, self._end(start, k.shape[2]))
         ks, vs = k_buf[rows, :, :n], v_buf[rows, :, :n]  # advanced indexing: copies, so overrides stay local
         if k is not None:
             r, slots = self._ragged(start, k.shape[2], rows)
@@ -208,15 +213,7 @@ class KVCache:
         rows: only these batch rows; start may be a tensor of per-row starts (overriding blocks is not per row).
         """
         if self._is_ragged(start if positions is not None else 0, rows):
-            rows = torch.arange(self.positions.shape[0], device=self.positions.device) if rows is None else rows
-            n = self.length if positions is None else max(self.length, int(torch.as_tensor(start).max()) + positions.shape[1])
-            pos, val, blk = self.positions[rows, :n], self.valid[rows, :n], self.blocks[:n].clone()
-            if positions is not None:
-                _, slots = self._ragged(start, positions.shape[1], rows)
-                r = torch.arange(len(rows), device=rows.device)[:, None]
-                pos[r, slots], val[r, slots] = positions, valid
-                blk[slots] = blocks.expand_as(slots)
-            return pos, val, blk
+            return self._meta_rows(start, positions, valid, blocks, rows)
         if positions is None:
             n = self.length
             return self.positions[:, :n], self.valid[:, :n], self.blocks[:n]
@@ -225,6 +222,18 @@ class KVCache:
         pos = torch.cat([self.positions[:, :start], positions, self.positions[:, end:n]], dim=1)
         val = torch.cat([self.valid[:, :start], valid, self.valid[:, end:n]], dim=1)
         blk = torch.cat([self.blocks[:start], blocks, self.blocks[end:n]])
+        return pos, val, blk
+
+    def _meta_rows(self, start, positions, valid, blocks, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """meta() of some rows or per-row starts: gathered, with this call's positions and validity laid over."""
+        rows = torch.arange(self.positions.shape[0], device=self.positions.device) if rows is None else rows
+        n = self.length if positions is None else max(self.length, self._end(start, positions.shape[1]))
+        pos, val, blk = self.positions[rows, :n], self.valid[rows, :n], self.blocks[:n].clone()
+        if positions is not None:
+            _, slots = self._ragged(start, positions.shape[1], rows)
+            r = torch.arange(len(rows), device=rows.device)[:, None]
+            pos[r, slots], val[r, slots] = positions, valid
+            blk[slots] = blocks.expand_as(slots)
         return pos, val, blk
 
     # -- eviction and the rolling window -------------------------------------------------------------------
