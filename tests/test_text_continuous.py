@@ -10,6 +10,9 @@ from stretto.data import text_tasks
 from stretto.models.kv_cache import CacheRows, KVCache
 from stretto.models.text_lm import BlockDiffusionLM, MaskedDiffusionLM, TextLMConfig
 from stretto.pipelines import text
+from stretto.pipelines.text.caches import parse_cache
+from stretto.pipelines.text.decode import decode
+from stretto.pipelines.text.rules import Threshold
 
 torch.set_num_threads(1)
 PROMPTS = ["12+345=", "copy:abcdef=", "rev:xy=", "dup:abcdefghij=", "7+8=", "copy:zz="]  # lengths 4 to 15
@@ -115,8 +118,24 @@ def test_a_model_that_gives_nan_stops_with_the_step_named():
     torch.manual_seed(0)
     m = NaNLM(TextLMConfig(n_layer=1, n_head=2, n_embd=32, max_len=96)).eval()
     for batch_size in (None, 2):
-        with pytest.raises(RuntimeError, match=r"step 0 of the block at slots \[\d+, \d+\): .*non-finite confidence"):
+        stopped = r"step 0 of the block at slots \[\d+, \d+\): .*non-finite confidence"
+        with pytest.raises(FloatingPointError, match=stopped):
             text.generate(m, PROMPTS[:3], 16, 8, cache="dual", batch_size=batch_size)
+
+
+class Stalls(Threshold):
+    """A broken rule: commits nothing. Decoding must stop, not loop."""
+
+    def select(self, conf, step):
+        return torch.zeros_like(conf, dtype=torch.bool)
+
+
+def test_a_rule_that_commits_nothing_stops_with_the_step_named():
+    m = tiny()
+    canvas, gen_start = text.make_canvas(m, PROMPTS[:2], 16)
+    stopped = rf"^decoding stopped at step 0 of the block at slots \[{gen_start}, {gen_start + 8}\): .* no token"
+    with pytest.raises(RuntimeError, match=stopped):
+        decode(m, canvas, gen_start, 8, Stalls(), parse_cache("dual"))
 
 
 def test_kv_cache_writes_and_reads_rows_at_their_own_starts():
@@ -150,5 +169,16 @@ def test_shipped_models_decode_each_prompt_as_alone_under_continuous_batching():
         m = stretto.load(name)
         for cache in caches:
             alone = [text.generate(m, [p], decode="threshold:tau=0.7", cache=cache).canvas for p in prompts]
-            for i, res in text.generate_stream(m, prompts, decode="threshold:tau=0.7", cache=cache, batch_size=4):
+            run = stretto.generate_text_stream(m, prompts, decode="threshold:tau=0.7", cache=cache, batch_size=4)
+            for i, res in run:
                 assert torch.equal(res.canvas, alone[i]), (name, cache, prompts[i])
+
+
+def test_cli_text_decodes_by_continuous_batching(capsys):
+    from stretto.cli import main
+
+    main(["text", "dup:abc=", "rev:xy=", "copy:hello=", "--batch-size", "2", "--decode", "threshold:tau=0.7"])
+    lines = capsys.readouterr().out.splitlines()
+    alone = [text.generate(stretto.load("text-masked"), [p], decode="threshold:tau=0.7").texts[0] for p in
+             ("dup:abc=", "rev:xy=", "copy:hello=")]  # fmt: skip
+    assert lines == [f"{p}{a}" for p, a in zip(("dup:abc=", "rev:xy=", "copy:hello="), alone, strict=True)]

@@ -3,9 +3,12 @@
 The pieces (the dInfer split): `block_spans` walks the generation region block by block (semi-autoregressive,
 LLaDA); a rule (`rules`) picks the positions to commit each step; a cache mode (`caches`, with its `refresh`
 options) decides which slots each step runs against the KV cache; `ModelCalls` (`model_calls`) runs and counts
-the model calls. `decode` runs them and counts everything: model calls (nfe), steps, token positions evaluated,
-refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability of x0. A committed token is
-never re-masked.
+the model calls. `decode_program` is the loop, written as a generator that yields each model call it needs, so
+the same loop drives a static batch (`decode`: every call run at once on all rows) and each row of a continuous
+batch (`continuous`: calls of rows at different blocks batched together). Counted: model calls (nfe), steps,
+token positions evaluated, refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability
+of x0. A committed token is never re-masked. Progress guard: a non-finite confidence or a step that commits
+nothing stops decoding with an error naming the step.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def finish_at_eot(canvas: torch.Tensor, gen_start: int, mask_id: int, eot_id: in
 
 def check_progress(conf: torch.Tensor, is_masked: torch.Tensor, commit: torch.Tensor, where: str) -> None:
     """The decode loop's progress guard: raise at a non-finite confidence or a step that commits nothing."""
-    if not (torch.isfinite(conf) | ~is_masked).all():
-        raise RuntimeError(f"decoding stopped at {where}: the model gave a non-finite confidence (NaN or inf logits)")
+    if not (torch.isfinite(conf) | ~is_masked).all():  # the model's fault: the CLI prints it as one line
+        raise FloatingPointError(f"decoding stopped at {where}: the model gave a non-finite confidence (NaN logits)")
     if not (commit.any(1) | ~is_masked.any(1)).all():
         raise RuntimeError(f"decoding stopped at {where}: the rule committed no token for a row with masks left")
 
