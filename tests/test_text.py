@@ -382,6 +382,7 @@ def test_bench_rows_and_plot(tmp_path):
     assert set(cont) == set(alone) and all(cont[k]["accuracy"] == alone[k]["accuracy"] for k in cont)
     summary = result["continuous"]["m"]
     assert summary["batch_size"] == 4 and summary["vs_baseline"] > 0 and summary["vs_batch1_fastest"] > 0
+    assert summary["calls_vs_batch1_fastest"] > 1  # rows at different blocks shared their model calls
     assert (tmp_path / "t.png").exists() and (tmp_path / "t.json").exists()
 
 

@@ -168,6 +168,7 @@ class ContinuousBatch:
 
     @torch.no_grad()
     def __iter__(self) -> Iterator[tuple[int, TextResult]]:
+        self.stats, self.lanes.nfe = DecodeStats(cache_bytes=self.stats.cache_bytes), 0  # counts per run
         waiting, free = deque(range(len(self.encoded))), list(self.lanes.every_lane)
         busy: dict[int, Lane] = {}
         finished: list[int] = []
