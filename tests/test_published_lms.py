@@ -12,6 +12,7 @@ import torch
 from published_layouts import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint, write_diffusion_gemma
 
 import stretto
+import stretto.pipelines.text
 from stretto.checkpoints import CheckpointError
 from stretto.cli import main
 from stretto.models.hf_cache import SlotCache
@@ -101,6 +102,20 @@ def test_block_cache_of_the_block_causal_families_is_exact(family, decode, block
         got, stats = _tokens(model, cache, decode, block_length)
         assert torch.equal(got, want), cache
         assert stats.positions < plain.positions  # the cache ran fewer positions than the full canvas each step
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_continuous_batching_decodes_each_prompt_as_alone_on_a_published_model(family, loaded):
+    model = loaded[family]
+    prompts = ["ab=", "hello12=", "a=", "xyz 9=", "q+1="]
+    caches = ("none", "block:fuse") if model.block_causal else ("none", "dual", "prefix:every=2")
+    for cache in caches:
+        alone = [_tokens(model, cache, "threshold:tau=0.5", 4, [p])[0] for p in prompts]
+        run = stretto.pipelines.text.generate_stream(
+            model, prompts, 8, 4, "threshold:tau=0.5", cache, early_stop=False, batch_size=2
+        )
+        for i, res in run:
+            assert torch.equal(res.canvas, alone[i]), (cache, prompts[i])
 
 
 @pytest.mark.parametrize("family", ["llada", "Dream"])

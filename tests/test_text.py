@@ -365,15 +365,24 @@ def test_bench_rows_and_plot(tmp_path):
         rules=("threshold:tau=0.9",),
         caches={"masked-lm": ("dual",), "block-lm": ("block",)},
         tasks=("add", "copy"),
+        continuous=4,
     )
     rows = result["rows"]
     assert {(r["model"], r["cache"]) for r in rows} >= {("m", "dual"), ("b", "block"), ("b", "none")}
     keys = {"model", "decode", "cache", "params", "accuracy", "tokens_per_s", "nfe", "speedup", "gen_length"}
-    assert all(keys <= set(r) for r in rows) and "machine" in result
-    assert [r["speedup"] for r in rows if r["decode"] == "lowconf:tokens=1" and r["cache"] == "none"] == [
-        1.0,
-        1.0,
+    assert all(keys | {"batch_size", "batching"} <= set(r) for r in rows) and "machine" in result
+    baseline = ("lowconf:tokens=1", "none", "static")
+    static_base = [r for r in rows if (r["decode"], r["cache"], r["batching"]) == baseline]
+    assert sorted((r["model"], r["batch_size"], r["speedup"]) for r in static_base) == [
+        (m, bs, 1.0) for m in ("b", "m") for bs in (1, 3, 4)
     ]
+    # continuous rows: every setting at batch 4, each prompt decoded as alone, so accuracy as at batch 1
+    cont = {(r["model"], r["decode"], r["cache"]): r for r in rows if r["batching"] == "continuous"}
+    alone = {(r["model"], r["decode"], r["cache"]): r for r in rows if r["batch_size"] == 1}
+    assert set(cont) == set(alone) and all(cont[k]["accuracy"] == alone[k]["accuracy"] for k in cont)
+    summary = result["continuous"]["m"]
+    assert summary["batch_size"] == 4 and summary["vs_baseline"] > 0 and summary["vs_batch1_fastest"] > 0
+    assert summary["calls_vs_batch1_fastest"] > 1  # rows at different blocks shared their model calls
     assert (tmp_path / "t.png").exists() and (tmp_path / "t.json").exists()
 
 

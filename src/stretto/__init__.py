@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["generate", "generate_text", "load", "stream", "stream_world", "__version__"]
+__all__ = ["generate", "generate_text", "generate_text_stream", "load", "stream", "stream_world", "__version__"]
 
 
 def load(name_or_path: str = "shapes-flux", device: str = "cpu", kind: str | None = None, dtype=None):
@@ -39,6 +39,13 @@ def generate_text(model, prompts, **kwargs):
     from stretto.pipelines.text import generate as _generate
 
     return _generate(model, prompts, **kwargs)
+
+
+def generate_text_stream(model, prompts, **kwargs):
+    """Continuous batching: (index, result) per prompt as it finishes; see stretto.pipelines.text.generate_stream."""
+    from stretto.pipelines.text import generate_stream as _generate_stream
+
+    return _generate_stream(model, prompts, **kwargs)
 
 
 def stream_world(model, actions, **kwargs):

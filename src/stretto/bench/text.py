@@ -1,13 +1,19 @@
 """`stretto bench text`: every decoding rule x cache on the held-out text tasks, for each text model.
 
 Each row: exact-match accuracy (overall and per task), generated tokens per second, model calls per batch
-(nfe), token positions run per row (the compute actually spent), and the speedup over the baseline row of the
-same model (LLaDA's low-confidence remasking, one token per step, no cache).
-Speeds are wall time in this one run.
+(nfe), token positions run per row (the compute actually spent), the batch size and how rows were batched
+("static": a batch steps until its last row is done; "continuous": rows leave as they finish), and the speedup
+over the baseline row of the same model and batch size (LLaDA's low-confidence remasking, one token per step,
+no cache, static batch).
+With `continuous=N` (default 16) each model also gets, in the same run, every setting at batch 1 (static) and
+under continuous batching at batch N, the static baseline at batch N, and a summary: the fastest continuous
+setting against the batch-N baseline and against the fastest batch-1 setting ("fastest": the most tokens/s
+among settings within one point of exact match of the baseline). Speeds are wall time in this one run.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +23,7 @@ from stretto import checkpoints
 from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
-from stretto.pipelines.text import default_block_length, generate
+from stretto.pipelines.text import default_block_length, generate, generate_stream
 
 BASELINE = ("lowconf:tokens=1", "none")
 RULES = ("lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1")
@@ -36,8 +42,11 @@ def evaluate(
     gen_length: int,
     block_length: int,
     batch_size: int,
+    continuous: bool = False,
 ) -> dict:
-    """Decode the examples in batches; accuracy, speed and counts."""
+    """Decode the examples in batches (static, or one continuous batch of batch_size lanes); accuracy, speed, counts."""
+    if continuous:
+        return evaluate_continuous(model, examples, decode, cache, gen_length, block_length, batch_size)
     correct, by_task, seconds, tokens = 0, {}, 0.0, 0
     nfe = steps = positions = refreshes = 0
     for i in range(0, len(examples), batch_size):
@@ -55,12 +64,50 @@ def evaluate(
     n_batches = -(-len(examples) // batch_size)
     return {
         "accuracy": correct / len(examples),
-        "accuracy_by_task": {t: hit / n for t, (hit, n) in by_task.items()},
+        "accuracy_by_task": accuracy_by_task(by_task),
         "tokens_per_s": tokens / max(seconds, 1e-9),
         "nfe": nfe / n_batches,
         "steps": steps / n_batches,
         "positions_per_sample": positions / len(examples),
         "refreshes": refreshes,
+        "seconds": seconds,
+    }
+
+
+def accuracy_by_task(by_task: dict[str, tuple[int, int]]) -> dict[str, float]:
+    return {t: hit / n for t, (hit, n) in by_task.items()}
+
+
+def evaluate_continuous(
+    model: TextLM,
+    examples: list[text_tasks.Example],
+    decode: str,
+    cache: str,
+    gen_length: int,
+    block_length: int,
+    batch_size: int,
+) -> dict:
+    """Decode the examples in one continuous batch of batch_size lanes; counts per batch_size prompts, as static."""
+    correct, by_task = 0, {}
+    run = generate_stream(model, [e.prompt for e in examples], gen_length, block_length, decode, cache,
+                          batch_size=batch_size)  # fmt: skip
+    tokens, t0 = 0, time.perf_counter()
+    for i, res in run:
+        tokens += res.tokens
+        ok = res.texts[0] == examples[i].answer
+        correct += ok
+        hit, n = by_task.get(examples[i].task, (0, 0))
+        by_task[examples[i].task] = (hit + ok, n + 1)
+    seconds = time.perf_counter() - t0
+    per_batch = batch_size / len(examples)  # the run's calls and ticks, per batch_size prompts
+    return {
+        "accuracy": correct / len(examples),
+        "accuracy_by_task": accuracy_by_task(by_task),
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+        "nfe": run.stats.nfe * per_batch,
+        "steps": run.stats.steps * per_batch,
+        "positions_per_sample": run.stats.positions,
+        "refreshes": run.stats.refreshes,
         "seconds": seconds,
     }
 
@@ -77,30 +124,45 @@ def run_text_bench(
     caches: dict[str, tuple[str, ...]] | None = None,
     tasks: tuple[str, ...] | list[str] = tuple(text_tasks.TASKS),
     device: str | torch.device = "cpu",
+    continuous: int = 16,
 ) -> dict:
     """Run the benchmark, write JSON (and a plot), return the result dict."""
-    if n_per_task < 1 or batch_size < 1:
-        raise ValueError(f"n_per_task and batch_size must be >= 1, got {n_per_task} and {batch_size}")
+    if n_per_task < 1 or batch_size < 1 or continuous < 0:
+        raise ValueError(
+            f"n_per_task and batch_size must be >= 1 and continuous >= 0, got {n_per_task}, {batch_size}, {continuous}"
+        )
     if not isinstance(models, dict):
         models = {name: checkpoints.load(name, device=device) for name in models}
     caches = caches or CACHES
     examples = text_tasks.held_out(n_per_task, tasks=tasks)
     rules = list(dict.fromkeys([BASELINE[0], *rules]))
-    rows = []
+    rows, summary = [], {}
     for name, model in models.items():
         kind = model.kind
         bl = block_length or default_block_length(model)
         n_params = sum(p.numel() for p in model.parameters())
         settings = [(r, c) for c in dict.fromkeys([BASELINE[1], *caches[kind]]) for r in rules]
         generate(model, [examples[0].prompt], gen_length, bl, "threshold:tau=0.5", "none")  # warm-up
+        # (batch size, continuous?, settings): the sweep, then the batch comparison's runs it does not hold yet
+        runs = [(batch_size, False, settings)]
+        if continuous:
+            runs += [(1, False, settings)] * (batch_size != 1) + [(continuous, False, [BASELINE])] * (
+                batch_size != continuous
+            )
+            runs.append((continuous, True, settings))
         model_rows = []
-        for decode, cache in tqdm(settings, desc=f"bench text {name}"):
-            stats = evaluate(model, examples, decode, cache, gen_length, bl, batch_size)
-            row = {"model": name, "kind": kind, "decode": decode, "cache": cache, "params": n_params}
-            model_rows.append(row | stats | {"gen_length": gen_length, "block_length": bl})
-        base = next(r for r in model_rows if (r["decode"], r["cache"]) == BASELINE)
-        for r in model_rows:
+        for bs, cont, run_settings in runs:
+            batching = "continuous" if cont else "static"
+            for decode, cache in tqdm(run_settings, desc=f"bench text {name} ({batching}, batch {bs})"):
+                stats = evaluate(model, examples, decode, cache, gen_length, bl, bs, continuous=cont)
+                row = {"model": name, "kind": kind, "decode": decode, "cache": cache, "params": n_params}
+                extra = {"gen_length": gen_length, "block_length": bl, "batch_size": bs, "batching": batching}
+                model_rows.append(row | stats | extra)
+        for r in model_rows:  # against the static baseline at the same batch size
+            base = next(b for b in model_rows if is_baseline(b, r["batch_size"]))
             r["speedup"] = r["tokens_per_s"] / max(base["tokens_per_s"], 1e-9)
+        if continuous:
+            summary[name] = batch_summary(model_rows, continuous)
         rows += model_rows
     result = {
         "benchmark": "text",
@@ -110,19 +172,66 @@ def run_text_bench(
         "batch_size": batch_size,
         "baseline": {"decode": BASELINE[0], "cache": BASELINE[1]},
         "machine": describe_machine(device),
-        "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}",
+        "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}"
+        f" --continuous {continuous}",
         "rows": rows,
+        "continuous": summary,
     }
     if json_path:
         write_json(result, json_path)
     if plot_path:
         plot_text_bench(result, plot_path)
     print_table(rows, TABLE)
+    for name, s in summary.items():
+        print(
+            f"{name}: continuous batch {s['batch_size']} {s['best']['decode']} | {s['best']['cache']} "
+            f"{s['best']['tokens_per_s']:.0f} tok/s = {s['vs_baseline']:.1f}x the static batch-{s['batch_size']} "
+            f"baseline, {s['vs_batch1_fastest']:.2f}x the fastest batch-1 setting ({s['batch1_fastest']['decode']} "
+            f"| {s['batch1_fastest']['cache']}, {s['batch1_fastest']['tokens_per_s']:.0f} tok/s); "
+            f"{s['calls_vs_batch1_fastest']:.1f}x fewer model calls per prompt than that setting"
+        )
     return result
 
 
+def is_baseline(row: dict, batch_size: int) -> bool:
+    """The static LLaDA baseline row at this batch size."""
+    return (row["decode"], row["cache"]) == BASELINE and row["batch_size"] == batch_size and row["batching"] == "static"
+
+
+def fastest(rows: list[dict], baseline: dict) -> dict:
+    """The most tokens/s among rows within one point of exact match of the baseline."""
+    return max((r for r in rows if r["accuracy"] >= baseline["accuracy"] - 0.01), key=lambda r: r["tokens_per_s"])
+
+
+def batch_summary(rows: list[dict], batch_size: int) -> dict:
+    """Continuous batching at batch_size against the static baseline there and the fastest batch-1 setting."""
+    batch1 = [r for r in rows if r["batch_size"] == 1 and r["batching"] == "static"]
+    best_1 = fastest(batch1, next(r for r in batch1 if is_baseline(r, 1)))
+    base = next(r for r in rows if is_baseline(r, batch_size))
+    cont = [r for r in rows if r["batching"] == "continuous"]
+    best = fastest(cont, base)
+    pick = ("decode", "cache", "tokens_per_s", "accuracy", "nfe", "batch_size")
+    return {
+        "batch_size": batch_size,
+        "best": {k: best[k] for k in pick},
+        "baseline": {k: base[k] for k in pick},
+        "batch1_fastest": {k: best_1[k] for k in pick},
+        "vs_baseline": best["tokens_per_s"] / max(base["tokens_per_s"], 1e-9),
+        "vs_batch1_fastest": best["tokens_per_s"] / max(best_1["tokens_per_s"], 1e-9),
+        # counted, not timed: how many times fewer model calls per prompt than the fastest batch-1 setting (the
+        # speedup where a call costs the same at batch 1 and batch N, as on a GPU with a small model)
+        "calls_vs_batch1_fastest": calls_per_prompt(best_1) / max(calls_per_prompt(best), 1e-9),
+    }
+
+
+def calls_per_prompt(row: dict) -> float:
+    """Model calls per prompt: a row's nfe counts the calls per batch of batch_size prompts."""
+    return row["nfe"] / row["batch_size"]
+
+
 TABLE = [
-    ("model", "model", "<12"), ("decode", "decode", "<18"), ("cache", "cache", "<16"), ("acc", "accuracy", ">6.3f"),
+    ("model", "model", "<12"), ("decode", "decode", "<18"), ("cache", "cache", "<16"), ("batch", "batch_size", ">5"),
+    ("batching", "batching", "<10"), ("acc", "accuracy", ">6.3f"),
     ("tok/s", "tokens_per_s", ">8.1f"), ("nfe", "nfe", ">6.1f"), ("speedup", lambda r: f"{r['speedup']:.2f}x", ">7"),
 ]  # fmt: skip
 
@@ -148,10 +257,12 @@ def plot_text_bench(result: dict, plot_path: str | Path) -> None:
     ax = axes[0][0]
     markers = dict(zip(dict.fromkeys(r["cache"].split(":")[0] for r in result["rows"]), "osD^v<>p", strict=False))
     colors = {m: f"C{i}" for i, m in enumerate(result["models"])}
-    for r in result["rows"]:
-        ax.scatter(r["tokens_per_s"], r["accuracy"], c=colors[r["model"]], marker=markers[r["cache"].split(":")[0]])
+    for r in result["rows"]:  # continuous batching: ringed in black
+        ring = "k" if r.get("batching") == "continuous" else "none"
+        marker = markers[r["cache"].split(":")[0]]
+        ax.scatter(r["tokens_per_s"], r["accuracy"], c=colors[r["model"]], marker=marker, edgecolors=ring)
     for r in pareto_rows(result["rows"]):  # label only the best trade-offs, the rest would be unreadable
-        label = f"{r['decode']} | {r['cache']}"
+        label = f"{r['decode']} | {r['cache']} | {r.get('batching', 'static')} {r.get('batch_size', '')}"
         ax.annotate(label, (r["tokens_per_s"], r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     for m, c in colors.items():
         ax.scatter([], [], c=c, label=m)

@@ -70,6 +70,7 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         gen_length=args.gen_length,
         device=args.device,
+        continuous=args.continuous,
     )
 
 
@@ -131,6 +132,8 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-per-task", type=int, default=8, help="held-out examples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "
+                   "batching at this batch size, against the static baseline there (default 16; 0: off)")  # fmt: skip
     shared.add_device(p)
     p.set_defaults(func=cmd_bench_text)
     return p

@@ -38,6 +38,7 @@ def cmd_text(args: argparse.Namespace) -> None:
         cache=args.cache,
         early_stop=not args.no_early_stop,
         callback=callback,
+        batch_size=args.batch_size,
     )
     if args.show and sys.stdout.isatty() and len(args.prompts) == 1:
         print()
@@ -74,6 +75,8 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
         "(default: block for a block-lm, dual for a masked-lm)",
     )
     p.add_argument("--show", action="store_true", help="print the canvas after every step")
+    p.add_argument("--batch-size", type=int, default=None, help="continuous batching: this many prompts at a "
+                   "time, a finished one leaving for the next (default: all prompts in one static batch)")  # fmt: skip
     p.add_argument("--no-early-stop", action="store_true", help="decode every block even after end-of-text")
     shared.add_device(p)
     p.set_defaults(func=cmd_text)

@@ -4,8 +4,9 @@ A transformers attention layer calls `past_key_values.update(key_states, value_s
 to what it returns. `SlotCache` answers with the same write/read rule as stretto's own attention
 (`kv_attention.store_and_read`): the call's T tokens sit at slots [start, start + T) of the generation's one
 `KVCache`; `write=True` stores their K/V there and returns every slot, `write=False` lays them over their slots
-for this call only. The buffers stay the KVCache's (allocated, measured and budgeted there); this file only
-points transformers at them.
+for this call only. Under continuous batching `kv` may be `KVCache.rows(...)` and `start` a tensor of per-row
+starts, passed through unchanged. The buffers stay the KVCache's (allocated, measured and budgeted there); this
+file only points transformers at them.
 
 RoPE: transformers rotates keys before `update`, so these slots hold *rotated* keys, where stretto's own models
 store them un-rotated. For text that is exact: a slot's RoPE position is fixed for the whole generation
@@ -29,7 +30,7 @@ class SlotCacheLayer(CacheLayerMixin):
 
     is_sliding = False
 
-    def __init__(self, kv: KVCache, layer: int, start: int, write: bool, probe: Probe | None):
+    def __init__(self, kv: KVCache, layer: int, start: int | torch.Tensor, write: bool, probe: Probe | None):
         super().__init__()
         self.kv, self.layer, self.start, self.write, self.probe = kv, layer, start, write, probe
         self.is_initialized = True  # the buffers exist: the KVCache allocated them
@@ -46,7 +47,7 @@ class SlotCacheLayer(CacheLayerMixin):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """(keys attended, offset); stretto always passes its own 4D mask, so this only reports the sizes."""
-        return max(self.kv.length, self.start + query_length), 0
+        return max(self.kv.length, int(torch.as_tensor(self.start).max()) + query_length), 0
 
     def get_max_length(self) -> int:
         return self.kv.capacity
@@ -58,6 +59,6 @@ class SlotCacheLayer(CacheLayerMixin):
 class SlotCache(Cache):
     """A KVCache as the `past_key_values` of one transformers model call on slots [start, start + T)."""
 
-    def __init__(self, kv: KVCache, start: int, write: bool = True, probe: Probe | None = None):
-        layers = [SlotCacheLayer(kv, i, start, write, probe) for i in range(kv.k.shape[0])]
+    def __init__(self, kv: KVCache, start: int | torch.Tensor, write: bool = True, probe: Probe | None = None):
+        layers = [SlotCacheLayer(kv, i, start, write, probe) for i in range(kv.layers)]
         super().__init__(layers=layers)

@@ -86,7 +86,7 @@ class PublishedLM(nn.Module):
         blocks: torch.Tensor | None = None,
         *,
         kv_cache: KVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         write: bool = True,
         gen_start: int = 0,
         probe_layer: int | None = None,
@@ -96,16 +96,19 @@ class PublishedLM(nn.Module):
         Padding is a pad id before gen_start (left-padded prompts): LLaDA's pad is its end-of-text, which the
         answer region holds as a real token. With logit_shift the logits at slot i are the host's at i - 1 (slot
         0 keeps its own); the caller runs one slot earlier to score the first slot of a range.
+        Continuous batching: start may be a tensor (B,) of per-row starts (blocks then (B, T)) and kv_cache
+        `KVCache.rows(...)`.
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
         b, t = ids.shape
-        slots = torch.arange(t, device=ids.device) + start
+        # (T,), or (B, T) when each row starts at its own slot (continuous batching)
+        slots = torch.arange(t, device=ids.device) + (start[:, None] if isinstance(start, torch.Tensor) else start)
         if positions is None:
             positions = slots.expand(b, t)
         if blocks is None:
             blocks = torch.zeros(t, dtype=torch.long, device=ids.device)
-        valid = (ids != self.config.pad_id) | (slots >= gen_start)[None]
+        valid = (ids != self.config.pad_id) | (slots >= gen_start).expand(b, t)
         if kv_cache is None:
             k_valid, k_blocks = valid, blocks
         elif write:

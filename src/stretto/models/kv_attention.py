@@ -41,13 +41,23 @@ class Probe:
     """
 
     layer: int
-    start: int = 0
+    start: int | torch.Tensor = 0  # a tensor (B,) of per-row starts under continuous batching
     drift: dict[int, torch.Tensor] = field(default_factory=dict)
     attention: torch.Tensor | None = None
 
 
-def key_drift(cache: KVCache, layer: int, start: int, k: torch.Tensor) -> torch.Tensor:
-    """(B, T) drift of fresh keys k (B, H, T, D) from the keys held at [start, start + T) (1 for empty slots)."""
+def key_drift(cache: KVCache, layer: int, start: int | torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, T) drift of fresh keys k (B, H, T, D) from the keys held at [start, start + T) (0 for empty slots).
+
+    start may be a tensor (B,) of per-row starts (continuous batching).
+    """
+    if isinstance(start, torch.Tensor):
+        held = cache.read(layer)[0]
+        slots = start[:, None] + torch.arange(k.shape[2], device=k.device)
+        filled = slots < held.shape[2]
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        old = held[rows, :, slots.clamp(max=max(held.shape[2] - 1, 0))].transpose(1, 2) if held.shape[2] else k
+        return (1 - F.cosine_similarity(old, k, dim=-1).mean(1)).masked_fill(~filled, 0.0)
     drift = torch.zeros(k.shape[0], k.shape[2], dtype=k.dtype, device=k.device)
     old = cache.read(layer)[0][:, :, start : start + k.shape[2]]
     n = old.shape[2]
@@ -57,9 +67,18 @@ def key_drift(cache: KVCache, layer: int, start: int, k: torch.Tensor) -> torch.
 
 
 def store_and_read(
-    cache: KVCache, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, write: bool, probe: Probe | None
+    cache: KVCache,
+    layer: int,
+    start: int | torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    write: bool,
+    probe: Probe | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write k, v (B, H, T, D) to slots [start, start + T) and read every slot, or lay them over for this read only."""
+    """Write k, v (B, H, T, D) to slots [start, start + T) and read every slot, or lay them over for this read only.
+
+    start: one slot for every row, or a tensor (B,) of per-row starts (continuous batching).
+    """
     if not write:
         return cache.read(layer, start, k, v)
     if probe is not None:  # the drift of the keys this write overwrites, before they are gone
@@ -71,10 +90,14 @@ def store_and_read(
 def slot_mask(
     q_blocks: torch.Tensor, k_blocks: torch.Tensor, k_valid: torch.Tensor, block_causal: bool
 ) -> torch.Tensor:
-    """(B, 1, Tq, Tk) bool: valid keys; block-causal: only keys of the same or earlier blocks."""
+    """(B, 1, Tq, Tk) bool: valid keys; block-causal: only keys of the same or earlier blocks.
+
+    q_blocks: the block of each query (Tq,), or (B, Tq) when rows sit at different slots (continuous batching).
+    """
     mask = k_valid[:, None, None, :]
     if block_causal:
-        mask = mask & (k_blocks[None, None, None, :] <= q_blocks[None, None, :, None])
+        q = q_blocks[None, None, :, None] if q_blocks.dim() == 1 else q_blocks[:, None, :, None]
+        mask = mask & (k_blocks[None, None, None, :] <= q)
     return mask
 
 
@@ -87,7 +110,7 @@ def kv_attention(
     mask: torch.Tensor | None,
     cache: KVCache | None,
     layer: int,
-    start: int,
+    start: int | torch.Tensor,
     write: bool,
     probe: Probe | None = None,
 ) -> torch.Tensor:

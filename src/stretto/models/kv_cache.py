@@ -14,6 +14,11 @@ Allocation is bounded: a cache whose buffers would exceed `budget_bytes` (defaul
 refused before any memory is taken, with one line saying the size asked, the limit and how to raise it.
 The cache holds K/V and slot metadata only; what a model call measures about it (Elastic-Cache's key drift and
 attention mass) is returned by that call (`stretto.models.kv_attention.Probe`).
+
+Continuous batching (dInfer; SGLang) runs rows that sit at different blocks in one call: `start` may then be a
+tensor (n,) of per-row first slots, and `rows(...)` hands a model call the subset of batch rows it runs (a
+`CacheRows` view whose reads gather those rows and whose writes scatter into them, here). Rows share the slot ->
+block-index map, so every row of such a cache must put its answer at the same slot (left-padded prompts).
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ class KVCache:
 
     # -- memory accounting -------------------------------------------------------------------------------
     @property
+    def layers(self) -> int:
+        return self.k.shape[0]
+
+    @property
     def nbytes(self) -> int:
         """Bytes allocated by the cache (all buffers, used or not)."""
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.positions, self.valid, self.blocks))
@@ -97,16 +106,61 @@ class KVCache:
             raise ValueError(f"slot range [{start}, {end}) outside the cache capacity {self.capacity}")
         return end
 
-    def write_meta(self, start: int, positions: torch.Tensor, valid: torch.Tensor, blocks: torch.Tensor) -> None:
-        """Record position (B, T), validity (B, T) and block index (T,) of the tokens at [start, start+T)."""
+    def _ragged(self, start: int | torch.Tensor, n: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """(row index (r, 1), slot index (r, n)) of n slots from per-row `start` in the batch rows `rows`."""
+        rows = torch.arange(self.k.shape[1], device=self.k.device) if rows is None else rows
+        starts = start if isinstance(start, torch.Tensor) else torch.full_like(rows, start)
+        lo, hi = int(starts.min()), int(starts.max()) + n
+        if lo < 0 or hi > self.capacity:
+            raise ValueError(f"slot range [{lo}, {hi}) outside the cache capacity {self.capacity}")
+        return rows[:, None], starts[:, None] + torch.arange(n, device=starts.device)
+
+    @staticmethod
+    def _end(start: int | torch.Tensor, n: int) -> int:
+        """One past the last slot of n slots from (per-row) start."""
+        return int(torch.as_tensor(start).max()) + n
+
+    @staticmethod
+    def _is_ragged(start: int | torch.Tensor, rows: torch.Tensor | None) -> bool:
+        return rows is not None or isinstance(start, torch.Tensor)
+
+    def write_meta(
+        self,
+        start: int | torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        blocks: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        """Record position (B, T), validity (B, T) and block index (T,) of the tokens at [start, start+T).
+
+        rows / tensor start: rows `rows` (default all) each from their own start; blocks (T,) or (n, T).
+        """
+        if self._is_ragged(start, rows):
+            r, slots = self._ragged(start, positions.shape[1], rows)
+            self.positions[r, slots], self.valid[r, slots] = positions, valid
+            self.blocks[slots] = blocks.expand_as(slots)  # the same map in every row: rows agree on it
+            self.length = max(self.length, int(slots[:, -1].max()) + 1)
+            return
         end = self._check_range(start, positions.shape[1])
         self.positions[:, start:end] = positions
         self.valid[:, start:end] = valid
         self.blocks[start:end] = blocks
         self.length = max(self.length, end)
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Overwrite slots [start, start + T) of one layer with un-rotated keys and values (B, H, T, D)."""
+    def write(
+        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """Overwrite slots [start, start + T) of one layer with un-rotated keys and values (B, H, T, D).
+
+        rows / tensor start: k, v (n, H, T, D) go to rows `rows` (default all), each from its own start.
+        """
+        if self._is_ragged(start, rows):
+            r, slots = self._ragged(start, k.shape[2], rows)
+            self.k[layer][r, :, slots] = k.transpose(1, 2)  # indexed (n, T, H, D): the index dims come first
+            self.v[layer][r, :, slots] = v.transpose(1, 2)
+            self.writes += slots.shape[1]
+            return
         end = self._check_range(start, k.shape[2])
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
@@ -119,8 +173,14 @@ class KVCache:
         start: int | None = None,
         k: torch.Tensor | None = None,
         v: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """K/V of slots [0, length), slots [start, start + T) replaced by fresh k, v if given (not stored)."""
+        """K/V of slots [0, length), slots [start, start + T) replaced by fresh k, v if given (not stored).
+
+        rows: only these batch rows (gathered, a copy); start may be a tensor of per-row starts.
+        """
+        if self._is_ragged(start if k is not None else 0, rows):
+            return self._read_rows(self.k[layer], self.v[layer], start, k, v, rows)
         if k is None:
             return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
         end = start + k.shape[2]
@@ -129,14 +189,31 @@ class KVCache:
         vs = [self.v[layer, :, :, :start], v, self.v[layer, :, :, end:n]]
         return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
+    def _read_rows(self, k_buf, v_buf, start, k, v, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """read() of some rows or per-row starts: the rows' K/V gathered, fresh k, v laid over their own slots."""
+        rows = torch.arange(k_buf.shape[0], device=k_buf.device) if rows is None else rows
+        n = self.length if k is None else max(self.length, self._end(start, k.shape[2]))
+        ks, vs = k_buf[rows, :, :n], v_buf[rows, :, :n]  # advanced indexing: copies, so overrides stay local
+        if k is not None:
+            r, slots = self._ragged(start, k.shape[2], rows)
+            r = torch.arange(len(rows), device=rows.device)[:, None]
+            ks[r, :, slots], vs[r, :, slots] = k.transpose(1, 2), v.transpose(1, 2)
+        return ks, vs
+
     def meta(
         self,
-        start: int | None = None,
+        start: int | torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         blocks: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(positions, valid, blocks) of slots [0, length), optionally overridden at [start, start + T)."""
+        """(positions, valid, blocks) of slots [0, length), optionally overridden at [start, start + T).
+
+        rows: only these batch rows; start may be a tensor of per-row starts (overriding blocks is not per row).
+        """
+        if self._is_ragged(start if positions is not None else 0, rows):
+            return self._meta_rows(start, positions, valid, blocks, rows)
         if positions is None:
             n = self.length
             return self.positions[:, :n], self.valid[:, :n], self.blocks[:n]
@@ -145,6 +222,18 @@ class KVCache:
         pos = torch.cat([self.positions[:, :start], positions, self.positions[:, end:n]], dim=1)
         val = torch.cat([self.valid[:, :start], valid, self.valid[:, end:n]], dim=1)
         blk = torch.cat([self.blocks[:start], blocks, self.blocks[end:n]])
+        return pos, val, blk
+
+    def _meta_rows(self, start, positions, valid, blocks, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """meta() of some rows or per-row starts: gathered, with this call's positions and validity laid over."""
+        rows = torch.arange(self.positions.shape[0], device=self.positions.device) if rows is None else rows
+        n = self.length if positions is None else max(self.length, self._end(start, positions.shape[1]))
+        pos, val, blk = self.positions[rows, :n], self.valid[rows, :n], self.blocks[:n].clone()
+        if positions is not None:
+            _, slots = self._ragged(start, positions.shape[1], rows)
+            r = torch.arange(len(rows), device=rows.device)[:, None]
+            pos[r, slots], val[r, slots] = positions, valid
+            blk[slots] = blocks.expand_as(slots)
         return pos, val, blk
 
     # -- eviction and the rolling window -------------------------------------------------------------------
@@ -177,3 +266,46 @@ class KVCache:
         """Empty the cache (buffers stay allocated)."""
         self.length, self.writes = 0, 0
         self.valid.zero_()
+
+    # -- rows: continuous batching ---------------------------------------------------------------------------
+    def clear_rows(self, rows: torch.Tensor) -> None:
+        """Forget what batch rows `rows` hold (a new generation takes them over): their slots are invalid."""
+        self.valid[rows] = False
+
+    def rows(self, rows: torch.Tensor | None) -> KVCache | CacheRows:
+        """The cache as one model call on batch rows `rows` sees it (None: every row, the cache itself)."""
+        return self if rows is None else CacheRows(self, rows)
+
+
+class CacheRows:
+    """Batch rows `rows` of a KVCache, read and written as if they were the whole cache (continuous batching).
+
+    Every method delegates to the KVCache with `rows`: the buffers, their writes and their accounting stay there.
+    """
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor):
+        self.cache, self.index = cache, rows
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    @property
+    def layers(self) -> int:
+        return self.cache.layers
+
+    def write_meta(self, start, positions, valid, blocks) -> None:
+        self.cache.write_meta(start, positions, valid, blocks, rows=self.index)
+
+    def write(self, layer, start, k, v) -> None:
+        self.cache.write(layer, start, k, v, rows=self.index)
+
+    def read(self, layer, start=None, k=None, v=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.read(layer, start, k, v, rows=self.index)
+
+    def meta(self, start=None, positions=None, valid=None, blocks=None) -> tuple[torch.Tensor, ...]:
+        return self.cache.meta(start, positions, valid, blocks, rows=self.index)

@@ -137,7 +137,7 @@ class TextLM(nn.Module):
         blocks: torch.Tensor | None = None,
         *,
         kv_cache: KVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         write: bool = True,
         attn_mask: torch.Tensor | None = None,
         gen_start: int = 0,
@@ -151,16 +151,20 @@ class TextLM(nn.Module):
         slots; `write` stores their K/V there, otherwise they override those slots for this call only.
         attn_mask: an explicit (B, 1, T, Tk) mask, used by block-diffusion training.
         gen_start: the slot where the answer starts; slots: the slot of each token (T,), default start + arange(T).
+        Continuous batching: start may be a tensor (B,) of per-row first slots, blocks then (B, T); kv_cache may be
+        `KVCache.rows(...)`, the batch rows this call runs.
         probe_layer: also return a `Probe` with the drift of the keys this call overwrote (every layer, when it
         writes to a cache) and the attention mass over keys at this layer (Elastic-Cache's refresh test).
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
         b, t = ids.shape
+        # (T,), or (B, T) when each row starts at its own slot (continuous batching)
+        from_start = torch.arange(t, device=ids.device) + (start[:, None] if isinstance(start, torch.Tensor) else start)
         if slots is None:
-            slots = torch.arange(t, device=ids.device) + start
+            slots = from_start
         if positions is None:
-            positions = (torch.arange(t, device=ids.device) + start).expand(b, t)
+            positions = from_start.expand(b, t)
         if blocks is None:
             blocks = torch.zeros(t, dtype=torch.long, device=ids.device)
         valid = ids != self.config.pad_id

@@ -2,52 +2,33 @@
 
 The pieces, one file each: `decode` (the block iterator and the driver), `rules` (which positions a step
 commits), `caches` (KV cache modes: none, prefix, dual, block), `refresh` (when a prefix / dual cache
-recomputes stale K/V), `model_calls` (the counted model calls and the generation's KV cache).
+recomputes stale K/V), `model_calls` (the counted model calls and the generation's KV cache), `continuous`
+(continuous batching: rows leave as they finish, waiting prompts take their place), `result` (`TextResult`).
 `generate` parses the rule and cache specs once, checks them and the block layout against the model, builds
-the canvas and hands the parsed objects to `decode`.
+the canvas and hands the parsed objects to `decode`; `generate_stream` hands them to a `ContinuousBatch`,
+which yields each prompt's result as it finishes (what a server calls).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from stretto.models.text_lm import TextLM
-from stretto.pipelines.text.caches import parse_cache
+from stretto.pipelines.text.caches import CacheMode, parse_cache
+from stretto.pipelines.text.continuous import ContinuousBatch
 from stretto.pipelines.text.decode import check_blocks
 from stretto.pipelines.text.decode import decode as decode_canvas
-from stretto.pipelines.text.model_calls import DecodeStats
-from stretto.pipelines.text.rules import parse_rule
+from stretto.pipelines.text.result import TextResult, answer_tokens
+from stretto.pipelines.text.rules import Rule, parse_rule
+
+__all__ = ["TextResult", "default_block_length", "default_cache", "generate", "generate_stream", "make_canvas"]
 
 
-@dataclass
-class TextResult:
-    """Generated texts (each cut at its first end-of-text) and what it cost."""
-
-    texts: list[str]
-    stats: DecodeStats
-    seconds: float
-    tokens: int  # generated tokens up to and including each row's end-of-text
-    canvas: torch.Tensor = field(repr=False)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / max(self.seconds, 1e-9)
-
-    def to_dict(self) -> dict:
-        return {
-            **self.stats.to_dict(),
-            "seconds": self.seconds,
-            "tokens": self.tokens,
-            "tokens_per_s": self.tokens_per_s,
-        }
-
-
-def make_canvas(model: TextLM, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, int]:
-    """Left-padded prompts followed by gen_length masks; checks the vocabulary and the context length."""
+def encode_prompts(model: TextLM, prompts: list[str], gen_length: int) -> list[list[int]]:
+    """Token ids of each prompt; checks the vocabulary and that the longest prompt + gen_length fits the context."""
     if not prompts:
         raise ValueError("no prompts given")
     if gen_length < 1:
@@ -64,6 +45,13 @@ def make_canvas(model: TextLM, prompts: list[str], gen_length: int) -> tuple[tor
             f"prompt ({p_len} tokens) + gen_length ({gen_length}) = {p_len + gen_length} exceeds "
             f"the model's context of {cfg.max_len}; allowed prompt length here: <= {cfg.max_len - gen_length}"
         )
+    return encoded
+
+
+def make_canvas(model: TextLM, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, int]:
+    """Left-padded prompts followed by gen_length masks; checks the vocabulary and the context length."""
+    encoded = encode_prompts(model, prompts, gen_length)
+    cfg, p_len = model.config, max(len(e) for e in encoded)
     device = next(model.parameters()).device
     canvas = torch.full((len(prompts), p_len + gen_length), cfg.mask_id, dtype=torch.long, device=device)
     for row, e in enumerate(encoded):
@@ -82,6 +70,17 @@ def default_cache(model: TextLM) -> str:
     return "block" if model.config.block_size else "dual"
 
 
+def parse_settings(
+    model: TextLM, gen_length: int, block_length: int | None, decode: str, cache: str | None
+) -> tuple[int, Rule, CacheMode]:
+    """The block length, rule and cache mode, parsed and checked against the model once, before any work."""
+    block_length = block_length or default_block_length(model)
+    rule, mode = parse_rule(decode), parse_cache(default_cache(model) if cache is None else cache)
+    mode.check_model(model)
+    check_blocks(model, gen_length, block_length)
+    return block_length, rule, mode
+
+
 def generate(
     model: TextLM,
     prompts: list[str] | str,
@@ -91,6 +90,7 @@ def generate(
     cache: str | None = None,
     early_stop: bool = True,
     callback: Callable[[torch.Tensor, dict], None] | None = None,
+    batch_size: int | None = None,
 ) -> TextResult:
     """Complete a batch of prompts with block-wise masked-diffusion decoding.
 
@@ -98,20 +98,60 @@ def generate(
     cache: a cache spec, "none", "prefix", "dual", "dual:every=4", "dual:drift=0.05", "dual:delay", "block";
     default: "block" for a block-lm, "dual" for a masked-lm. block_length: default `default_block_length`.
     callback(canvas, info) is called after every step (the canvas is the live (B, S) tensor).
+    batch_size: decode by continuous batching (`generate_stream`), this many rows at a time, and return the
+    texts in prompt order. Each row then decodes as it would alone, which is what one static batch gives too,
+    except under a drift refresh (its test is taken over the batch): that combination is refused.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    block_length = block_length or default_block_length(model)
-    # Parsed and checked once, before any work; decode takes the objects as they are.
-    rule, mode = parse_rule(decode), parse_cache(default_cache(model) if cache is None else cache)
-    mode.check_model(model)
-    check_blocks(model, gen_length, block_length)
+    block_length, rule, mode = parse_settings(model, gen_length, block_length, decode, cache)
+    if batch_size is not None:
+        if callback is not None or not mode.rows_independent:
+            why = "a callback sees one static canvas" if callback is not None else f"cache {mode} tests the batch"
+            raise ValueError(f"batch_size (continuous batching) would not give generate's tokens here: {why}")
+        return _collect(model, list(prompts), gen_length, block_length, rule, mode, early_stop, batch_size)
     canvas, gen_start = make_canvas(model, list(prompts), gen_length)
     t0 = time.perf_counter()
     stats = decode_canvas(model, canvas, gen_start, block_length, rule, mode, early_stop, callback)
     seconds = time.perf_counter() - t0
     gen = canvas[:, gen_start:].cpu()
     texts = [model.tokenizer.decode(row) for row in gen]
-    eot = gen == model.config.eot_id
-    tokens = int(torch.where(eot.any(1), eot.float().argmax(1) + 1, gen.shape[1]).sum())
-    return TextResult(texts, stats, seconds, tokens, canvas)
+    return TextResult(texts, stats, seconds, answer_tokens(gen, model.config.eot_id), canvas)
+
+
+def generate_stream(
+    model: TextLM,
+    prompts: list[str],
+    gen_length: int = 64,
+    block_length: int | None = None,
+    decode: str = "threshold:tau=0.9",
+    cache: str | None = None,
+    early_stop: bool = True,
+    batch_size: int = 16,
+) -> ContinuousBatch:
+    """Continuous batching (dInfer; SGLang): iterate to get (index, TextResult) for each prompt as it finishes.
+
+    batch_size rows decode at a time; a finished row leaves and the next prompt takes its place, each row at its
+    own block and step. Every row decodes as it would alone (batch 1). The settings are those of `generate`,
+    checked here, before the first result is asked for; the returned object's `stats` sums up the run.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    block_length, rule, mode = parse_settings(model, gen_length, block_length, decode, cache)
+    encoded = encode_prompts(model, list(prompts), gen_length)
+    return ContinuousBatch(model, encoded, gen_length, block_length, rule, mode, batch_size, early_stop)
+
+
+def _collect(model, prompts, gen_length, block_length, rule, mode, early_stop, batch_size) -> TextResult:
+    """Run a continuous batch to the end; one TextResult in prompt order, the canvas as `make_canvas` lays it out."""
+    encoded = encode_prompts(model, prompts, gen_length)
+    run = ContinuousBatch(model, encoded, gen_length, block_length, rule, mode, batch_size, early_stop)
+    t0 = time.perf_counter()
+    results = dict(iter(run))
+    seconds = time.perf_counter() - t0
+    width = run.gen_start + gen_length
+    canvas = torch.full((len(prompts), width), model.config.pad_id, dtype=torch.long, device=run.lanes.canvas.device)
+    for i, r in results.items():
+        canvas[i, width - r.canvas.shape[1] :] = r.canvas[0]
+    texts = [results[i].texts[0] for i in range(len(prompts))]
+    return TextResult(texts, run.stats, seconds, sum(r.tokens for r in results.values()), canvas)

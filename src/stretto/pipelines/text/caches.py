@@ -13,12 +13,16 @@ Cache specs are written "mode:key=value,..." and built by `parse_cache` with the
 prefix and dual take the refresh options of `refresh` (every=N, drift=b[,layer=l], delay), in any combination.
 
 A mode is a dataclass holding its validated config; the decode loop calls its hooks (`start`, `start_block`,
-`logits`, `end_block`) and never asks which mode it has. The little state a mode keeps across steps (a pending
-fused block, the refresh options' watched token) is dropped by `start()` at the start of every generation.
+`logits`, `end_block`) and never asks which mode it has. The hooks that need the model are generators: they
+ask for each call with `yield from calls.run(lo, hi)` (a `model_calls.Call`), so one row's decoding reads the
+same whether its calls run alone or batched with rows at other blocks (continuous batching). The little state a
+mode keeps across steps (a pending fused block, the refresh options' watched token) is dropped by `start()` at
+the start of every generation; continuous batching gives every row its own copy of the mode.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,11 +30,12 @@ import torch
 
 from stretto import spec
 from stretto.models.text_lm import TextLM
-from stretto.pipelines.text.model_calls import ModelCalls
+from stretto.pipelines.text.model_calls import Call, Reply, Slots
 from stretto.pipelines.text.refresh import DelayedCaching, DriftRefresh, Periodic, Refresh
 from stretto.spec import bounded
 
 CACHES: dict[str, type[CacheMode]] = {}
+Calls = Generator[Call, Reply, None]  # a hook that asks for model calls and returns nothing
 
 
 def register(cls: type[CacheMode]) -> type[CacheMode]:
@@ -59,15 +64,22 @@ class CacheMode:
     def start(self) -> None:
         """Called at the start of every generation: drop the state of the previous one."""
 
-    def start_block(self, calls: ModelCalls, lo: int, hi: int) -> None:
-        """Called when the block [lo, hi) starts."""
+    @property
+    def rows_independent(self) -> bool:
+        """Does each row of a static batch decode as it would alone? (False when a test is taken over the batch.)"""
+        return True
 
-    def logits(self, calls: ModelCalls, lo: int, hi: int, step: int) -> torch.Tensor:
+    def start_block(self, calls: Slots, lo: int, hi: int) -> Calls:
+        """Called when the block [lo, hi) starts."""
+        yield from ()
+
+    def logits(self, calls: Slots, lo: int, hi: int, step: int) -> Generator[Call, Reply, torch.Tensor]:
         """The logits (B, hi - lo, vocab) of the block [lo, hi) at this step, from the model calls it needs."""
         raise NotImplementedError
 
-    def end_block(self, calls: ModelCalls, lo: int, hi: int) -> None:
+    def end_block(self, calls: Slots, lo: int, hi: int) -> Calls:
         """Called when every slot of the block [lo, hi) holds its final token."""
+        yield from ()
 
     def __str__(self) -> str:
         """The canonical spec string: options that differ from their default, flags bare ('dual:every=4,delay')."""
@@ -87,8 +99,9 @@ class NoCache(CacheMode):
     name: ClassVar[str] = "none"
     uses_kv: ClassVar[bool] = False
 
-    def logits(self, calls: ModelCalls, lo: int, hi: int, step: int) -> torch.Tensor:
-        return calls(0, calls.end)[0][:, lo:hi]
+    def logits(self, calls: Slots, lo: int, hi: int, step: int) -> Generator[Call, Reply, torch.Tensor]:
+        logits, _ = yield from calls.run(0, calls.end)
+        return logits[:, lo:hi]
 
 
 @register
@@ -119,28 +132,34 @@ class PrefixCache(CacheMode):
         if self.layer >= n_layer:
             raise ValueError(f"{type(self).__name__}.layer must be in [0, {n_layer}) for this model, got {self.layer}")
 
+    @property
+    def rows_independent(self) -> bool:
+        # Elastic-Cache's drift test is taken over the batch: one stale row refreshes every row.
+        return not any(o.probes for o in self.refresh)
+
     def start(self) -> None:
         for option in self.refresh:
             option.start()
 
-    def start_block(self, calls: ModelCalls, lo: int, hi: int) -> None:
+    def start_block(self, calls: Slots, lo: int, hi: int) -> Calls:
         for option in self.refresh:
             option.start_block(lo)
+        yield from ()
 
-    def logits(self, calls: ModelCalls, lo: int, hi: int, step: int) -> torch.Tensor:
+    def logits(self, calls: Slots, lo: int, hi: int, step: int) -> Generator[Call, Reply, torch.Tensor]:
         settled = calls.settled(lo, hi)
         # Elastic-Cache watches the token the last layer attends to most.
         probe_layer = calls.n_layer - 1 if any(o.probes for o in self.refresh) else None
         if step == 0 or any(o.periodic(step) for o in self.refresh):
             first = max((o.first_pass_start() for o in self.refresh), default=0) if step == 0 else 0
-            logits, probe = calls(first, calls.end, probe_layer)
+            logits, probe = yield from calls.run(first, calls.end, probe_layer)
             logits = logits[:, lo - first : hi - first]
             calls.stats.refreshes += step > 0
         else:
-            logits, probe = calls(lo, calls.end if self.suffix else hi, probe_layer)
+            logits, probe = yield from calls.run(lo, calls.end if self.suffix else hi, probe_layer)
             logits = logits[:, : hi - lo]
             if any(o.stale(probe) for o in self.refresh):
-                logits, probe = calls(0, calls.end, probe_layer)
+                logits, probe = yield from calls.run(0, calls.end, probe_layer)
                 logits = logits[:, lo:hi]
                 calls.stats.refreshes += 1
         for option in self.refresh:
@@ -169,33 +188,36 @@ class BlockCache(CacheMode):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._pending: tuple[int, int] | None = None  # fuse: a finished block whose clean K/V is not written yet
+        self._prefilled = False  # the prompt's K/V is written (once per generation)
 
     def start(self) -> None:
-        self._pending = None
+        self._pending, self._prefilled = None, False
 
-    def _window(self, calls: ModelCalls, lo: int) -> tuple[int, int]:
+    def _window(self, calls: Slots, lo: int) -> tuple[int, int]:
         """The whole model block around the (sub-)block starting at lo: its queries see all of it."""
         size, g = calls.model_block, calls.gen_start
         w_lo = g + (lo - g) // size * size
         return w_lo, w_lo + size
 
-    def start_block(self, calls: ModelCalls, lo: int, hi: int) -> None:
-        if calls.kv.length < calls.gen_start:  # prefill: the prompt is block 0, written once
-            calls(0, calls.gen_start)
+    def start_block(self, calls: Slots, lo: int, hi: int) -> Calls:
+        if not self._prefilled:  # prefill: the prompt is block 0, written once
+            yield from calls.run(0, calls.gen_start)
+            self._prefilled = True
 
-    def logits(self, calls: ModelCalls, lo: int, hi: int, step: int) -> torch.Tensor:
+    def logits(self, calls: Slots, lo: int, hi: int, step: int) -> Generator[Call, Reply, torch.Tensor]:
         w_lo, w_hi = self._window(calls, lo)
         first = self._pending[0] if self._pending else w_lo  # fuse: the finished block rides along, exactly
         self._pending = None
-        return calls(first, w_hi)[0][:, lo - first : hi - first]
+        logits, _ = yield from calls.run(first, w_hi)
+        return logits[:, lo - first : hi - first]
 
-    def end_block(self, calls: ModelCalls, lo: int, hi: int) -> None:
+    def end_block(self, calls: Slots, lo: int, hi: int) -> Calls:
         w_lo, w_hi = self._window(calls, lo)
         if hi == w_hi and hi < calls.end:  # the last block is never read again
             if self.fuse:  # Fast-dLLM v2: write the clean K/V in the next block's first pass
                 self._pending = (w_lo, w_hi)
             else:  # a clean pass: the finished block's K/V, computed from its final tokens
-                calls(w_lo, w_hi)
+                yield from calls.run(w_lo, w_hi)
 
 
 def parse_cache(text: str) -> CacheMode:

@@ -3,21 +3,26 @@
 The pieces (the dInfer split): `block_spans` walks the generation region block by block (semi-autoregressive,
 LLaDA); a rule (`rules`) picks the positions to commit each step; a cache mode (`caches`, with its `refresh`
 options) decides which slots each step runs against the KV cache; `ModelCalls` (`model_calls`) runs and counts
-the model calls. `decode` runs them and counts everything: model calls (nfe), steps, token positions evaluated,
-refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability of x0. A committed token is
-never re-masked.
+the model calls. `decode_program` is the loop, written as a generator that yields each model call it needs, so
+the same loop drives a static batch (`decode`: every call run at once on all rows) and each row of a continuous
+batch (`continuous`: calls of rows at different blocks batched together). Counted: model calls (nfe), steps,
+token positions evaluated, refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability
+of x0. A committed token is never re-masked. Progress guard: a non-finite confidence or a step that commits
+nothing stops decoding with an error naming the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import torch
 
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text.caches import CacheMode
-from stretto.pipelines.text.model_calls import DecodeStats, ModelCalls
+from stretto.pipelines.text.model_calls import Call, DecodeStats, ModelCalls, Reply, Slots
 from stretto.pipelines.text.rules import Rule
+
+Program = Generator[Call, Reply, None]  # a decoding program: asks for model calls, fills its canvas rows
 
 
 def block_spans(gen_start: int, gen_length: int, block_length: int) -> Iterator[tuple[int, int]]:
@@ -58,6 +63,64 @@ def finish_at_eot(canvas: torch.Tensor, gen_start: int, mask_id: int, eot_id: in
     return done
 
 
+def check_progress(conf: torch.Tensor, is_masked: torch.Tensor, commit: torch.Tensor, where: str) -> None:
+    """The decode loop's progress guard: raise at a non-finite confidence or a step that commits nothing."""
+    if not (torch.isfinite(conf) | ~is_masked).all():  # the model's fault: the CLI prints it as one line
+        raise FloatingPointError(f"decoding stopped at {where}: the model gave a non-finite confidence (NaN logits)")
+    if not (commit.any(1) | ~is_masked.any(1)).all():
+        raise RuntimeError(f"decoding stopped at {where}: the rule committed no token for a row with masks left")
+
+
+def decode_program(
+    calls: Slots,
+    block_length: int,
+    rule: Rule,
+    cache: CacheMode,
+    banned: list[int],
+    eot_id: int,
+    early_stop: bool = True,
+    callback: Callable[[torch.Tensor, dict], None] | None = None,
+) -> Program:
+    """Block-wise decoding of the rows of `calls.canvas` in place: the loop, asking for its model calls.
+
+    A generator: it yields a `Call` whenever the cache mode needs the model and is sent back the logits, so the
+    same program runs a static batch (`decode`) or one row of a continuous batch (`continuous`). banned: token
+    ids never committed.
+    """
+    canvas, gen_start, mask_id, stats = calls.canvas, calls.gen_start, calls.mask_id, calls.stats
+    cache.start()
+    for bs, be in block_spans(gen_start, calls.end - gen_start, block_length):
+        if early_stop and not (canvas[:, gen_start:] == mask_id).any():
+            break
+        stats.blocks += 1
+        rule.start_block((canvas[:, bs:be] == mask_id).sum(1), be - bs)
+        yield from cache.start_block(calls, bs, be)
+        step = 0
+        while (is_masked := canvas[:, bs:be] == mask_id).any():
+            logits = (yield from cache.logits(calls, bs, be, step)).float()
+            logits[..., banned] = float("-inf")  # an untrained model may favour <mask>
+            probs = logits.softmax(-1)
+            conf, x0 = probs.max(-1)
+            conf = conf.masked_fill(~is_masked, float("-inf"))
+            commit = rule.select(conf, step) & is_masked
+            check_progress(conf, is_masked, commit, f"step {step} of the block at slots [{bs}, {be})")
+            block = canvas[:, bs:be]
+            block[commit] = x0[commit]
+            step += 1
+            stats.steps += 1
+            if early_stop:
+                finish_at_eot(canvas, gen_start, mask_id, eot_id)
+            if callback is not None:
+                callback(canvas, {"block": (bs, be), "step": step, "committed": commit, "nfe": stats.nfe})
+        yield from cache.end_block(calls, bs, be)
+
+
+def banned_tokens(model: TextLM) -> list[int]:
+    """Never an answer: the mask, and padding unless it is also end-of-text (LLaDA pads with its end-of-text)."""
+    cfg = model.config
+    return [cfg.mask_id] + [cfg.pad_id] * (cfg.pad_id != cfg.eot_id)
+
+
 @torch.no_grad()
 def decode(
     model: TextLM,
@@ -72,35 +135,16 @@ def decode(
     """Fill the masked slots [gen_start, end) of `canvas` (B, S) in place (prompts left-padded with <pad>).
 
     rule and cache are parsed objects already checked against the model and the block layout (`generate`
-    does both, once); the cache mode's state starts fresh here.
+    does both, once); the cache mode's state starts fresh here. The rows step together (a static batch): each
+    call the program asks for is run at once on every row.
     """
-    cfg = model.config
     calls = ModelCalls(model, canvas, gen_start, with_cache=cache.uses_kv)
-    # Never an answer: the mask, and padding unless it is also end-of-text (LLaDA pads with its end-of-text).
-    banned = [cfg.mask_id] + [cfg.pad_id] * (cfg.pad_id != cfg.eot_id)
-    stats = calls.stats
-    cache.start()
-    for bs, be in block_spans(gen_start, canvas.shape[1] - gen_start, block_length):
-        if early_stop and not (canvas[:, gen_start:] == cfg.mask_id).any():
-            break
-        stats.blocks += 1
-        rule.start_block((canvas[:, bs:be] == cfg.mask_id).sum(1), be - bs)
-        cache.start_block(calls, bs, be)
-        step = 0
-        while (is_masked := canvas[:, bs:be] == cfg.mask_id).any():
-            logits = cache.logits(calls, bs, be, step).float()
-            logits[..., banned] = float("-inf")  # an untrained model may favour <mask>
-            probs = logits.softmax(-1)
-            conf, x0 = probs.max(-1)
-            conf = conf.masked_fill(~is_masked, float("-inf"))
-            commit = rule.select(conf, step) & is_masked
-            block = canvas[:, bs:be]
-            block[commit] = x0[commit]
-            step += 1
-            stats.steps += 1
-            if early_stop:
-                finish_at_eot(canvas, gen_start, cfg.mask_id, cfg.eot_id)
-            if callback is not None:
-                callback(canvas, {"block": (bs, be), "step": step, "committed": commit, "nfe": stats.nfe})
-        cache.end_block(calls, bs, be)
-    return stats
+    eot_id = model.config.eot_id
+    program = decode_program(calls, block_length, rule, cache, banned_tokens(model), eot_id, early_stop, callback)
+    reply = None
+    while True:
+        try:
+            call = program.send(reply)
+        except StopIteration:
+            return calls.stats
+        reply = calls(call.lo, call.hi, call.probe_layer)
