@@ -1,4 +1,4 @@
-"""`stretto bench samplers|cache|text|stream`: the benchmarks, written to stretto-results/ unless given paths."""
+"""`stretto bench samplers|cache|text|stream|serve`: the benchmarks, written to stretto-results/ unless given paths."""
 
 from __future__ import annotations
 
@@ -88,6 +88,22 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    try:
+        from stretto.bench.serve import run_serve_bench
+    except ImportError as err:
+        raise ValueError(f"stretto bench serve needs the serve extra and httpx: pip install 'stretto[test]' ({err})") from None
+    for n in args.concurrency:
+        if not 1 <= n <= 256:
+            raise ValueError(f"--concurrency must be integers in [1, 256], got {n}")
+    run_serve_bench(
+        args.json, args.plot, concurrency=tuple(args.concurrency), requests=args.requests,
+        duration_s=args.duration, steps=args.steps, max_tokens=args.max_tokens, blocks=args.blocks,
+        leave_every=args.leave_every, queue_size=args.queue_size, batch_clients=args.batch_clients,
+        batch_images=args.batch_images,
+    )  # fmt: skip
+
+
 def add_bench_samplers_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench samplers`."""
     p = bench_subparsers.add_parser("samplers", help="every sampler at NFE 2..32 vs a 100-step Euler reference")
@@ -161,6 +177,33 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_bench_serve_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench serve`."""
+    p = bench_subparsers.add_parser("serve", help="load test of stretto serve on loopback: throughput, latency, "
+                                    "batching, 429s, completeness, memory")  # fmt: skip
+    shared.add_results(p, "serve")
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16],
+                   help="concurrent clients of each mixed level, each in [1, 256] (default 1 4 16)")  # fmt: skip
+    p.add_argument("--requests", action=shared.IntInRange, low=1, high=100_000, default=48,
+                   help="requests per level (default 48)")  # fmt: skip
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per level after which no request starts")
+    p.add_argument("--steps", action=shared.IntInRange, low=1, high=50, default=8, help="image steps (default 8)")
+    p.add_argument("--max-tokens", action=shared.IntInRange, low=1, high=4096, default=32,
+                   help="tokens per streamed completion (default 32)")  # fmt: skip
+    p.add_argument("--blocks", action=shared.IntInRange, low=1, high=64, default=2,
+                   help="world blocks per stream (default 2)")  # fmt: skip
+    p.add_argument("--leave-every", action=shared.IntInRange, low=0, high=1000, default=4,
+                   help="every Nth stream leaves after its first event (default 4; 0: none)")  # fmt: skip
+    p.add_argument("--queue-size", action=shared.IntInRange, low=1, high=100_000, default=8,
+                   help="the mixed server's queue; past it requests get 429 (default 8)")  # fmt: skip
+    p.add_argument("--batch-clients", action=shared.IntInRange, low=1, high=256, default=16,
+                   help="image clients of the batching comparison (default 16)")  # fmt: skip
+    p.add_argument("--batch-images", action=shared.IntInRange, low=1, high=100_000, default=64,
+                   help="images per server in the batching comparison (default 64)")  # fmt: skip
+    p.set_defaults(func=cmd_bench_serve)
+    return p
+
+
 def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     """`stretto bench ...`."""
     bench = subparsers.add_parser("bench", help="benchmarks: speed and quality")
@@ -169,4 +212,5 @@ def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     add_bench_cache_command(what)
     add_bench_text_command(what)
     add_bench_stream_command(what)
+    add_bench_serve_command(what)
     return bench
