@@ -92,7 +92,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
     try:
         from stretto.bench.serve import run_serve_bench
     except ImportError as err:
-        raise ValueError(f"stretto bench serve needs the serve extra and httpx: pip install 'stretto[test]' ({err})") from None
+        raise ValueError(f"bench serve needs the serve extra and httpx: pip install 'stretto[test]' ({err})") from None
     for n in args.concurrency:
         if not 1 <= n <= 256:
             raise ValueError(f"--concurrency must be integers in [1, 256], got {n}")
@@ -100,7 +100,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
         args.json, args.plot, concurrency=tuple(args.concurrency), requests=args.requests,
         duration_s=args.duration, steps=args.steps, max_tokens=args.max_tokens, blocks=args.blocks,
         leave_every=args.leave_every, queue_size=args.queue_size, batch_clients=args.batch_clients,
-        batch_images=args.batch_images,
+        batch_images=args.batch_images, threads=args.torch_threads,
     )  # fmt: skip
 
 
@@ -200,6 +200,8 @@ def add_bench_serve_command(bench_subparsers) -> argparse.ArgumentParser:
                    help="image clients of the batching comparison (default 16)")  # fmt: skip
     p.add_argument("--batch-images", action=shared.IntInRange, low=1, high=100_000, default=64,
                    help="images per server in the batching comparison (default 64)")  # fmt: skip
+    p.add_argument("--torch-threads", action=shared.IntInRange, low=1, high=1024, default=None,
+                   help="the servers' torch threads (default: the usable cores)")  # fmt: skip
     p.set_defaults(func=cmd_bench_serve)
     return p
 

@@ -15,7 +15,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         from stretto.serve.server import run
-        from stretto.serve.settings import ServeSettings
+        from stretto.serve.settings import ServeSettings, usable_cores
     except ImportError as err:
         raise ValueError(f"stretto serve needs the serve extra: pip install 'stretto[serve]' ({err})") from None
 
@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_kib * 1024,
         allow_model_dirs=tuple(args.allow_model_dir),
-        torch_threads=args.torch_threads,
+        torch_threads=args.torch_threads or usable_cores(),
         max_streams=args.max_streams,
         idle_s=args.idle_timeout,
         max_images=args.max_images,
@@ -45,7 +45,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for name in settings.models:
         checkpoints.resolve(name)  # a missing model is one line here, not a failed server start
     print(f"stretto serve: http://{args.host}:{args.port}/ (models {', '.join(settings.models)})", flush=True)
+    if args.ray:
+        return serve_on_ray(settings, args, threads_given=args.torch_threads is not None)
     run(settings, log_level=args.log_level)
+
+
+def serve_on_ray(settings, args: argparse.Namespace, threads_given: bool) -> None:
+    """The same app as a Ray Serve deployment of --replicas replicas (autoscaled within the bounds)."""
+    try:
+        from stretto.serve.replicas import ReplicaSettings, run
+    except ImportError as err:
+        raise ValueError(f"--ray needs Ray Serve: pip install 'stretto[ray]' ({err})") from None
+    replicas = ReplicaSettings(args.replicas, args.min_replicas, args.max_replicas, replica_cpus=args.replica_cpus)
+    try:
+        replicas.check()
+    except ValueError as err:
+        raise ValueError(f"--{str(err).split()[0].replace('_', '-')}: {err}") from None
+    if not threads_given:  # replicas share the cores: each gets the CPUs Ray reserves for it
+        settings.torch_threads = max(1, int(args.replica_cpus))
+    run(settings, replicas)
 
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
@@ -88,8 +106,19 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=60.0,
                    help="seconds a world socket may send nothing before it is closed (default 60)")  # fmt: skip
     cores = usable_cores()
-    p.add_argument("--torch-threads", action=shared.IntInRange, low=1, high=1024, default=cores,
-                   help=f"torch intra-op threads for the model thread (default: the {cores} usable cores)")  # fmt: skip
+    p.add_argument("--torch-threads", action=shared.IntInRange, low=1, high=1024, default=None,
+                   help=f"torch intra-op threads for the model thread (default: the {cores} usable cores; "
+                   "with --ray the CPUs of a replica)")  # fmt: skip
+    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment of --replicas replicas "
+                   "(local Ray, or the cluster at RAY_ADDRESS); needs the ray extra")  # fmt: skip
+    p.add_argument("--replicas", action=shared.IntInRange, low=1, high=1024, default=1,
+                   help="with --ray: replicas at start (default 1)")  # fmt: skip
+    p.add_argument("--min-replicas", action=shared.IntInRange, low=0, high=1024, default=None,
+                   help="with --ray: autoscale down to this many (default --replicas: no autoscaling)")  # fmt: skip
+    p.add_argument("--max-replicas", action=shared.IntInRange, low=1, high=1024, default=None,
+                   help="with --ray: autoscale up to this many (default --replicas: no autoscaling)")  # fmt: skip
+    p.add_argument("--replica-cpus", type=float, default=1.0,
+                   help="with --ray: CPUs Ray reserves per replica (default 1)")  # fmt: skip
     p.add_argument("--no-quality", action="store_true",
                    help="skip scoring each image's prompt adherence with the shipped shapes classifier")  # fmt: skip
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
