@@ -15,6 +15,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
+from stretto.cli import main  # noqa: E402
 from stretto.serve import ServeSettings  # noqa: E402
 from stretto.serve.replicas import ReplicaSettings, application  # noqa: E402
 
@@ -59,7 +60,9 @@ def test_refusals_and_streams_pass_through_ray(ray_server):
         assert [json.loads(ws.recv(timeout=60))["index"] for _ in range(2)] == [0, 1]
 
 
-def test_replica_bounds_are_checked():
+def test_replica_bounds_are_checked(capsys):
+    assert main(["serve", "--ray", "--models", "shapes-flux", "--replicas", "5", "--max-replicas", "4"]) == 2
+    assert "--replicas" in capsys.readouterr().err
     assert ReplicaSettings(2, 1, 4).options()["autoscaling_config"]["max_replicas"] == 4
     assert ReplicaSettings(2).options()["num_replicas"] == 2
     with pytest.raises(ValueError, match="replicas"):

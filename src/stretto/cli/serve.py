@@ -44,9 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ValueError(f"{FLAGS.get(field, '--' + field.replace('_', '-'))}: {err}") from None
     for name in settings.models:
         checkpoints.resolve(name)  # a missing model is one line here, not a failed server start
-    print(f"stretto serve: http://{args.host}:{args.port}/ (models {', '.join(settings.models)})", flush=True)
     if args.ray:
         return serve_on_ray(settings, args, threads_given=args.torch_threads is not None)
+    print(f"stretto serve: http://{args.host}:{args.port}/ (models {', '.join(settings.models)})", flush=True)
     run(settings, log_level=args.log_level)
 
 
@@ -63,6 +63,9 @@ def serve_on_ray(settings, args: argparse.Namespace, threads_given: bool) -> Non
         raise ValueError(f"--{str(err).split()[0].replace('_', '-')}: {err}") from None
     if not threads_given:  # replicas share the cores: each gets the CPUs Ray reserves for it
         settings.torch_threads = max(1, int(args.replica_cpus))
+    low, high = replicas.bounds
+    print(f"stretto serve on Ray Serve: http://{args.host}:{args.port}/ ({args.replicas} replicas, bounds "
+          f"[{low}, {high}]; models {', '.join(settings.models)})", flush=True)  # fmt: skip
     run(settings, replicas)
 
 

@@ -5,7 +5,8 @@ The files: `app` assembles the routes, middleware and state; `images` (`POST /v1
 (`WS /v1/world`) are the endpoints; `worker` runs model work on one thread beside the event loop and bounds
 the queue; `waiting` cancels work whose client left or timed out; `schemas` and `errors` check requests and
 shape refusals; `limits` caps body sizes; `metrics` feeds `/metrics`; `registry` holds the models;
-`settings` is what the operator sets; `server` runs it on uvicorn; `page/` is the web page.
+`settings` is what the operator sets; `server` runs it on uvicorn, `replicas` as a Ray Serve deployment;
+`page/` is the web page.
 """
 
 from stretto.serve.app import create_app
