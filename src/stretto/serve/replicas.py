@@ -8,6 +8,8 @@ are per replica. A fixed count, or autoscaling between bounds on the requests ea
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -86,6 +88,8 @@ def run(settings: ServeSettings, replicas: ReplicaSettings, num_cpus: int | None
         ray.init(num_cpus=num_cpus, include_dashboard=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(application(settings, replicas), name="stretto", route_prefix="/")
+    # SIGTERM (a service manager, `kill`) ends the wait like Ctrl-C, so the replicas and local Ray shut down.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
