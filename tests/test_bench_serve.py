@@ -21,6 +21,7 @@ TINY = dict(concurrency=(1, 2), requests=8, steps=1, max_tokens=16, blocks=1, le
             batch_images=2, settle_s=5.0)  # fmt: skip
 
 
+@pytest.mark.slow  # starts three server processes: ~50 s on this machine
 def test_tiny_load_completes_and_reports(tmp_path):
     result = run_serve_bench(tmp_path / "serve.json", tmp_path / "serve.png", **TINY)
     assert json.loads((tmp_path / "serve.json").read_text()) == result
