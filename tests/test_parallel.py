@@ -35,6 +35,8 @@ CASES = [
     ("taylor:order=2,interval=2,warmup=1", 2e-5),
 ]
 STEPS = 8  # the default
+# policies deciding from the step index alone; Taylor again amplifies rounding (token-slice shapes here)
+ULYSSES = [(None, 1e-5), ("fora:interval=2", 1e-5), ("taylor:order=2,interval=2,warmup=1", 2e-5)]
 
 
 def _free_port() -> int:
@@ -59,13 +61,16 @@ def _worker(rank: int, port: int, out: str) -> None:
         for cache, _ in CASES:
             g = generate(model, PROMPTS, steps=STEPS, seeds=3, cache=cache, parallel="cfg")
             results[cache] = (g.images, _decisions(g), g.stats.comm_bytes, g.stats.model_calls)
+        ulysses = {}
+        for cache, _ in ULYSSES:  # last: Ulysses shards the model for good
+            ulysses[cache] = generate(model, PROMPTS, steps=STEPS, seeds=3, cache=cache, parallel="ulysses").images
         errors = []
-        for kwargs in ({"guidance": 1.0}, {"cache": "toca"}):
+        for kwargs in ({"guidance": 1.0}, {"cache": "toca"}, {"cache": "teacache", "parallel": "ulysses"}):
             try:
-                generate(model, PROMPTS, steps=2, parallel="cfg", **kwargs)
+                generate(model, PROMPTS, steps=2, **{"parallel": "cfg", **kwargs})
             except ValueError as err:
                 errors.append(str(err))
-        torch.save({"results": results, "errors": errors}, f"{out}/rank{rank}.pt")
+        torch.save({"results": results, "ulysses": ulysses, "errors": errors}, f"{out}/rank{rank}.pt")
     finally:
         stretto.parallel.finish()
 
@@ -114,9 +119,17 @@ def test_cfg_parallel_matches_one_process(ranks, cache, tolerance, monkeypatch):
 
 
 def test_cfg_parallel_refuses_what_it_cannot_split(ranks):
-    guidance, toca = ranks[0]["errors"]
+    guidance, toca, teacache = ranks[0]["errors"]
     assert "guidance must not be 0 or 1, got 1.0" in guidance
     assert "cache 'toca' picks one token subset" in toca
+    assert "cache 'teacache' decides from hidden states, which parallel 'ulysses' splits" in teacache
+
+
+@pytest.mark.parametrize(("cache", "tolerance"), ULYSSES)
+def test_ulysses_matches_one_process(ranks, cache, tolerance):
+    single = generate(stretto.load("shapes-flux"), PROMPTS, steps=STEPS, seeds=3, cache=cache)
+    for r in ranks:
+        assert (r["ulysses"][cache] - single.images).abs().max() <= tolerance
 
 
 def test_cfg_parallel_needs_two_processes(tiny_flux):
@@ -124,7 +137,7 @@ def test_cfg_parallel_needs_two_processes(tiny_flux):
     with pytest.raises(ValueError, match="2 processes, got world size 1"):
         generate(tiny_flux, ["a red circle"], steps=2, parallel="cfg")
     with pytest.raises(ValueError, match="parallel must be one of cfg"):
-        generate(tiny_flux, ["a red circle"], steps=2, parallel="ulysses")
+        generate(tiny_flux, ["a red circle"], steps=2, parallel="ring")
 
 
 def test_cli_parallel_needs_torchrun(monkeypatch, capsys):

@@ -62,8 +62,8 @@ def _generate(args: argparse.Namespace, given: list[str], guidance: float, rank:
         f"wrote {path} ({len(prompts)} image(s)); {args.sampler} {args.steps} steps: {s.model_calls} model calls, "
         f"{s.total_block_evals} block evaluations, {s.wall_s:.2f} s"
     )
-    if args.parallel:
-        print(f"--parallel {args.parallel}: counts are rank 0's (cond branch); {s.comm_bytes} bytes all-gathered")
+    if args.parallel == "cfg":
+        print(f"--parallel cfg: counts are rank 0's (cond branch); {s.comm_bytes} bytes all-gathered")
     if s.cache is not None:
         t = s.cache.totals()
         print(f"cache {s.cache.policy}: {t['computed']:g} computed, {t['reused']:g} reused, {t['forecast']:g} forecast")
@@ -89,9 +89,10 @@ def add_generate_command(subparsers) -> argparse.ArgumentParser:
     shared.add_device(p)
     p.add_argument(
         "--parallel",
-        choices=["cfg"],
+        choices=["cfg", "ulysses"],
         default=None,
-        help="cfg: the CFG branches on 2 processes (torchrun --nproc-per-node 2 -m stretto.cli generate ...)",
+        help="cfg: the CFG branches on 2 processes; ulysses: the tokens over all processes "
+        "(torchrun --nproc-per-node 2 -m stretto.cli generate ...)",
     )
     p.set_defaults(func=cmd_generate)
     return p

@@ -4,7 +4,7 @@
 
     import stretto, stretto.parallel
     stretto.parallel.init()                                   # reads torchrun's RANK / WORLD_SIZE / MASTER_ADDR
-    image = stretto.generate(model, ["a red circle"], parallel="cfg")
+    image = stretto.generate(model, ["a red circle"], parallel="cfg")      # or "ulysses": tokens split
 
 gloo on the CPU, NCCL on CUDA; torch.distributed is the only transport. This room knows nothing about
 models or pipelines: the pipelines decide what to split and call `AllGather` to join it.
@@ -12,5 +12,6 @@ models or pipelines: the pipelines decide what to split and call `AllGather` to 
 
 from stretto.parallel.gather import AllGather
 from stretto.parallel.group import finish, init, rank, world_size
+from stretto.parallel.ulysses import enable_ulysses
 
-__all__ = ["AllGather", "finish", "init", "rank", "world_size"]
+__all__ = ["AllGather", "enable_ulysses", "finish", "init", "rank", "world_size"]

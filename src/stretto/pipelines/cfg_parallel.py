@@ -1,4 +1,6 @@
-"""CFG-parallel (as in xDiT): the conditional branch on rank 0, the unconditional on rank 1, joined every step.
+"""One image generation over the processes of a group: CFG-parallel, or Ulysses sequence parallel.
+
+CFG-parallel (as in xDiT): the conditional branch on rank 0, the unconditional on rank 1, joined every step.
 
 Each rank runs the model on its branch's rows only and all-gathers the velocities; both ranks then form
 the same guided velocity and take the same sampler step, so the state never drifts apart and nothing but
@@ -11,6 +13,10 @@ makes exactly the single-process decisions of the cond rows and rank 1 those of 
 may decide differently, by design, and the image stays the single-process one. Forcing one decision for
 both (an all-reduce) would change the image. Token-subset policies (toca, ras) pick one token subset from
 all rows of a call, so split branches would pick different subsets than one process does: they are refused.
+
+Ulysses (stretto.parallel.ulysses): every rank runs the whole batched CFG call on its slice of the tokens.
+A policy that reads the hidden states (teacache, firstblock, ...) would then decide from a different slice
+on each rank, so only policies that decide from the step index alone (fora, taylor) run under Ulysses.
 """
 
 from __future__ import annotations
@@ -20,17 +26,23 @@ from collections.abc import Callable, Sequence
 import torch
 
 from stretto import cache as feature_cache
-from stretto.parallel import AllGather, rank, world_size
+from stretto.parallel import AllGather, enable_ulysses, rank, world_size
 
-PARALLEL_MODES = ("cfg",)
+PARALLEL_MODES = ("cfg", "ulysses")
 BRANCHES = ("cond", "uncond")  # rank i runs BRANCHES[i]
 ONE_SUBSET_POLICIES = ("toca", "ras")  # choose one token subset across all rows of a call (cache/toca.py)
+STEP_ONLY_POLICIES = ("none", "fora", "taylor")  # decide from the step index alone, never from hidden states
 
 
-def check_parallel(parallel: str, guidance: float) -> None:
-    """Raise ValueError naming a bad mode, world size or guidance for multi-process generation."""
+def prepare_parallel(model, parallel: str, guidance: float) -> None:
+    """Raise ValueError naming a bad mode, world size or guidance; for Ulysses, shard the model's transformer."""
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)} (or None), got {parallel!r}")
+    if parallel == "ulysses":
+        if world_size() < 2:
+            raise ValueError(f"parallel 'ulysses' needs 2 or more processes, got world size {world_size()}")
+        enable_ulysses(getattr(model, "transformer", model))
+        return
     if world_size() != 2:
         raise ValueError(
             f"parallel 'cfg' runs the two CFG branches on 2 processes, got world size {world_size()} "
@@ -40,11 +52,16 @@ def check_parallel(parallel: str, guidance: float) -> None:
         raise ValueError(f"parallel 'cfg' needs both CFG branches: guidance must not be 0 or 1, got {guidance}")
 
 
-def check_policy(model) -> None:
-    """Raise ValueError if the cache applied to `model` cannot give the single-process image under cfg-parallel."""
+def check_policy(model, parallel: str) -> None:
+    """Raise ValueError if the cache applied to `model` cannot give the single-process image under `parallel`."""
     handle = feature_cache.get_handle(model)
     name = getattr(getattr(handle, "policy", None), "name", None)
-    if name in ONE_SUBSET_POLICIES:
+    if parallel == "ulysses" and name is not None and name not in STEP_ONLY_POLICIES:
+        raise ValueError(
+            f"cache {name!r} decides from hidden states, which parallel 'ulysses' splits across ranks; "
+            f"use one of {', '.join(STEP_ONLY_POLICIES)}"
+        )
+    if parallel == "cfg" and name in ONE_SUBSET_POLICIES:
         allowed = sorted(set(feature_cache.POLICIES) - set(ONE_SUBSET_POLICIES))
         raise ValueError(
             f"cache {name!r} picks one token subset across both CFG branches and cannot run with parallel 'cfg'; "

@@ -16,7 +16,7 @@ from stretto.cache import CacheSummary
 from stretto.data.shapes import IMAGE_SIZE, PromptError, check_vocabulary
 from stretto.eval.timing import BlockCounter, measure
 from stretto.parallel import AllGather
-from stretto.pipelines.cfg_parallel import cfg_parallel_denoiser, check_parallel, check_policy
+from stretto.pipelines.cfg_parallel import cfg_parallel_denoiser, check_policy, prepare_parallel
 from stretto.sampling import TimeShiftedDenoiser, flow_sigmas, get_sampler
 
 MAX_GUIDANCE = 20.0
@@ -127,14 +127,14 @@ def generate(
     `cache` is a feature-cache policy or a `--cache` string such as "taylor:order=2,interval=3", applied
     for this call only (a cache already applied with stretto.cache.apply is used as well).
     Unconditional samples: an empty prompt with guidance=0 (an empty prompt with any other guidance is an error).
-    `parallel="cfg"` splits the CFG branches over the 2 processes of a started group (see cfg_parallel.py);
-    every rank gets the whole images, and the stats (model calls, blocks, cache) of its own branch.
+    `parallel="cfg"` splits the CFG branches over the 2 processes of a started group, `"ulysses"` the tokens
+    over all of them (see cfg_parallel.py; it shards the model for good); every rank gets the whole images.
     """
     prompts = list(prompts)
     check_prompts(prompts, guidance)
     check_settings(steps, sampler, guidance, shift)
     if parallel is not None:
-        check_parallel(parallel, guidance)
+        prepare_parallel(model, parallel, guidance)
     if isinstance(cache, str):
         cache = feature_cache.parse_policy(cache)
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
@@ -149,11 +149,12 @@ def generate(
     sample = get_sampler(sampler)
     with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
         feature_cache.reset(model, None if time_shift else sigmas)  # a time-shifted model sees other sigmas
-        gather = AllGather() if parallel is not None else None
+        if parallel is not None:
+            check_policy(model, parallel)
+        gather = AllGather() if parallel == "cfg" else None
         if gather is None:
             denoiser = guided_denoiser(model, prompts, guidance, stats)
         else:
-            check_policy(model)
             denoiser = cfg_parallel_denoiser(model, prompts, guidance, stats, gather)
         if time_shift:
             denoiser = TimeShiftedDenoiser(denoiser)
