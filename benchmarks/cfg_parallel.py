@@ -1,9 +1,9 @@
-"""CFG-parallel on this machine: one process (all cores) against two ranks (one core each), same images.
+"""CFG-parallel and Ulysses on this machine: one process (all cores) against two ranks (one core each).
 
     torchrun --nproc-per-node 2 benchmarks/cfg_parallel.py --out /tmp/cfg_parallel.json
 
 Per batch size: median wall time of the generation (model loaded, one warm-up run excluded) for one batched
-process with 1 and with 2 threads and for cfg-parallel with 1 thread per rank, the speedup over the faster
+process with 1 and with 2 threads and for cfg-parallel and Ulysses with 1 thread per rank, the speedup over the faster
 single process, the max abs difference of the images, and the bytes all-gathered per model call. All are
 timed in the same run, in turn, so a busy machine slows them alike (2 OpenMP threads suffer most when other
 jobs hold the cores).
@@ -44,10 +44,12 @@ def main() -> None:
     args = parser.parse_args()
     stretto.parallel.init("cpu")
     model = stretto.load("shapes-flux")
+    sharded = stretto.load("shapes-flux")  # Ulysses shards its transformer for good
     rows = []
     for n in (int(b) for b in args.batches.split(",")):
         torch.set_num_threads(1)  # two ranks share the two cores
         par, images, comm = timed(model, n, args.repeats, steps=args.steps, cache=args.cache, parallel="cfg")
+        uly, uly_images, _ = timed(sharded, n, args.repeats, steps=args.steps, cache=args.cache, parallel="ulysses")
         dist.barrier()
         if stretto.parallel.rank() == 0:
             one_thread, single, _ = timed(model, n, args.repeats, steps=args.steps, cache=args.cache)
@@ -61,6 +63,9 @@ def main() -> None:
                     "cfg_parallel_s": round(par, 4),
                     "speedup": round(min(one_thread, two_threads) / par, 3),
                     "max_abs_diff": float((images - single).abs().max()),
+                    "ulysses_s": round(uly, 4),
+                    "ulysses_speedup": round(min(one_thread, two_threads) / uly, 3),
+                    "ulysses_max_abs_diff": float((uly_images - single).abs().max()),
                     "bytes_per_call": comm // args.steps,
                 }
             )
