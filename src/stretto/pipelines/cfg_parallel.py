@@ -52,10 +52,11 @@ def prepare_parallel(model, parallel: str, guidance: float) -> None:
         raise ValueError(f"parallel 'cfg' needs both CFG branches: guidance must not be 0 or 1, got {guidance}")
 
 
-def check_policy(model, parallel: str) -> None:
-    """Raise ValueError if the cache applied to `model` cannot give the single-process image under `parallel`."""
-    handle = feature_cache.get_handle(model)
-    name = getattr(getattr(handle, "policy", None), "name", None)
+def check_policy(model, parallel: str, policy: feature_cache.CachePolicy | None) -> None:
+    """Raise ValueError if `policy` (or the cache applied to `model`) cannot give the single-process image."""
+    if policy is None:
+        policy = getattr(feature_cache.get_handle(model), "policy", None)
+    name = getattr(policy, "name", None)
     if parallel == "ulysses" and name is not None and name not in STEP_ONLY_POLICIES:
         raise ValueError(
             f"cache {name!r} decides from hidden states, which parallel 'ulysses' splits across ranks; "

@@ -133,10 +133,11 @@ def generate(
     prompts = list(prompts)
     check_prompts(prompts, guidance)
     check_settings(steps, sampler, guidance, shift)
-    if parallel is not None:
-        prepare_parallel(model, parallel, guidance)
     if isinstance(cache, str):
         cache = feature_cache.parse_policy(cache)
+    if parallel is not None:
+        check_policy(model, parallel, cache)  # before Ulysses shards the model
+        prepare_parallel(model, parallel, guidance)
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int")
@@ -149,8 +150,6 @@ def generate(
     sample = get_sampler(sampler)
     with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
         feature_cache.reset(model, None if time_shift else sigmas)  # a time-shifted model sees other sigmas
-        if parallel is not None:
-            check_policy(model, parallel)
         gather = AllGather() if parallel == "cfg" else None
         if gather is None:
             denoiser = guided_denoiser(model, prompts, guidance, stats)
