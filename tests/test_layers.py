@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "stretto"
 LAYERS = [
-    {"data", "sampling", "devices", "images", "spec"},
+    {"data", "sampling", "devices", "images", "spec", "parallel"},
     {"models"},
     {"eval", "checkpoints", "cache"},
     {"pipelines"},

@@ -9,10 +9,6 @@ from stretto.pipelines.image import DEFAULT_STEPS
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import stretto
-    from stretto.images import save_images
-    from stretto.models.shapes_flux import ShapesFlux
-
     if args.num_seeds < 1:
         raise ValueError(f"--num-seeds must be >= 1, got {args.num_seeds}")
     if args.seed + args.num_seeds - 1 > shared.MAX_SEED:
@@ -24,6 +20,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # Unconditional samples are the empty prompt at guidance 0 (the pipeline refuses an empty prompt otherwise).
     given = [""] if args.unconditional else args.prompts
     guidance = 0.0 if args.unconditional else args.guidance
+    if not args.parallel:
+        return _generate(args, given, guidance, rank=0)
+    import stretto.parallel
+
+    args.device = stretto.parallel.init(args.device)
+    try:
+        return _generate(args, given, guidance, rank=stretto.parallel.rank())
+    finally:
+        stretto.parallel.finish()
+
+
+def _generate(args: argparse.Namespace, given: list[str], guidance: float, rank: int) -> None:
+    """Load, generate, and (on rank 0) write the PNG and print the counts."""
+    import stretto
+    from stretto.images import save_images
+    from stretto.models.shapes_flux import ShapesFlux
+
     model = stretto.load(args.model, device=args.device, kind=ShapesFlux.kind)
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     prompts = [p for p in given for _ in seeds]
@@ -37,7 +50,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seeds=seeds * len(given),
         time_shift=args.time_shift,
         cache=args.cache,
+        parallel=args.parallel,
     )
+    if rank:  # every rank holds the same images; rank 0 writes and reports
+        return
     labels = [p or "(unconditional)" for p in given] if len(prompts) > 1 else None
     cols = [f"seed {s}" for s in seeds] if len(prompts) > 1 else None
     path = save_images(result.images, args.out, rows=len(given), row_labels=labels, col_labels=cols)
@@ -46,6 +62,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         f"wrote {path} ({len(prompts)} image(s)); {args.sampler} {args.steps} steps: {s.model_calls} model calls, "
         f"{s.total_block_evals} block evaluations, {s.wall_s:.2f} s"
     )
+    if args.parallel == "cfg":
+        print(f"--parallel cfg: counts are rank 0's (cond branch); {s.comm_bytes} bytes all-gathered")
     if s.cache is not None:
         t = s.cache.totals()
         print(f"cache {s.cache.policy}: {t['computed']:g} computed, {t['reused']:g} reused, {t['forecast']:g} forecast")
@@ -69,5 +87,12 @@ def add_generate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="stretto.png", help="output PNG path (default stretto.png)")
     shared.add_model(p)
     shared.add_device(p)
+    p.add_argument(
+        "--parallel",
+        choices=["cfg", "ulysses"],
+        default=None,
+        help="cfg: the CFG branches on 2 processes; ulysses: the tokens over all processes "
+        "(torchrun --nproc-per-node 2 -m stretto.cli generate ...)",
+    )
     p.set_defaults(func=cmd_generate)
     return p

@@ -15,6 +15,8 @@ from stretto import cache as feature_cache
 from stretto.cache import CacheSummary
 from stretto.data.shapes import IMAGE_SIZE, PromptError, check_vocabulary
 from stretto.eval.timing import BlockCounter, measure
+from stretto.parallel import AllGather
+from stretto.pipelines.cfg_parallel import cfg_parallel_denoiser, check_policy, prepare_parallel
 from stretto.sampling import TimeShiftedDenoiser, flow_sigmas, get_sampler
 
 MAX_GUIDANCE = 20.0
@@ -34,6 +36,7 @@ class GenerationStats:
     wall_s: float = 0.0
     peak_mem_bytes: int = 0
     cache: CacheSummary | None = None  # computed / reused / forecast block evaluations per call and branch
+    comm_bytes: int = 0  # bytes all-gathered on this rank (multi-process generation only)
 
     @property
     def total_block_evals(self) -> int:
@@ -115,6 +118,7 @@ def generate(
     sigmas: torch.Tensor | None = None,
     time_shift: bool = False,
     cache: feature_cache.CachePolicy | str | None = None,
+    parallel: str | None = None,
 ) -> Generation:
     """Generate one image per prompt. `seeds` is one seed per prompt, or a first seed (prompt i gets seed + i).
 
@@ -123,12 +127,17 @@ def generate(
     `cache` is a feature-cache policy or a `--cache` string such as "taylor:order=2,interval=3", applied
     for this call only (a cache already applied with stretto.cache.apply is used as well).
     Unconditional samples: an empty prompt with guidance=0 (an empty prompt with any other guidance is an error).
+    `parallel="cfg"` splits the CFG branches over the 2 processes of a started group, `"ulysses"` the tokens
+    over all of them (see cfg_parallel.py; it shards the model for good); every rank gets the whole images.
     """
     prompts = list(prompts)
     check_prompts(prompts, guidance)
     check_settings(steps, sampler, guidance, shift)
     if isinstance(cache, str):
         cache = feature_cache.parse_policy(cache)
+    if parallel is not None:
+        check_policy(model, parallel, cache)  # before Ulysses shards the model
+        prepare_parallel(model, parallel, guidance)
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int")
@@ -141,13 +150,18 @@ def generate(
     sample = get_sampler(sampler)
     with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
         feature_cache.reset(model, None if time_shift else sigmas)  # a time-shifted model sees other sigmas
-        denoiser = guided_denoiser(model, prompts, guidance, stats)
+        gather = AllGather() if parallel == "cfg" else None
+        if gather is None:
+            denoiser = guided_denoiser(model, prompts, guidance, stats)
+        else:
+            denoiser = cfg_parallel_denoiser(model, prompts, guidance, stats, gather)
         if time_shift:
             denoiser = TimeShiftedDenoiser(denoiser)
         images = sample(denoiser, initial_noise(seeds, device), sigmas)
         if feature_cache.get_handle(model) is not None:
             stats.cache = feature_cache.summary(model)
     stats.sampler_nfe = stats.model_calls
+    stats.comm_bytes = 0 if gather is None else gather.bytes
     stats.block_evals = counter.counts
     stats.wall_s = timing.seconds
     stats.peak_mem_bytes = timing.peak_bytes
