@@ -103,7 +103,7 @@ def add_bench_samplers_command(bench_subparsers) -> argparse.ArgumentParser:
 
 def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench cache`."""
-    p = bench_subparsers.add_parser("cache", help="every cache policy and diffusers' own caches vs full compute")
+    p = bench_subparsers.add_parser("cache", help="every cache policy and other engines' caches vs full compute")
     p.add_argument("--json", default=None, help=f"result JSON (default {shared.RESULTS_DIR}/cache.json, with "
                    f"--wall-check {shared.RESULTS_DIR}/cache-wall.json; the committed results are in "
                    "benchmarks/results/)")  # fmt: skip
@@ -112,8 +112,9 @@ def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=128, help="prompts, one image each (default 128)")
     p.add_argument("--setup", nargs="+", default=["euler:50", "dpm++2m:20"], help="SAMPLER:STEPS; the first gets "
                    "every setting, the others one middle setting per policy")  # fmt: skip
-    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (both engines)")
-    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers"], help="stretto and/or diffusers")
+    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (every engine)")
+    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers", "cache-dit"],
+                   help="any of stretto, diffusers, cache-dit (skipped, saying so, when not installed)")  # fmt: skip
     p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
                    "specs interleaved with full compute (euler 50), to --json")  # fmt: skip
     shared.add_guidance(p)
