@@ -36,6 +36,12 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
         json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
         run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images)
         return
+    if args.compile:
+        from stretto.bench.cache_compile import run_compile_check
+
+        json_path = args.json or f"{shared.RESULTS_DIR}/cache-compile.json"
+        run_compile_check(args.compile, json_path, model=args.model, device=args.device, num_images=args.num_images)
+        return
     setups = []
     for item in args.setup:
         sampler, _, steps = item.partition(":")
@@ -117,6 +123,8 @@ def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
                    help="any of stretto, diffusers, cache-dit (skipped, saying so, when not installed)")  # fmt: skip
     p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
                    "specs interleaved with full compute (euler 50), to --json")  # fmt: skip
+    p.add_argument("--compile", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache specs "
+                   "with and without torch.compile of the blocks, interleaved (euler 50), to --json")  # fmt: skip
     shared.add_guidance(p)
     shared.add_model(p)
     shared.add_device(p)
