@@ -1,4 +1,4 @@
-"""`stretto bench cache`: every cache policy, and diffusers' own caches, against full compute on the same model.
+"""`stretto bench cache`: every cache policy, diffusers' and cache-dit's caches, against full compute on one model.
 
 One run, one model, one sampler setting, the same prompts and seeds for every row. Quality is measured against
 the full-compute output of the same setting (PSNR, SSIM), and as distributions (FID on the shapes classifier's
@@ -7,7 +7,8 @@ really did (attention and MLP tokens, `ComputeCounter`) over the full run's, so 
 skipped compute promises and `speedup_wall` what this noisy 2-core machine delivered in the same run.
 
 Calibrated policies (TeaCache's polynomial, MagCache's ratios, diffusers' MagCache ratios) are calibrated in
-the run, on calibration prompts and seeds that are not the evaluation ones.
+the run, on calibration prompts and seeds that are not the evaluation ones. cache-dit (the `[compare]` extra)
+is the third engine when it is installed (bench/cachedit_caches.py says how it is attached).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import stretto
-from stretto.bench import diffusers_caches
+from stretto.bench import cachedit_caches, diffusers_caches
 from stretto.bench.report import describe_machine, new_figure, print_table, save_figure, write_json
 from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
@@ -36,6 +37,7 @@ from stretto.tune.calibrate import calibrate_magcache, calibrate_teacache
 SEARCH_RESULT = "benchmarks/results/cache-search.json"  # `stretto search cache` output, used when it fits
 CALIBRATION_PROMPTS = 8
 CALIBRATION_SEED = 10_000  # calibration prompts and seeds differ from the evaluation ones
+ENGINES = ("stretto", "diffusers", "cache-dit")
 
 
 def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[str]:
@@ -112,6 +114,8 @@ class CacheBench:
         if engine == "stretto":
             cache = None if name == "none" else params
             return self.timed(lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images)
+        if engine == "cache-dit":  # attached and removed inside the timed part, like the other engines' caches
+            return self.timed(lambda: cachedit_caches.generate_with(self.net, self.prompts, name, params, **kw).images)
         return self.timed(lambda: diffusers_caches.generate(self.net, self.prompts, name, params, **kw).images)
 
     def calibrate(self, sampler: str, steps: int) -> tuple[dict[str, str], dict[str, list[float]]]:
@@ -147,6 +151,7 @@ class CacheBench:
             bar.update()
         bar.close()
         ref_wall = {cfg: sum(r.wall_s for r in runs) / len(runs) for cfg, runs in refs.items()}
+        ref_wall["cache-dit"] = ref_wall["stretto"]  # the same loop and calls, cache-dit attached instead
         reference = refs["stretto"][0]
         full_evals = steps * 2 * len(self.net.blocks)  # per image: steps x CFG branches x blocks
         quality = Quality(reference.images, self.prompts, self.fid, self.classifier)
@@ -181,19 +186,24 @@ def run_cache_bench(
     guidance: float = DEFAULT_GUIDANCE,
     setups: tuple[tuple[str, int], ...] = (("euler", 50), ("dpm++2m", 20)),
     policies: list[str] | None = None,
-    engines: tuple[str, ...] = ("stretto", "diffusers"),
+    engines: tuple[str, ...] = ENGINES,
     calibrate: bool = True,
 ) -> dict:
     """Run the benchmark, write JSON (and a plot), return the result dict.
 
-    `policies` restricts the rows to those policy names (both engines); the first setup gets every setting,
-    the others one middle setting per policy.
+    `policies` restricts the rows to those policy names (every engine); the first setup gets every setting,
+    the others one middle setting per policy. cache-dit's engine is skipped, saying so, when it is not installed.
     """
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2 (FID needs a covariance), got {num_images}")
-    bad_engines = [e for e in engines if e not in ("stretto", "diffusers")]
+    bad_engines = [e for e in engines if e not in ENGINES]
     if bad_engines or not engines:
-        raise ValueError(f"unknown engine(s) {bad_engines or engines}; allowed: stretto, diffusers")
+        raise ValueError(f"unknown engine(s) {bad_engines or engines}; allowed: {', '.join(ENGINES)}")
+    if "cache-dit" in engines and not cachedit_caches.available():
+        print(f"cache-dit is not installed ({cachedit_caches.INSTALL_HINT}): skipping its engine")
+        engines = tuple(e for e in engines if e != "cache-dit")
+        if not engines:
+            raise ValueError("no engine left to run: cache-dit is not installed")
     bench = CacheBench(model, device, num_images, guidance)
     rows: list[dict] = []
     calibrations: dict[str, dict] = {}
@@ -205,6 +215,8 @@ def run_cache_bench(
             jobs += [("stretto", spec, spec) for spec in stretto_settings(calib_stretto, sampler, steps)]
         if "diffusers" in engines:
             jobs += [("diffusers", name, params) for name, params in diffusers_settings(calib_diffusers)]
+        if "cache-dit" in engines:
+            jobs += [("cache-dit", name, params) for name, params in cachedit_caches.settings(steps)]
         jobs = [j for j in jobs if policies is None or policy_name(j[0], j[1]) in policies]
         if setup_i > 0:  # later setups: the middle setting of each policy
             jobs = middle_settings(jobs)
@@ -231,6 +243,8 @@ def run_cache_bench(
 
 CFG_MODES = {
     "stretto": "both branches in one batched call, state per branch (stretto's pipeline)",
+    "cache-dit": "stretto's pipeline (both branches in one batched call) with one cache-dit context: one decision "
+    "per call for all rows",
     "separate": "one call per branch, each in its own diffusers cache_context (FirstBlockCache, TaylorSeer, MagCache)",
     "batched": "both branches in one call, unconditional rows first (PAB, FasterCache: one state per module)",
 }
@@ -259,7 +273,9 @@ class Quality:
 
 def cfg_mode(engine: str, name: str) -> str:
     """How a row runs classifier-free guidance (see CFG_MODES)."""
-    return "stretto" if engine == "stretto" else "batched" if name in diffusers_caches.BATCHED else "separate"
+    if engine in ("stretto", "cache-dit"):
+        return engine
+    return "batched" if name in diffusers_caches.BATCHED else "separate"
 
 
 def policy_name(engine: str, name: str) -> str:
@@ -308,10 +324,10 @@ def plot_cache_bench(result: dict, plot_path: str | Path) -> None:
     """Wall-clock speedup vs FID and vs PSNR, one colour per engine, one marker per policy; one row per setup."""
     setups = result["setups"]
     plt, fig, axes = new_figure(len(setups), 2, figsize=(13, 4.8 * len(setups)))
-    colours = {"stretto": "tab:blue", "diffusers": "tab:orange"}
+    colours = {"stretto": "tab:blue", "diffusers": "tab:orange", "cache-dit": "tab:green"}
     policies = sorted({r["policy"] for r in result["rows"] if r["policy"] != "none"})
-    markers = dict(zip(policies, ["o", "s", "D", "^", "v", "<", ">", "P", "X", "*", "d", "p", "h", "1", "2", "3", "4"],
-                       strict=False))  # fmt: skip
+    shapes = ["o", "s", "D", "^", "v", "<", ">", "P", "X", "*", "d", "p", "h", "1", "2", "3", "4", "8", "+", "x"]
+    markers = dict(zip(policies, shapes, strict=False))
     for (ax_fid, ax_psnr), setup in zip(axes, setups, strict=True):
         rows = [r for r in result["rows"] if r["sampler"] == setup["sampler"] and r["steps"] == setup["steps"]]
         full = next(r for r in rows if r["engine"] == "stretto" and r["policy"] == "none")

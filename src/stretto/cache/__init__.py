@@ -16,9 +16,11 @@
 CogVideoX, HunyuanDiT, ...; `families.markdown_table()` lists them) or a diffusers pipeline. Without
 `step(...)` the cache reads the model call's own timestep (keyword or positional). mechanism.py maps the
 mechanism's files; block_list.py says how the stack is taken over, stack.py what a policy sees.
+Under torch.compile, compile the blocks (`cache.compile_blocks(model)`), not the whole model (compiled.py).
 """
 
 from stretto.cache.accounting import CacheSummary, StepRecord
+from stretto.cache.compiled import compile_blocks
 from stretto.cache.deepcache import DeepCache
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
@@ -63,6 +65,7 @@ __all__ = [
     "apply",
     "applied",
     "available",
+    "compile_blocks",
     "get_handle",
     "parse_policy",
     "remove",

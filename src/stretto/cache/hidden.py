@@ -13,13 +13,25 @@ Hidden = tuple[torch.Tensor | None, ...]  # the tensors a block passes to the ne
 
 
 def take(h: Hidden, rows: torch.Tensor) -> Hidden:
-    """The given batch rows of every tensor."""
-    return tuple(None if t is None else t.index_select(0, rows) for t in h)
+    """The given batch rows of every tensor (`rows`: distinct ascending indices, as `split` gives them)."""
+    return tuple(None if t is None else take_rows(t, rows) for t in h)
 
 
 def put(h: Hidden, rows: torch.Tensor, values: Hidden) -> Hidden:
-    """A copy of `h` with the given batch rows replaced by `values`."""
-    return tuple(None if t is None else t.index_copy(0, rows, v) for t, v in zip(h, values, strict=True))
+    """`h` with the given batch rows replaced by `values` (a new tuple; the tensors of `h` are not modified)."""
+    return tuple(None if t is None else put_rows(t, rows, v) for t, v in zip(h, values, strict=True))
+
+
+# With every row selected (the usual batched-CFG call, all rows at one step) these return their input
+# instead of copying it: the copies cost as much as a block's attention on a small model.
+def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` (distinct, ascending) of `t`; `t` itself when that is every row."""
+    return t if rows.numel() == t.shape[0] else t.index_select(0, rows)
+
+
+def put_rows(t: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`t` with rows `rows` (distinct, ascending) replaced by `values` (a copy); `values` when that is every row."""
+    return values if rows.numel() == t.shape[0] else t.index_copy(0, rows, values)
 
 
 def add(a: Hidden, b: Hidden) -> Hidden:

@@ -179,9 +179,7 @@ class Schedule(CachePolicy):
             for b in range(start, stop):
                 h = self._compute_block(stack, h, b, state)
             return h
-        jump = state[f"r{start}"]  # the stored residuals of the range, added in one go
-        for b in range(start + 1, stop):
-            jump = add(jump, state[f"r{b}"])
+        jump = self._jump(state, start, stop)
         if not bool(compute.any()):
             stack.count("reused", start, stop)
             return add(h, jump)
@@ -193,9 +191,30 @@ class Schedule(CachePolicy):
         stack.count("reused", start, stop, skip)
         return put(add(h, jump), run, h_run)
 
+    @staticmethod
+    def _jump(state: dict, start: int, stop: int) -> Hidden:
+        """The summed residuals of blocks [start, stop), kept until one of them is recomputed: a mask reuses
+        the same runs of blocks step after step, and summing them again each time costs as much as the
+        reuse itself."""
+        key = f"j{start}:{stop}"
+        if key not in state:
+            jump = state[f"r{start}"]
+            for b in range(start + 1, stop):
+                jump = add(jump, state[f"r{b}"])
+            state[key] = jump
+        return state[key]
+
     def _compute_block(self, stack: Stack, h: Hidden, b: int, state: dict, rows: torch.Tensor | None = None) -> Hidden:
         out = stack.compute(h, b, b + 1, rows)
         if self._kept[b]:
             residual = sub(out, h)
             state[f"r{b}"] = residual if rows is None else put(state[f"r{b}"], rows, residual)
+            for key in [k for k in state if k.startswith("j") and _in_run(k, b)]:
+                del state[key]  # a sum over this block's old residual
         return out
+
+
+def _in_run(key: str, b: int) -> bool:
+    """Whether block b is in the run of a summed-residual key "j{start}:{stop}"."""
+    start, stop = key[1:].split(":")
+    return int(start) <= b < int(stop)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stretto.cache.hidden import Hidden, add, put, split, sub, take
+from stretto.cache.hidden import Hidden, add, put, put_rows, split, sub, take, take_rows
 from stretto.cache.policy import CachePolicy, bounded, register
 from stretto.cache.stack import Call, Stack
 
@@ -115,12 +115,12 @@ def refresh_tokens(stack: Stack, h: Hidden, call: Call, full: torch.Tensor, pick
         state["computed"] = torch.ones_like(call.index)
         return out
     run, part = split(full | call.fresh)
-    out = add(h, state["residual"])  # reuse everywhere; computed rows and tokens are overwritten below
+    out = h if part is None else add(h, state["residual"])  # reuse; computed rows and tokens are overwritten
     if run is not None:
         h_run = take(h, run)
         kv = []
         out_run = stack.compute_tokens(h_run, 0, n_blocks, every, rows=run, kv=kv)
-        state["kv"] = tuple(c.index_copy(0, run, n) for c, n in zip(state["kv"], kv, strict=True))
+        state["kv"] = tuple(put_rows(c, run, n) for c, n in zip(state["kv"], kv, strict=True))
         _remember(stack, state, h_run, out_run, run, every, call.index[run])
         out = put(out, run, out_run)
     if part is None:
@@ -130,11 +130,11 @@ def refresh_tokens(stack: Stack, h: Hidden, call: Call, full: torch.Tensor, pick
         stack.count("reused", 0, n_blocks, part)
         return out
     h_part = take(h, part)
-    kv = [c.index_select(0, part) for c in state["kv"]]
+    kv = [take_rows(c, part) for c in state["kv"]]  # updated in place by the attention (token_attention.py)
     out_part = stack.compute_tokens(h_part, 0, n_blocks, tokens, rows=part, kv=kv)
-    state["kv"] = tuple(c.index_copy(0, part, n) for c, n in zip(state["kv"], kv, strict=True))
+    state["kv"] = tuple(put_rows(c, part, n) for c, n in zip(state["kv"], kv, strict=True))
     image = _image(stack)
-    reused = out[image].index_select(0, part)
+    reused = take_rows(out[image], part)
     _remember(stack, state, h_part, out_part, part, tokens, call.index[part])
     merged = tuple(reused.index_copy(1, tokens, t) if i == image else t for i, t in enumerate(out_part))
     return put(out, part, merged)
@@ -156,7 +156,7 @@ def _remember(
     change = (new[image] - old).flatten(2).norm(dim=-1) / gap
     change = torch.where(state["computed"][rows, None] > 0, change, torch.zeros_like(change))
     state["residual"] = tuple(
-        None if r is None or n is None else r.index_put(at, n) if i == image else r.index_copy(0, rows, n)
+        None if r is None or n is None else r.index_put(at, n) if i == image else put_rows(r, rows, n)
         for i, (r, n) in enumerate(zip(state["residual"], new, strict=True))
     )
     state["refreshed"] = state["refreshed"].index_put(at, index[:, None].expand(-1, tokens.numel()))

@@ -8,7 +8,7 @@ one of ours for the duration of the call (and always puts the originals back):
   (the same operations, so the output is bit for bit the same) and keeps the image tokens' keys and values
   as the attention uses them (after the q/k norms and the rotary embedding);
 - partial (some image tokens run): the selected tokens (and the text tokens) compute fresh queries, keys and
-  values; their keys and values overwrite their slots in the recorded ones (which are updated), and the
+  values; their keys and values overwrite their slots in the recorded ones (in place), and the
   queries attend to the keys and values of all tokens. Exact when the other tokens' keys and values did
   not change since they were recorded; positions are fixed per token, so rotary keys stay valid.
 
@@ -55,7 +55,7 @@ class _Slot:
         if self.tokens is None:
             self.kv = fresh
             return key, value
-        self.kv = self.kv.index_copy(dim + 1, self.tokens, fresh)
+        self.kv.index_copy_(dim + 1, self.tokens, fresh)  # in place: the cache is the caller's, and updated anyway
         after = key.shape[dim] - start - length
 
         def whole(t: torch.Tensor, i: int) -> torch.Tensor:
@@ -249,8 +249,8 @@ def all_token_attention(
 
     `tokens` None: every image token runs; the processors record each module's image keys and values into
     `kv` (one tensor per module, in execution order; `kv` is replaced on a normal exit). Otherwise `kv` holds
-    those tensors for the rows that run; the selected `tokens` (image-token indices) update their slots and
-    attend to all of them, and `kv` receives the updated tensors. `text` is the number of text tokens that a
+    those tensors for the rows that run; the selected `tokens` (image-token indices) update their slots (in
+    place) and attend to all of them. `text` is the number of text tokens that a
     single-stream block puts in front of the image tokens."""
     modules = [attn for block in blocks for attn in self_attention_modules(block, model)]
     if tokens is not None and len(kv) != len(modules):

@@ -36,6 +36,12 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
         json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
         run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images)
         return
+    if args.compile:
+        from stretto.bench.cache_compile import run_compile_check
+
+        json_path = args.json or f"{shared.RESULTS_DIR}/cache-compile.json"
+        run_compile_check(args.compile, json_path, model=args.model, device=args.device, num_images=args.num_images)
+        return
     setups = []
     for item in args.setup:
         sampler, _, steps = item.partition(":")
@@ -120,7 +126,7 @@ def add_bench_samplers_command(bench_subparsers) -> argparse.ArgumentParser:
 
 def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench cache`."""
-    p = bench_subparsers.add_parser("cache", help="every cache policy and diffusers' own caches vs full compute")
+    p = bench_subparsers.add_parser("cache", help="every cache policy and other engines' caches vs full compute")
     p.add_argument("--json", default=None, help=f"result JSON (default {shared.RESULTS_DIR}/cache.json, with "
                    f"--wall-check {shared.RESULTS_DIR}/cache-wall.json; the committed results are in "
                    "benchmarks/results/)")  # fmt: skip
@@ -129,10 +135,13 @@ def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=128, help="prompts, one image each (default 128)")
     p.add_argument("--setup", nargs="+", default=["euler:50", "dpm++2m:20"], help="SAMPLER:STEPS; the first gets "
                    "every setting, the others one middle setting per policy")  # fmt: skip
-    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (both engines)")
-    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers"], help="stretto and/or diffusers")
+    p.add_argument("--policies", nargs="+", default=None, help="only these policy names (every engine)")
+    p.add_argument("--engines", nargs="+", default=["stretto", "diffusers", "cache-dit"],
+                   help="any of stretto, diffusers, cache-dit (skipped, saying so, when not installed)")  # fmt: skip
     p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
                    "specs interleaved with full compute (euler 50), to --json")  # fmt: skip
+    p.add_argument("--compile", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache specs "
+                   "with and without torch.compile of the blocks, interleaved (euler 50), to --json")  # fmt: skip
     shared.add_guidance(p)
     shared.add_model(p)
     shared.add_device(p)

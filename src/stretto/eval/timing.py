@@ -127,22 +127,24 @@ class ComputeCounter:
     module's forward; its forward hooks still fire) defeat `BlockCounter`. This counter hooks the first
     linear layer of each block's attention (`attn.to_q`) and of its MLP (`ff` / `proj_mlp`), which only run
     when that part is computed, and adds the tokens of each call (batch rows x tokens), so skipped rows
-    (per-sample decisions, a skipped CFG branch) and skipped tokens (token-level caches) both show. A block's
-    attention and its MLP weigh the same. Divide by the same count of a full-compute run to get the fraction.
+    (per-sample decisions, a skipped CFG branch) and skipped tokens (token-level caches) both show. The text
+    stream of dual-stream blocks (Flux / SD3: `attn.add_q_proj`, `ff_context`) is counted too: token-level
+    caches run every text token on their partial steps, work that the image tokens alone would hide. A token
+    through a block's attention and one through its MLP weigh the same. Divide by the same count of a
+    full-compute run to get the fraction.
     """
 
     def __init__(self, blocks: Sequence[nn.Module]):
         self.units: list[nn.Module] = []
         for i, block in enumerate(blocks):
             attn = getattr(getattr(block, "attn", None), "to_q", None)
-            mlp = getattr(block, "proj_mlp", None) or next(
-                (m for m in getattr(block, "ff", nn.Identity()).modules() if isinstance(m, nn.Linear)), None
-            )
+            mlp = getattr(block, "proj_mlp", None) or _first_linear(getattr(block, "ff", None))
             if not isinstance(attn, nn.Linear) or not isinstance(mlp, nn.Linear):
                 raise ValueError(
                     f"block {i} ({type(block).__name__}) has no attn.to_q and ff / proj_mlp linear layers to count"
                 )
-            self.units += [attn, mlp]
+            text = [getattr(block.attn, "add_q_proj", None), _first_linear(getattr(block, "ff_context", None))]
+            self.units += [attn, mlp, *(u for u in text if isinstance(u, nn.Linear))]
         self.tokens = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -157,3 +159,7 @@ class ComputeCounter:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def _first_linear(module: nn.Module | None) -> nn.Linear | None:
+    return next((m for m in module.modules() if isinstance(m, nn.Linear)), None) if module is not None else None
