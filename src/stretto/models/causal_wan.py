@@ -292,17 +292,7 @@ class CausalWan(nn.Module):
             mask = blocks[None, :] <= blocks[:, None]  # a block sees itself and every earlier block
             rope_q = rope_k = self.rope(frame_pos, frames.dtype)
         else:
-            if start % per_frame:
-                raise ValueError(f"cache slot {start} is not at a frame boundary ({per_frame} tokens per frame)")
-            first = start // per_frame
-            frame_pos = torch.arange(first, first + n_pf, device=device)
-            if write:
-                kv_cache.write_meta(
-                    start,
-                    frame_pos.repeat_interleave(per_frame).expand(b, -1),
-                    torch.ones(b, n_pf * per_frame, dtype=torch.bool, device=device),
-                    (frame_pos // frames_per_block).repeat_interleave(per_frame),
-                )
+            frame_pos = kv_cache.place_frames(start, n_pf, per_frame, frames_per_block, b, write)
             n_keys = max(kv_cache.length, start + n_pf * per_frame) // per_frame
             rope_q = self.rope(frame_pos, frames.dtype)
             rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)

@@ -124,6 +124,27 @@ class KVCache:
     def _is_ragged(start: int | torch.Tensor, rows: torch.Tensor | None) -> bool:
         return rows is not None or isinstance(start, torch.Tensor)
 
+    def place_frames(
+        self, start: int, n_frames: int, tokens_per_frame: int, frames_per_block: int, batch: int, write: bool
+    ) -> torch.Tensor:
+        """Temporal positions (n_frames,) of video frames sitting at slot `start`: each frame's position is its slot.
+
+        `start` must be a frame boundary. `write` records the frames' metadata (the position of every token, all
+        valid, block = position // frames_per_block) as a commit does; otherwise they only override for one call.
+        """
+        if start % tokens_per_frame:
+            raise ValueError(f"cache slot {start} is not at a frame boundary ({tokens_per_frame} tokens per frame)")
+        first = start // tokens_per_frame
+        frame_pos = torch.arange(first, first + n_frames, device=self.positions.device)
+        if write:
+            self.write_meta(
+                start,
+                frame_pos.repeat_interleave(tokens_per_frame).expand(batch, -1),
+                torch.ones(batch, n_frames * tokens_per_frame, dtype=torch.bool, device=self.valid.device),
+                (frame_pos // frames_per_block).repeat_interleave(tokens_per_frame),
+            )
+        return frame_pos
+
     def write_meta(
         self,
         start: int | torch.Tensor,

@@ -229,17 +229,7 @@ class WorldDiT(nn.Module):
             mask = frame_mask.repeat_interleave(tpf, 0).repeat_interleave(tpf, 1)
             rope_q = rope_k = self.rope(frame_pos, frames.dtype)
         else:
-            if start % tpf:
-                raise ValueError(f"cache slot {start} is not at a frame boundary ({tpf} tokens per frame)")
-            first = start // tpf
-            frame_pos = torch.arange(first, first + n_frames, device=device)
-            if write:
-                kv_cache.write_meta(
-                    start,
-                    frame_pos.repeat_interleave(tpf).expand(b, -1),
-                    torch.ones(b, n_frames * tpf, dtype=torch.bool, device=device),
-                    self.frame_blocks(frame_pos).repeat_interleave(tpf),
-                )
+            frame_pos = kv_cache.place_frames(start, n_frames, tpf, c.frames_per_block, b, write)
             n_keys = max(kv_cache.length, start + n_frames * tpf) // tpf
             rope_q = self.rope(frame_pos, frames.dtype)
             rope_k = self.rope(torch.arange(n_keys, device=device), frames.dtype)

@@ -9,7 +9,13 @@ shape refusals; `limits` caps body sizes; `metrics` feeds `/metrics`; `registry`
 `page/` is the web page.
 """
 
-from stretto.serve.app import create_app
 from stretto.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
+
+
+def create_app(settings: ServeSettings):
+    """The FastAPI app (imported here, not at package import: `stretto --help` must not need the serve extra)."""
+    from stretto.serve.app import create_app as _create_app
+
+    return _create_app(settings)
