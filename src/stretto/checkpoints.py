@@ -70,14 +70,26 @@ def is_published(folder: Path) -> bool:
     return isinstance(meta, dict) and "model_type" in meta and "kind" not in meta
 
 
+def storable(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: on the CPU, contiguous, tied tensors (T5's shared embedding) copied."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        value = value.cpu().contiguous()
+        if value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        out[key] = value
+    return out
+
+
 def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32, **meta) -> Path:
     """Write a model's config and weights (optionally stored in a smaller float dtype)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
+    tensors = storable(model.state_dict(), dtype)
     save_file(tensors, folder / "model.safetensors")
     config = {"kind": model.kind, "config": model.config.to_dict(), "stored_dtype": str(dtype), **meta}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line: every command group adds its own subcommands."""
     from stretto.cli.bench import add_bench_commands
     from stretto.cli.demo import add_demo_command
+    from stretto.cli.distill import add_distill_commands
     from stretto.cli.image import add_generate_command
     from stretto.cli.serve import add_serve_command
     from stretto.cli.text import add_text_command
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(sub)
     add_demo_command(sub)
     add_train_commands(sub)
+    add_distill_commands(sub)
     add_bench_commands(sub)
     add_text_command(sub)
     add_stream_command(sub)

@@ -42,22 +42,37 @@ def add_image_sampling(
     sampler: str = DEFAULT_SAMPLER,
     guidance: float = DEFAULT_GUIDANCE,
     min_steps: int = 1,
+    model_defaults: bool = False,
 ) -> None:
-    """--steps, --sampler and --guidance of the text-to-image commands."""
+    """--steps, --sampler and --guidance of the text-to-image commands.
+
+    With `model_defaults`, they default to None: the pipeline then uses the given defaults for a teacher and a
+    distilled student's own (its method, step count and baked-in guidance).
+    """
     from stretto.sampling import SAMPLERS
 
-    p.add_argument("--steps", type=int, default=steps, help=f"sampler steps, >= {min_steps} (default {steps})")
-    p.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
-    add_guidance(p, guidance)
+    student = " (a distilled student: its own)" if model_defaults else ""
+    p.add_argument(
+        "--steps", type=int, default=None if model_defaults else steps,
+        help=f"sampler steps, >= {min_steps} (default {steps}{student})",
+    )  # fmt: skip
+    p.add_argument(
+        "--sampler", default=None if model_defaults else sampler,
+        help=f"one of {', '.join(SAMPLERS)} (default {sampler}{student})",
+    )  # fmt: skip
+    add_guidance(p, None if model_defaults else guidance, shown=guidance, extra=student)
 
 
-def add_guidance(p: argparse.ArgumentParser, default: float = DEFAULT_GUIDANCE) -> None:
-    """--guidance: the classifier-free guidance scale."""
+def add_guidance(
+    p: argparse.ArgumentParser, default: float | None = DEFAULT_GUIDANCE, shown: float | None = None, extra: str = ""
+) -> None:
+    """--guidance: the classifier-free guidance scale (`shown`: the default to print when `default` is None)."""
+    shown = default if shown is None else shown
     p.add_argument(
         "--guidance",
         type=float,
         default=default,
-        help=f"classifier-free guidance scale in [0, {MAX_GUIDANCE:g}] (default {default:g}; 1: conditional only)",
+        help=f"classifier-free guidance scale in [0, {MAX_GUIDANCE:g}] (default {shown:g}{extra}; 1: conditional only)",
     )
 
 

@@ -1,4 +1,4 @@
-"""`stretto bench samplers|cache|text|stream|serve`: the benchmarks, written to stretto-results/ unless given paths."""
+"""`stretto bench samplers|distill|cache|text|stream|serve`: written to stretto-results/ unless given paths."""
 
 from __future__ import annotations
 
@@ -108,6 +108,41 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
         leave_every=args.leave_every, queue_size=args.queue_size, batch_clients=args.batch_clients,
         batch_images=args.batch_images, threads=args.torch_threads,
     )  # fmt: skip
+
+
+def cmd_bench_distill(args: argparse.Namespace) -> None:
+    from stretto.bench.distill import run_distill_bench
+    from stretto.checkpoints import check_kind
+    from stretto.models.shapes_flux import ShapesFlux
+
+    for name in [args.model, *args.students]:
+        check_kind(name, ShapesFlux.kind)
+    run_distill_bench(
+        args.json, args.plot, args.grid, teacher=args.model, students=args.students, device=args.device,
+        num_images=args.num_images, guidance=args.guidance,
+    )  # fmt: skip
+
+
+def add_bench_distill_command(bench_subparsers) -> argparse.ArgumentParser:
+    """`stretto bench distill`."""
+    p = bench_subparsers.add_parser(
+        "distill", help="the teacher at 50 Euler steps, DPM-Solver++ at 4/2/1 NFE, and distilled students"
+    )
+    shared.add_results(p, "distill")
+    p.add_argument(
+        "--grid", default=f"{shared.RESULTS_DIR}/distill-grid.png",
+        help=f"prompt x method image grid, '' for none (default {shared.RESULTS_DIR}/distill-grid.png)",
+    )  # fmt: skip
+    p.add_argument("--num-images", type=int, default=256, help="prompts, one image each (default 256)")
+    p.add_argument(
+        "--students", nargs="+", default=["shapes-flux-dmd4", "shapes-flux-flowmap"],
+        help="distilled students (shipped names or folders; default shapes-flux-dmd4 shapes-flux-flowmap)",
+    )  # fmt: skip
+    shared.add_guidance(p)
+    shared.add_model(p)
+    shared.add_device(p)
+    p.set_defaults(func=cmd_bench_distill)
+    return p
 
 
 def add_bench_samplers_command(bench_subparsers) -> argparse.ArgumentParser:
@@ -220,6 +255,7 @@ def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="benchmarks: speed and quality")
     what = bench.add_subparsers(dest="what", required=True)
     add_bench_samplers_command(what)
+    add_bench_distill_command(what)
     add_bench_cache_command(what)
     add_bench_text_command(what)
     add_bench_stream_command(what)

@@ -59,7 +59,7 @@ def _generate(args: argparse.Namespace, given: list[str], guidance: float, rank:
     path = save_images(result.images, args.out, rows=len(given), row_labels=labels, col_labels=cols)
     s = result.stats
     print(
-        f"wrote {path} ({len(prompts)} image(s)); {args.sampler} {args.steps} steps: {s.model_calls} model calls, "
+        f"wrote {path} ({len(prompts)} image(s)); {s.sampler} {s.steps} steps: {s.model_calls} model calls, "
         f"{s.total_block_evals} block evaluations, {s.wall_s:.2f} s"
     )
     if args.parallel == "cfg":
@@ -78,7 +78,7 @@ def add_generate_command(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="unconditional samples: the model's empty prompt at guidance 0 (--guidance is ignored); give no prompts",
     )
-    shared.add_image_sampling(p, steps=DEFAULT_STEPS)
+    shared.add_image_sampling(p, steps=DEFAULT_STEPS, model_defaults=True)
     shared.add_shift(p)
     p.add_argument("--time-shift", action="store_true", help="Time-Shift Sampler: variance-matched network sigma")
     shared.add_image_cache(p)

@@ -10,7 +10,11 @@ from stretto.cli import args as shared
 def cmd_train_image(args: argparse.Namespace) -> None:
     from stretto.train.image import ImageTrainConfig, train_image
 
-    cfg = ImageTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = ImageTrainConfig(
+        out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        text_encoder=args.text_encoder, text_width=args.text_width, text_layers=args.text_layers,
+        init_from=args.init_from, warmup=args.warmup,
+    )  # fmt: skip
     print(f"exported {train_image(cfg)}")
 
 
@@ -71,6 +75,17 @@ def add_train_image_command(train_subparsers) -> argparse.ArgumentParser:
     p = train_subparsers.add_parser("image", help="the text-to-image flow-matching Flux (resumes from --out)")
     _add_run_args(p, "runs/shapes-flux", steps=10000, batch_size=64)
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps of the learning rate (default 200)")
+    p.add_argument(
+        "--text-encoder", choices=["t5", "words"], default="t5",
+        help="prompt encoder: transformers' T5EncoderModel from config (default) or the first model's word encoder",
+    )  # fmt: skip
+    p.add_argument("--text-width", type=int, default=128, help="prompt encoder width (default 128)")
+    p.add_argument("--text-layers", type=int, default=3, help="prompt encoder layers (default 3)")
+    p.add_argument(
+        "--init-from", default=None,
+        help="start from a shapes-flux checkpoint's same-shaped tensors (e.g. the shipped one); default: scratch",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train_image)
     return p
 

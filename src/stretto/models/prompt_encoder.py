@@ -1,4 +1,12 @@
-"""A small word-level prompt encoder, trained together with the image model (it stands in for T5/CLIP)."""
+"""Prompt encoders for the shapes model: word ids -> (token states, pooled vector), trained with the image model.
+
+Two encoders share one interface:
+- `t5`: transformers' `T5EncoderModel` built from a small config (the encoder Flux pipelines use, scaled down);
+  bidirectional attention with relative positions, so "a red circle left of a blue square" binds colour to shape
+  and keeps the order. The shipped model uses it.
+- `words`: a one-layer `nn.TransformerEncoder` over learned word + position embeddings (the first shipped model's
+  encoder; kept so its checkpoints and tiny test models still load).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+ENCODERS = ("t5", "words")
 
 
 @dataclass
@@ -15,6 +25,11 @@ class PromptEncoderConfig:
     width: int = 64
     layers: int = 1
     heads: int = 4
+    encoder: str = "words"
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"prompt encoder {self.encoder!r} is not one of {', '.join(ENCODERS)}")
 
 
 class PromptEncoder(nn.Module):
@@ -28,6 +43,26 @@ class PromptEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.word_to_id = {w: i + 1 for i, w in enumerate(config.vocab)}
+        if config.encoder == "t5":
+            from transformers import T5Config, T5EncoderModel
+
+            self.t5 = T5EncoderModel(
+                T5Config(
+                    vocab_size=len(config.vocab) + 1,
+                    d_model=config.width,
+                    d_kv=config.width // config.heads,
+                    d_ff=4 * config.width,
+                    num_layers=config.layers,
+                    num_heads=config.heads,
+                    relative_attention_num_buckets=8,
+                    relative_attention_max_distance=config.max_words,
+                    dropout_rate=0.0,
+                    feed_forward_proj="gated-gelu",
+                    pad_token_id=0,
+                    decoder_start_token_id=0,
+                )
+            )
+            return
         self.embed = nn.Embedding(len(config.vocab) + 1, config.width)
         self.position = nn.Parameter(torch.zeros(config.max_words, config.width))
         layer = nn.TransformerEncoderLayer(
@@ -50,6 +85,9 @@ class PromptEncoder(nn.Module):
         return ids
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.embed(ids) + self.position
-        h = self.norm(self.encoder(h))
+        if self.config.encoder == "t5":
+            # No attention mask: padding positions are ordinary tokens, so the all-padding null prompt is well defined.
+            h = self.t5(input_ids=ids).last_hidden_state
+        else:
+            h = self.norm(self.encoder(self.embed(ids) + self.position))
         return h, h.mean(dim=1)

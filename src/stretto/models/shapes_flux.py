@@ -1,9 +1,13 @@
 """The shipped text-to-image model: a small diffusers FluxTransformer2DModel in pixel space.
 
-A 32x32 RGB image is packed into 4x4x3 patches (64 tokens of 48 channels). The prompt encoder's
-token states are Flux's `encoder_hidden_states` and their mean is `pooled_projections`.
+A 32x32 RGB image is packed into 4x4x3 patches (64 tokens of 48 channels). The prompt encoder's token states
+(a small T5 encoder in the shipped model) are Flux's `encoder_hidden_states`; their mean is `pooled_projections`.
 The network predicts the flow-matching velocity v = noise - data at noise level sigma in [0, 1]
 (sigma = 1 is pure noise). It knows nothing of samplers or caches.
+
+A flow-map student (`flow_map=True`) also takes the sigma it jumps to: the gap sigma - sigma_to enters through
+Flux's guidance embedding (which the teacher does not use), as AnyFlow's dual-timestep embedding does.
+A distilled student records how it samples in `student` (method, sigma grid, the guidance baked in).
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ class ShapesFluxConfig:
     heads: int = 4
     head_dim: int = 32
     text_width: int = 64
+    text_encoder: str = "words"  # "t5" (shipped) or "words" (the first model's); see prompt_encoder.py
+    text_layers: int = 1
     axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])
+    flow_map: bool = False
+    student: dict | None = None  # set by `stretto distill`: {"method", "sigmas", "guidance", "teacher", ...}
 
     @property
     def grid(self) -> int:
@@ -63,7 +71,13 @@ class ShapesFlux(nn.Module):
         super().__init__()
         self.config = config
         self.prompt_encoder = PromptEncoder(
-            PromptEncoderConfig(vocab=list(config.vocab), max_words=config.max_words, width=config.text_width)
+            PromptEncoderConfig(
+                vocab=list(config.vocab),
+                max_words=config.max_words,
+                width=config.text_width,
+                layers=config.text_layers,
+                encoder=config.text_encoder,
+            )
         )
         self.transformer = FluxTransformer2DModel(
             patch_size=1,  # Flux's patch_size does not patchify; packing is done here
@@ -74,7 +88,7 @@ class ShapesFlux(nn.Module):
             num_attention_heads=config.heads,
             joint_attention_dim=config.text_width,
             pooled_projection_dim=config.text_width,
-            guidance_embeds=False,
+            guidance_embeds=config.flow_map,
             axes_dims_rope=tuple(config.axes_dims_rope),
         )
         g = config.grid
@@ -103,8 +117,13 @@ class ShapesFlux(nn.Module):
         g, p, c = self.config.grid, self.config.patch, self.config.channels
         return tokens.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptStates) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptStates, sigma_to: torch.Tensor | None = None
+    ) -> torch.Tensor:
         sigma = sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
+        gap = None
+        if self.config.flow_map:  # u(x, sigma, sigma_to); sigma_to = sigma (default) is the instantaneous velocity
+            gap = torch.zeros_like(sigma) if sigma_to is None else sigma - sigma_to.reshape(-1).expand_as(sigma)
         out = self.transformer(
             hidden_states=self.pack(x),
             encoder_hidden_states=cond.tokens,
@@ -112,7 +131,7 @@ class ShapesFlux(nn.Module):
             timestep=sigma,  # diffusers multiplies by 1000 inside
             img_ids=self.img_ids,
             txt_ids=self.txt_ids,
-            guidance=None,
+            guidance=gap,  # diffusers multiplies it by 1000 too
             return_dict=False,
         )[0]
         return self.unpack(out)

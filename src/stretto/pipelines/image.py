@@ -18,6 +18,7 @@ from stretto.eval.timing import BlockCounter, measure
 from stretto.parallel import AllGather
 from stretto.pipelines.cfg_parallel import cfg_parallel_denoiser, check_policy, prepare_parallel
 from stretto.sampling import TimeShiftedDenoiser, flow_sigmas, get_sampler
+from stretto.sampling.few_step import sample_flow_map, sample_x0_renoise
 
 MAX_GUIDANCE = 20.0
 DEFAULT_SAMPLER = "dpm++2m"
@@ -37,6 +38,8 @@ class GenerationStats:
     peak_mem_bytes: int = 0
     cache: CacheSummary | None = None  # computed / reused / forecast block evaluations per call and branch
     comm_bytes: int = 0  # bytes all-gathered on this rank (multi-process generation only)
+    sampler: str = ""  # the sampler and step count used (a student's own when the model is a distilled student)
+    steps: int = 0
 
     @property
     def total_block_evals(self) -> int:
@@ -110,9 +113,9 @@ def generate(
     model,
     prompts: Sequence[str],
     *,
-    steps: int = DEFAULT_STEPS,
-    sampler: str = DEFAULT_SAMPLER,
-    guidance: float = DEFAULT_GUIDANCE,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
     shift: float = DEFAULT_SHIFT,
     seeds: Sequence[int] | int = 0,
     sigmas: torch.Tensor | None = None,
@@ -121,6 +124,9 @@ def generate(
     parallel: str | None = None,
 ) -> Generation:
     """Generate one image per prompt. `seeds` is one seed per prompt, or a first seed (prompt i gets seed + i).
+
+    steps / sampler / guidance default to 8 DPM-Solver++(2M) steps at guidance 3; a distilled student (see
+    `stretto distill`) samples with its own method at its own steps and the guidance baked into it.
 
     `sigmas` overrides the (steps, shift) schedule with an explicit one (e.g. a searched schedule).
     `time_shift` evaluates the network at a variance-matched sigma (the Time-Shift Sampler idea).
@@ -131,6 +137,12 @@ def generate(
     over all of them (see cfg_parallel.py; it shards the model for good); every rank gets the whole images.
     """
     prompts = list(prompts)
+    student = getattr(getattr(model, "config", None), "student", None)
+    if student is not None:
+        return _generate_student(model, student, prompts, steps, sampler, guidance, seeds, cache, parallel)
+    steps = DEFAULT_STEPS if steps is None else steps
+    sampler = DEFAULT_SAMPLER if sampler is None else sampler
+    guidance = DEFAULT_GUIDANCE if guidance is None else guidance
     check_prompts(prompts, guidance)
     check_settings(steps, sampler, guidance, shift)
     if isinstance(cache, str):
@@ -138,15 +150,13 @@ def generate(
     if parallel is not None:
         check_policy(model, parallel, cache)  # before Ulysses shards the model
         prepare_parallel(model, parallel, guidance)
-    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int")
+    seeds = _seed_list(seeds, prompts)
     device = next(model.parameters()).device
     if sigmas is None:
         sigmas = flow_sigmas(steps, shift=shift)
     sigmas = sigmas.to(device)
 
-    stats = GenerationStats()
+    stats = GenerationStats(sampler=sampler, steps=steps)
     sample = get_sampler(sampler)
     with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
         feature_cache.reset(model, None if time_shift else sigmas)  # a time-shifted model sees other sigmas
@@ -162,6 +172,78 @@ def generate(
             stats.cache = feature_cache.summary(model)
     stats.sampler_nfe = stats.model_calls
     stats.comm_bytes = 0 if gather is None else gather.bytes
+    stats.block_evals = counter.counts
+    stats.wall_s = timing.seconds
+    stats.peak_mem_bytes = timing.peak_bytes
+    return Generation(images.clamp(-1, 1).cpu(), stats)
+
+
+def _seed_list(seeds: Sequence[int] | int, prompts: list[str]) -> list[int]:
+    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt or an int")
+    return seeds
+
+
+def student_steps(student: dict) -> list[int] | None:
+    """The step counts a student supports: divisors of its grid for DMD2, None (any) for a flow map."""
+    if student["method"] == "flowmap":
+        return None
+    n = len(student["sigmas"])
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def student_sigmas(student: dict, steps: int) -> torch.Tensor:
+    """The sigmas a student visits in `steps` steps: every (n / steps)-th point of a DMD2 grid; a flow map's
+    uniform grid from 1 to 0 (ending at 0, where the last jump lands)."""
+    if student["method"] == "flowmap":
+        return torch.linspace(1.0, 0.0, steps + 1)
+    grid = student["sigmas"]
+    return torch.tensor(grid[:: len(grid) // steps], dtype=torch.float32)
+
+
+def _generate_student(model, student: dict, prompts, steps, sampler, guidance, seeds, cache, parallel) -> Generation:
+    """A distilled student: one conditional call a step (guidance is baked in), its own sampler and grid."""
+    method, baked = student["method"], float(student["guidance"])
+    if sampler is not None and sampler != method:
+        raise ValueError(f"this model is a distilled {method} student: it samples with {method!r}, not {sampler!r}")
+    if guidance is not None and guidance != baked:
+        raise ValueError(
+            f"this {method} student has teacher guidance {baked:g} baked in; it cannot sample at guidance {guidance:g}"
+        )
+    supported = student_steps(student)
+    steps = student["default_steps"] if steps is None else steps
+    if not isinstance(steps, int) or steps < 1 or (supported is not None and steps not in supported):
+        allowed = "any number of steps (>= 1)" if supported is None else ", ".join(map(str, supported)) + " steps"
+        raise ValueError(f"this {method} student samples in {allowed}, not {steps!r}")
+    if parallel is not None:
+        raise ValueError(f"a distilled student runs one conditional call a step; parallel={parallel!r} has no branches")
+    check_prompts(prompts, baked)
+    seeds = _seed_list(seeds, prompts)
+    device = next(model.parameters()).device
+    sigmas = student_sigmas(student, steps).to(device)
+    if isinstance(cache, str):
+        cache = feature_cache.parse_policy(cache)
+    stats = GenerationStats(sampler=method, steps=steps)
+    with feature_cache.applied(model, cache), BlockCounter(model.blocks) as counter, measure(device) as timing:
+        feature_cache.reset(model, sigmas)
+        cond = model.encode_prompts(prompts)
+        x = initial_noise(seeds, device)
+
+        def call(x: torch.Tensor, sigma: torch.Tensor, sigma_to: torch.Tensor | None = None) -> torch.Tensor:
+            stats.model_calls += 1
+            with feature_cache.step(model, sigma, branches=("cond",)):
+                return model(x, sigma, cond) if sigma_to is None else model(x, sigma, cond, sigma_to)
+
+        if method == "flowmap":
+            images = sample_flow_map(call, x, sigmas)
+        else:
+            # Renoising draws are seeded per image and step, so an image does not depend on its batch.
+            noises = [initial_noise([s * 1_000_003 + 1 + i for s in seeds], device) for i in range(len(sigmas) - 1)]
+            images = sample_x0_renoise(call, x, sigmas, noises)
+        if feature_cache.get_handle(model) is not None:
+            stats.cache = feature_cache.summary(model)
+    stats.sampler_nfe = stats.model_calls
     stats.block_evals = counter.counts
     stats.wall_s = timing.seconds
     stats.peak_mem_bytes = timing.peak_bytes

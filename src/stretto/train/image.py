@@ -33,6 +33,10 @@ class ImageTrainConfig:
     seed: int = 0
     double_blocks: int = 2
     single_blocks: int = 4
+    text_encoder: str = "t5"
+    text_width: int = 128
+    text_layers: int = 3
+    init_from: str | None = None  # a shapes-flux checkpoint whose same-shaped tensors start the run
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "save_every", "double_blocks", "single_blocks"):
@@ -56,8 +60,17 @@ def train_image(cfg: ImageTrainConfig) -> Path:
     """Train (or resume) and export the EMA weights as a loadable checkpoint in cfg.out/model."""
     torch.manual_seed(cfg.seed)
     model = ShapesFlux(
-        ShapesFluxConfig(vocab=shapes.VOCAB, double_blocks=cfg.double_blocks, single_blocks=cfg.single_blocks)
+        ShapesFluxConfig(
+            vocab=shapes.VOCAB,
+            double_blocks=cfg.double_blocks,
+            single_blocks=cfg.single_blocks,
+            text_encoder=cfg.text_encoder,
+            text_width=cfg.text_width,
+            text_layers=cfg.text_layers,
+        )
     )
+    if cfg.init_from is not None:
+        warm_start(model, cfg.init_from)
 
     def batch_loss(model: ShapesFlux, step: int, gen: torch.Generator) -> torch.Tensor:
         x0, prompts, _ = shapes.make_batch(cfg.seed * 1_000_003 + step, cfg.batch_size)
@@ -70,6 +83,15 @@ def train_image(cfg: ImageTrainConfig) -> Path:
     )
 
 
+def warm_start(model: ShapesFlux, name_or_path: str) -> None:
+    """Copy every tensor of a shapes-flux checkpoint whose name and shape match (a new prompt encoder starts fresh)."""
+    source = checkpoints.load(name_or_path, kind=ShapesFlux.kind).state_dict()
+    own = model.state_dict()
+    same = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+    print(f"warm start from {name_or_path}: {len(same)} of {len(own)} tensors copied")
+
+
 def export(ema: ShapesFlux, folder: Path, cfg: ImageTrainConfig, step: int) -> None:
     """Ship the EMA weights in fp16 (half the bytes; loaded back as fp32)."""
     checkpoints.save(
@@ -77,5 +99,9 @@ def export(ema: ShapesFlux, folder: Path, cfg: ImageTrainConfig, step: int) -> N
         folder,
         dtype=torch.float16,
         trained_steps=step,
-        train_command=f"stretto train image --steps {cfg.steps} --batch-size {cfg.batch_size} --out {cfg.out}",
+        train_command=(
+            f"stretto train image --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --out {cfg.out} "
+            f"--text-encoder {cfg.text_encoder} --text-width {cfg.text_width} --text-layers {cfg.text_layers}"
+            + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
+        ),
     )

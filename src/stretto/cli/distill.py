@@ -1,0 +1,69 @@
+"""`stretto distill dmd2|flowmap`: few-step students of the text-to-image teacher (resumable, safetensors + JSON)."""
+
+from __future__ import annotations
+
+import argparse
+
+from stretto.cli import args as shared
+
+
+def _grid(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--grid must be comma-separated sigmas such as 1,0.75,0.5,0.25, got {text!r}") from None
+
+
+def cmd_distill_dmd2(args: argparse.Namespace) -> None:
+    from stretto.distill.image_dmd import DMDConfig, distill_dmd
+
+    cfg = DMDConfig(
+        teacher=args.teacher, out=args.out or f"runs/shapes-flux-dmd{len(_grid(args.grid))}", steps=args.steps,
+        batch_size=args.batch_size, grid=_grid(args.grid), guidance=args.guidance, fake_updates=args.fake_updates,
+        lr=args.lr, fake_lr=args.fake_lr, save_every=args.save_every, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    print(f"exported {distill_dmd(cfg)}")
+
+
+def cmd_distill_flowmap(args: argparse.Namespace) -> None:
+    from stretto.distill.flow_map import FlowMapConfig, distill_flow_map
+
+    cfg = FlowMapConfig(
+        teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
+        lr=args.lr, save_every=args.save_every, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    print(f"exported {distill_flow_map(cfg)}")
+
+
+def _common(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, save_every: int) -> None:
+    p.add_argument("--teacher", default="shapes-flux", help="the many-step teacher (default shapes-flux)")
+    p.add_argument("--steps", type=int, default=steps, help=f"student updates (default {steps})")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per update (default {batch_size})")
+    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's CFG scale, baked in (default 3)")
+    p.add_argument("--lr", type=float, default=lr, help=f"student learning rate (default {lr:g})")
+    p.add_argument("--save-every", type=int, default=save_every, help=f"checkpoint every N (default {save_every})")
+    shared.add_seed(p, "seed of the batches and noise", high=shared.MAX_TRAIN_SEED)
+    shared.add_device(p)
+
+
+def add_distill_commands(subparsers) -> argparse.ArgumentParser:
+    """`stretto distill dmd2|flowmap`."""
+    p = subparsers.add_parser("distill", help="distil the image teacher into a few-step student (resumes from --out)")
+    what = p.add_subparsers(dest="method", required=True)
+    dmd = what.add_parser("dmd2", help="DMD2: distribution matching + GAN, backward simulation on a sigma grid")
+    _common(dmd, steps=1000, batch_size=32, lr=2e-5, save_every=50)
+    dmd.add_argument(
+        "--out", default=None, help="run folder, resumed if it holds a run (default runs/shapes-flux-dmdN)"
+    )
+    dmd.add_argument(
+        "--grid", default="1,0.75,0.5,0.25",
+        help="the student's sigmas, high to low; it samples in any divisor of their count (default 1,0.75,0.5,0.25)",
+    )  # fmt: skip
+    dmd.add_argument("--fake-updates", type=int, default=5, help="fake-score updates per generator update (default 5)")
+    dmd.add_argument("--fake-lr", type=float, default=2e-5, help="fake score + GAN head learning rate (default 2e-5)")
+    dmd.set_defaults(func=cmd_distill_dmd2)
+    fm = what.add_parser("flowmap", help="a flow map X(t -> r): any-step sampling, semigroup self-distillation")
+    _common(fm, steps=3000, batch_size=64, lr=5e-5, save_every=250)
+    fm.add_argument("--out", default="runs/shapes-flux-flowmap", help="run folder (default runs/shapes-flux-flowmap)")
+    fm.set_defaults(func=cmd_distill_flowmap)
+    return p

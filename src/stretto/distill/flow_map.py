@@ -1,0 +1,143 @@
+"""A flow-map student: X(t -> r) = x_t - (t - r) u(x_t, t, r) for any pair of noise levels t > r.
+
+AnyFlow (a flow map over any pair of times, with a dual-timestep embedding; here the gap t - r enters through
+Flux's guidance embedding) trained by the flow map's semigroup property, as in shortcut models (Frans et al.
+2024) and Boffi et al. 2025 ("How to build a consistency model: learning flow maps via self-distillation"):
+- the diagonal r = t is the teacher's guided velocity (u(x, t, t) -> v_cfg(x, t)): the only teacher signal;
+- off the diagonal, one jump t -> r must equal two half jumps t -> m -> r of the student itself (no gradient).
+Jumps are then composed from short, teacher-grounded ones up to the whole way from noise to data, so the
+student samples in any number of steps (diffusers' `FlowMapEulerDiscreteScheduler` takes the same update).
+
+Departures: x_t comes from procedural data noised by the forward process (the teacher was trained on it), not
+from teacher rollouts (AnyFlow's on-policy stage is not done); the half jumps use the current weights with stop
+gradient rather than an EMA copy; one row in four is a diagonal row and t = 1 (where sampling starts) is drawn a
+quarter of the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stretto.distill.dmd import noised
+from stretto.distill.students import (
+    data_batch,
+    generator,
+    guided_velocity,
+    load_teacher,
+    make_ema,
+    run,
+    student_from,
+)
+from stretto.train.state import ema_update
+
+METHOD = "flowmap"
+
+
+@dataclass
+class FlowMapConfig:
+    teacher: str = "shapes-flux"
+    out: str = "runs/shapes-flux-flowmap"
+    steps: int = 3000
+    batch_size: int = 64
+    guidance: float = 3.0  # the teacher's CFG on the diagonal (the student bakes it in)
+    diagonal_fraction: float = 0.25
+    lr: float = 5e-5
+    ema_decay: float = 0.995
+    save_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.diagonal_fraction < 1.0:
+            raise ValueError(f"diagonal_fraction must be in (0, 1), got {self.diagonal_fraction}")
+        if not 1.0 <= self.guidance <= 20.0:
+            raise ValueError(f"guidance must be in [1, 20], got {self.guidance}")
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "steps", "save_every", "device")}
+
+    def command(self) -> str:
+        return (
+            f"stretto distill flowmap --teacher {self.teacher} --out {self.out} --steps {self.steps} "
+            f"--batch-size {self.batch_size} --guidance {self.guidance:g} --lr {self.lr:g} --seed {self.seed}"
+        )
+
+
+class FlowMapTrainer:
+    def __init__(self, cfg: FlowMapConfig):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.teacher = load_teacher(cfg.teacher, cfg.device)
+        student = {"method": METHOD, "guidance": cfg.guidance, "teacher": cfg.teacher, "default_steps": 2}
+        self.student = student_from(self.teacher, student, flow_map=True)
+        self.ema = make_ema(self.student)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def targets(self, x_t, t, r, prompts: list[str], diagonal: torch.Tensor) -> torch.Tensor:
+        """u targets: the teacher's guided velocity on diagonal rows, two half jumps of the student elsewhere."""
+        target = torch.empty_like(x_t)
+        with torch.no_grad():
+            d = diagonal
+            if d.any():
+                rows = [p for p, keep in zip(prompts, d.tolist(), strict=True) if keep]
+                cond = self.teacher.encode_prompts(rows)
+                null = self.teacher.encode_prompts([""] * len(rows))
+                target[d] = guided_velocity(self.teacher, x_t[d], t[d], cond, null, self.cfg.guidance)
+            o = ~diagonal
+            if o.any():
+                rows = [p for p, keep in zip(prompts, o.tolist(), strict=True) if keep]
+                cond = self.student.encode_prompts(rows)
+                t_o, r_o = t[o], r[o]
+                m = (t_o + r_o) / 2
+                view = (-1, 1, 1, 1)
+                x_m = x_t[o] - (t_o - m).view(view) * self.student(x_t[o], t_o, cond, m)
+                x_r = x_m - (m - r_o).view(view) * self.student(x_m, m, cond, r_o)
+                target[o] = (x_t[o] - x_r) / (t_o - r_o).view(view)
+        return target
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        x0, prompts = data_batch(cfg.seed, step, 0, cfg.batch_size)
+        gen = generator(cfg.seed, step, 0)
+        b = len(prompts)
+        t = torch.rand(b, generator=gen).clamp_min(0.02)
+        t = torch.where(torch.rand(b, generator=gen) < 0.25, torch.ones_like(t), t)
+        r = t * torch.rand(b, generator=gen)
+        diagonal = torch.rand(b, generator=gen) < cfg.diagonal_fraction
+        r = torch.where(diagonal, t, r)
+        x_t = noised(x0, t, torch.randn(x0.shape, generator=gen))
+        dev = cfg.device
+        x_t, t, r, diagonal = x_t.to(dev), t.to(dev), r.to(dev), diagonal.to(dev)
+        target = self.targets(x_t, t, r, prompts, diagonal)
+        u = self.student(x_t, t, self.student.encode_prompts(prompts), r)
+        per_row = F.mse_loss(u, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = per_row.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        self.opt.step()
+        ema_update(self.ema, self.student, cfg.ema_decay)
+        metrics = {"loss": loss.item()}
+        if diagonal.any():
+            metrics["diagonal"] = per_row[diagonal].mean().item()
+        if (~diagonal).any():
+            metrics["jump"] = per_row[~diagonal].mean().item()
+        return metrics
+
+    def modules(self) -> dict:
+        return {"student": self.student, "ema": self.ema}
+
+    def optimizers(self) -> dict:
+        return {"opt": self.opt}
+
+
+def distill_flow_map(cfg: FlowMapConfig) -> Path:
+    """Train (or resume) a flow-map student; exports the EMA weights to cfg.out/model."""
+    return run(FlowMapTrainer(cfg), desc=f"distill {METHOD}")
