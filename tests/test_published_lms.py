@@ -1,18 +1,18 @@
 """Published diffusion-LM folders (LLaDA, Dream, Fast-dLLM v2, SDAR) on transformers' classes through stretto.
 
-Each family's tiny random checkpoint is written in its published layout (`published_layouts`); stretto's loaded
-model must give the logits of an independent forward of the reference transformers model (called with an
-explicit full or block-causal 4D bool mask), and stretto's exact caches the tokens of no cache.
+Each family's tiny random checkpoint is written in its published layout (`stretto.bench.tiny_published`);
+stretto's loaded model must give the logits of an independent forward of the reference transformers model
+(called with an explicit full or block-causal 4D bool mask), and stretto's exact caches the tokens of no cache.
 """
 
 import json
 
 import pytest
 import torch
-from published_layouts import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint, write_diffusion_gemma
 
 import stretto
 import stretto.pipelines.text
+from stretto.bench.tiny_published import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint, write_diffusion_gemma
 from stretto.checkpoints import CheckpointError
 from stretto.cli import main
 from stretto.models.hf_cache import SlotCache

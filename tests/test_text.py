@@ -130,7 +130,10 @@ CANONICAL_CACHES = [
 def test_specs_read_back_as_their_canonical_strings():
     for spec in CANONICAL_CACHES:
         assert str(parse_cache(spec)) == spec
-    for spec in ("lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1"):
+    for spec in (
+        "lowconf:tokens=1", "lowconf:tokens=2", "lowconf:tokens=2,tau=0.7", "threshold:tau=0.9", "threshold:tau=0.7",
+        "factor:f=1",
+    ):  # fmt: skip
         assert str(parse_rule(spec)) == spec
     assert str(parse_rule("baseline")) == "lowconf:tokens=1" and str(parse_rule("factor")) == "factor:f=1"
     assert str(parse_cache("dual:delay=true,every=0")) == "dual:delay" and str(parse_cache("block:fuse=no")) == "block"
@@ -282,6 +285,21 @@ def test_drift_refresh_triggers_by_bound():
     tight = text.generate(m, PROMPTS, 16, 8, decode="lowconf:tokens=1", cache="dual:drift=1e-9")
     assert loose.stats.refreshes == 0 and tight.stats.refreshes > 0
     assert tight.stats.nfe == tight.stats.steps + tight.stats.refreshes
+
+
+def test_lowconf_with_tau_commits_the_scheduled_top_k_or_all_over_tau():
+    """LLaDA 2.0's rule (diffusers' BlockRefinementScheduler): top-k, or every position over tau (strictly) if more."""
+    rule = LowConfidence(tokens=2, tau=0.5)
+    rule.start_block(torch.tensor([4, 4, 4]), 4)
+    inf = float("-inf")
+    conf = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.4, 0.3, 0.2, 0.1], [0.6, 0.5, inf, 0.55]])
+    got = rule.select(conf, 0)
+    assert got.tolist() == [
+        [True, True, True, False],  # three over tau: more than k
+        [True, True, False, False],  # none over tau: the scheduled k
+        [True, False, False, True],  # 0.5 is not over tau; a committed position never again
+    ]
+    assert LowConfidence(tokens=2).tau == 1.0  # tau=1: off, plain LLaDA
 
 
 def test_lowconf_commits_fixed_counts():

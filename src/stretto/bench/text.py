@@ -125,8 +125,13 @@ def run_text_bench(
     tasks: tuple[str, ...] | list[str] = tuple(text_tasks.TASKS),
     device: str | torch.device = "cpu",
     continuous: int = 16,
+    peers: dict | None = None,
 ) -> dict:
-    """Run the benchmark, write JSON (and a plot), return the result dict."""
+    """Run the benchmark, write JSON (and a plot), return the result dict.
+
+    models may be empty (no sweep). peers: also run diffusers' and transformers' engines beside stretto on tiny
+    published-layout models, `text_peers.run_text_peers(**peers)`, stored under the result's "peers" key.
+    """
     if n_per_task < 1 or batch_size < 1 or continuous < 0:
         raise ValueError(
             f"n_per_task and batch_size must be >= 1 and continuous >= 0, got {n_per_task}, {batch_size}, {continuous}"
@@ -173,15 +178,20 @@ def run_text_bench(
         "baseline": {"decode": BASELINE[0], "cache": BASELINE[1]},
         "machine": describe_machine(device),
         "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}"
-        f" --continuous {continuous}",
+        f" --continuous {continuous}" + " --peers" * (peers is not None),
         "rows": rows,
         "continuous": summary,
     }
+    if peers is not None:
+        from stretto.bench.text_peers import run_text_peers  # diffusers' pipelines load only when asked for
+
+        result["peers"] = run_text_peers(**peers)
     if json_path:
         write_json(result, json_path)
-    if plot_path:
+    if plot_path and rows:
         plot_text_bench(result, plot_path)
-    print_table(rows, TABLE)
+    if rows:
+        print_table(rows, TABLE)
     for name, s in summary.items():
         print(
             f"{name}: continuous batch {s['batch_size']} {s['best']['decode']} | {s['best']['cache']} "
@@ -190,6 +200,10 @@ def run_text_bench(
             f"| {s['batch1_fastest']['cache']}, {s['batch1_fastest']['tokens_per_s']:.0f} tok/s); "
             f"{s['calls_vs_batch1_fastest']:.1f}x fewer model calls per prompt than that setting"
         )
+    if peers is not None:
+        from stretto.bench.text_peers import print_peers
+
+        print_peers(result["peers"])
     return result
 
 

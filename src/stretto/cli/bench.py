@@ -65,9 +65,16 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
     from stretto.bench.text import run_text_bench
     from stretto.checkpoints import check_kind
 
-    models = args.models.split(",")
+    # --peers alone compares with the peer engines only; name --models to also run the sweep
+    models = args.models.split(",") if args.models else [] if args.peers else ["text-masked", "text-block"]
     for name in models:
         check_kind(name, TEXT_KINDS)
+    peers = None
+    if args.peers:
+        from stretto.bench.tiny_published import Size
+
+        size = Size(hidden=args.peer_width, layers=args.peer_layers)
+        peers = {"gen_length": args.gen_length, "batch_size": args.batch_size, "size": size, "device": args.device}
     run_text_bench(
         json_path=args.json,
         plot_path=args.plot,
@@ -77,6 +84,7 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
         gen_length=args.gen_length,
         device=args.device,
         continuous=args.continuous,
+        peers=peers,
     )
 
 
@@ -188,12 +196,18 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench text`."""
     p = bench_subparsers.add_parser("text", help="every decoding rule x cache on the held-out text tasks")
     shared.add_results(p, "text")
-    p.add_argument("--models", default="text-masked,text-block", help="comma-separated names or folders")
+    p.add_argument("--models", default=None, help="comma-separated names or folders (default text-masked,text-block; "
+                   "none with --peers)")  # fmt: skip
     p.add_argument("--n-per-task", type=int, default=8, help="held-out examples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "
                    "batching at this batch size, against the static baseline there (default 16; 0: off)")  # fmt: skip
+    p.add_argument("--peers", action="store_true", help="diffusers' LLaDA2Pipeline / DiffusionGemmaPipeline and "
+                   "transformers' DiffusionGemma generate beside stretto, on tiny random published-layout models: "
+                   "same tokens where the algorithm is the same, tokens/s side by side")  # fmt: skip
+    p.add_argument("--peer-width", type=int, default=128, help="hidden width of the --peers models (default 128)")
+    p.add_argument("--peer-layers", type=int, default=4, help="layers of the --peers models (default 4)")
     shared.add_device(p)
     p.set_defaults(func=cmd_bench_text)
     return p

@@ -65,7 +65,8 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--decode",
         default="threshold:tau=0.9",
-        help="lowconf:tokens=K (LLaDA baseline) | threshold:tau=T | factor:f=F (default threshold:tau=0.9)",
+        help="lowconf:tokens=K (LLaDA baseline; lowconf:tokens=K,tau=T: LLaDA 2.0's rule) | threshold:tau=T | "
+        "factor:f=F (default threshold:tau=0.9)",
     )
     p.add_argument(
         "--cache",

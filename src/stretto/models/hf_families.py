@@ -141,10 +141,11 @@ NATIVE: dict[str, NativeFamily] = {
         "diffusion_gemma",
         "DiffusionGemmaForBlockDiffusion",
         "DiffusionGemmaConfig",
-        "it corrupts with uniform noise (no mask token to commit over) and re-noises accepted tokens (stretto "
-        "never reopens a committed one), feeds each step the previous step's logits (self-conditioning), keeps "
-        "separate encoder (causal) and decoder (canvas) passes, and mixes sliding and global layers of different "
-        "head widths, which one KVCache shape does not hold; run it with its own generate()",
+        "it corrupts with uniform noise (no mask token to commit over), feeds each step the previous step's logits "
+        "(self-conditioning), keeps separate encoder (causal, writes the KV cache) and decoder (canvas, only reads "
+        "it) passes, and mixes sliding and global layers of different head widths, which one KVCache shape does "
+        "not hold; its generate() also re-noises accepted tokens (stretto never reopens a committed one); run it "
+        "with its own generate() or diffusers' DiffusionGemmaPipeline",
     )
 }
 

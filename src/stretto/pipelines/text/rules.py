@@ -57,10 +57,13 @@ class LowConfidence(Rule):
     """LLaDA's low-confidence remasking (Nie et al. 2025): the k most confident, k on a linear schedule.
 
     Each block gets ceil(n / tokens) steps and its masked count is split evenly over them (the remainder goes
-    to the first steps), so every step commits `tokens` positions, give or take one.
+    to the first steps), so every step commits `tokens` positions, give or take one. With tau < 1 a step also
+    commits every position more confident than tau (strictly): LLaDA 2.0's rule (diffusers'
+    `BlockRefinementScheduler`: the scheduled top-k, or all over the threshold when they are more).
     """
 
     tokens: int = bounded(1, 1, 10_000, "positions committed per step")
+    tau: float = bounded(1.0, 0.0, 1.0, "also commit every position more confident than this; 1: off")
     name: ClassVar[str] = "lowconf"
 
     def __post_init__(self) -> None:
@@ -75,7 +78,10 @@ class LowConfidence(Rule):
     def select(self, conf: torch.Tensor, step: int) -> torch.Tensor:
         k = self._schedule[:, min(step, self._schedule.shape[1] - 1)]
         k = torch.maximum(k, torch.ones_like(k))  # never stall (only reached if a schedule ran out)
-        return (_ranks(conf) < k[:, None]) & torch.isfinite(conf)
+        return ((_ranks(conf) < k[:, None]) | (conf > self.tau)) & torch.isfinite(conf)
+
+    def __str__(self) -> str:
+        return super().__str__() if self.tau < 1 else f"{self.name}:tokens={self.tokens}"  # tau=1 is plain LLaDA
 
 
 @dataclass
