@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from transformers import T5EncoderModel
 
 from stretto import checkpoints
 from stretto.models.shapes_flux import ShapesFlux
@@ -92,3 +93,21 @@ def test_a_kind_can_be_one_of_several(tiny_flux, tmp_path):
         checkpoints.CheckpointError, match="is a 'shapes-flux', expected one of 'masked-lm', 'block-lm'"
     ):
         checkpoints.check_kind(tmp_path / "m", ("masked-lm", "block-lm"))
+
+
+def test_t5_prompt_encoder_model_round_trips_through_a_checkpoint(tmp_path):
+    from dataclasses import replace
+
+    from conftest import tiny_flux_config
+
+    torch.manual_seed(0)
+    model = ShapesFlux(replace(tiny_flux_config(), text_encoder="t5", text_layers=2)).eval()
+    assert isinstance(model.prompt_encoder.t5, T5EncoderModel)  # transformers' class, not a copy
+    folder = checkpoints.save(model, tmp_path / "t5")  # T5's tied embedding tensors are written once each
+    loaded = checkpoints.load(folder)
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor(0.5)
+    prompts = ["a small red circle on the left", "a red circle left of a blue square"]
+    with torch.no_grad():
+        assert torch.equal(
+            model(x, sigma, model.encode_prompts(prompts)), loaded(x, sigma, loaded.encode_prompts(prompts))
+        )

@@ -109,7 +109,8 @@ class FlowMapTrainer:
         b = len(prompts)
         t = torch.rand(b, generator=gen).clamp_min(0.02)
         t = torch.where(torch.rand(b, generator=gen) < 0.25, torch.ones_like(t), t)
-        r = t * torch.rand(b, generator=gen)
+        # gap t - r uniform in (0, t]; at least 0.005 so the target's division by the gap stays well conditioned
+        r = t - (t * torch.rand(b, generator=gen)).clamp_min(0.005)
         diagonal = torch.rand(b, generator=gen) < cfg.diagonal_fraction
         r = torch.where(diagonal, t, r)
         x_t = noised(x0, t, torch.randn(x0.shape, generator=gen))
