@@ -201,3 +201,12 @@ def test_bench_distill_rows_and_grid(teacher_dir, tmp_path):
     assert result["rows"][0]["psnr_db_vs_teacher"] is None and result["rows"][0]["speedup_vs_teacher"] == 1.0
     assert (tmp_path / "g.png").exists() and (tmp_path / "d.png").exists()
     assert json.loads((tmp_path / "d.json").read_text())["students"][str(dmd_student)]["method"] == "dmd2"
+
+
+def test_feature_caches_apply_to_students(teacher_dir, tmp_path):
+    student = stretto.load(distill_dmd(dmd_config(teacher_dir, tmp_path, steps=1)))
+    plain = stretto.generate(student, PROMPTS, seeds=[1, 2])
+    off = stretto.generate(student, PROMPTS, seeds=[1, 2], cache="none")
+    assert torch.equal(plain.images, off.images)  # caching off is the plain student, bit for bit
+    cached = stretto.generate(student, PROMPTS, seeds=[1, 2], cache="fora:interval=2")
+    assert cached.stats.total_block_evals < plain.stats.total_block_evals
