@@ -77,11 +77,11 @@ def add_train_image_command(train_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps of the learning rate (default 200)")
     p.add_argument(
-        "--text-encoder", choices=["t5", "words"], default="t5",
-        help="prompt encoder: transformers' T5EncoderModel from config (default) or the first model's word encoder",
+        "--text-encoder", choices=["words", "t5"], default="words",
+        help="prompt encoder: the shipped model's word encoder (default) or transformers' T5EncoderModel from config",
     )  # fmt: skip
-    p.add_argument("--text-width", type=int, default=128, help="prompt encoder width (default 128)")
-    p.add_argument("--text-layers", type=int, default=3, help="prompt encoder layers (default 3)")
+    p.add_argument("--text-width", type=int, default=64, help="prompt encoder width (default 64)")
+    p.add_argument("--text-layers", type=int, default=1, help="prompt encoder layers (default 1)")
     p.add_argument(
         "--init-from", default=None,
         help="start from a shapes-flux checkpoint's same-shaped tensors (e.g. the shipped one); default: scratch",

@@ -2,10 +2,8 @@
 
 Two encoders share one interface:
 - `t5`: transformers' `T5EncoderModel` built from a small config (the encoder Flux pipelines use, scaled down);
-  bidirectional attention with relative positions, so "a red circle left of a blue square" binds colour to shape
-  and keeps the order. The shipped model uses it.
-- `words`: a one-layer `nn.TransformerEncoder` over learned word + position embeddings (the first shipped model's
-  encoder; kept so its checkpoints and tiny test models still load).
+  bidirectional attention with relative positions (`stretto train image --text-encoder t5`).
+- `words`: a one-layer `nn.TransformerEncoder` over learned word + position embeddings (the shipped model's).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The shipped text-to-image model: a small diffusers FluxTransformer2DModel in pixel space.
 
 A 32x32 RGB image is packed into 4x4x3 patches (64 tokens of 48 channels). The prompt encoder's token states
-(a small T5 encoder in the shipped model) are Flux's `encoder_hidden_states`; their mean is `pooled_projections`.
+are Flux's `encoder_hidden_states`; their mean is `pooled_projections`.
 The network predicts the flow-matching velocity v = noise - data at noise level sigma in [0, 1]
 (sigma = 1 is pure noise). It knows nothing of samplers or caches.
 
@@ -33,7 +33,7 @@ class ShapesFluxConfig:
     heads: int = 4
     head_dim: int = 32
     text_width: int = 64
-    text_encoder: str = "words"  # "t5" (shipped) or "words" (the first model's); see prompt_encoder.py
+    text_encoder: str = "words"  # "words" (the shipped model's) or "t5"; see prompt_encoder.py
     text_layers: int = 1
     axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])
     flow_map: bool = False

@@ -33,9 +33,9 @@ class ImageTrainConfig:
     seed: int = 0
     double_blocks: int = 2
     single_blocks: int = 4
-    text_encoder: str = "t5"
-    text_width: int = 128
-    text_layers: int = 3
+    text_encoder: str = "words"  # the shipped model's; "t5" is transformers' T5EncoderModel (see prompt_encoder.py)
+    text_width: int = 64
+    text_layers: int = 1
     init_from: str | None = None  # a shapes-flux checkpoint whose same-shaped tensors start the run
 
     def __post_init__(self):
