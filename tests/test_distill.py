@@ -210,3 +210,14 @@ def test_feature_caches_apply_to_students(teacher_dir, tmp_path):
     assert torch.equal(plain.images, off.images)  # caching off is the plain student, bit for bit
     cached = stretto.generate(student, PROMPTS, seeds=[1, 2], cache="fora:interval=2")
     assert cached.stats.total_block_evals < plain.stats.total_block_evals
+
+
+@pytest.mark.parametrize("name", ["shapes-flux-dmd4", "shapes-flux-flowmap"])
+def test_shipped_students_load_offline_and_sample_in_their_steps(name):
+    if name not in checkpoints.shipped_models():
+        pytest.skip(f"{name} is not shipped in this checkout")
+    student = stretto.load(name)
+    assert student.config.student["teacher"] == "shapes-flux"
+    result = stretto.generate(student, PROMPTS[:1], seeds=[0])
+    assert result.stats.model_calls == student.config.student["default_steps"]
+    assert result.images.abs().max() <= 1 and result.images.std() > 0.1  # an image, not a blank

@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from stretto.bench.report import print_table
-from stretto.checkpoints import load
+from stretto.checkpoints import load, shipped_models
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import psnr_db
 from stretto.images import save_images
@@ -28,13 +28,16 @@ DEMO_PROMPTS = [
 ]
 # (sampler, steps, shift, cache) per row. "fewest steps" is the fastest setting whose FID and prompt accuracy
 # match the 100-step reference in benchmarks/results/samplers.json; "cheaper steps" keeps the 50 Euler steps
-# and caches features between them (the fastest cache within the targets of benchmarks/results/cache.json).
+# and caches features between them (the fastest cache within the targets of benchmarks/results/cache.json);
+# "distilled" is the shipped DMD2 student (benchmarks/results/distill.json), shown when it ships.
 SETTINGS = {
     "full compute": ("euler", 50, 1.0, None),
     "cheaper steps": ("euler", 50, 1.0, DEMO_CACHE),
     "stretto fast": (DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SHIFT, None),
     "fewest steps": ("dpm++2m", 4, 3.0, None),
+    "distilled": ("dmd2", 4, None, None),  # the shipped DMD2 student of the model, at its 4 steps
 }
+STUDENT = "shapes-flux-dmd4"
 
 
 def run_demo(
@@ -53,15 +56,23 @@ def run_demo(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     net = load(model, device=device, kind="shapes-flux")
     classifier = load("shapes-classifier", device=device, kind="shapes-classifier")
-    for sampler, steps, shift, cache in SETTINGS.values():  # warm-up
-        generate(net, DEMO_PROMPTS[:1], steps=steps, sampler=sampler, shift=shift, seeds=0, cache=cache)
-    runs = {name: [] for name in SETTINGS}
+    settings = dict(SETTINGS)
+    student = _student_of(model, device)
+    if student is None:
+        del settings["distilled"]
+
+    def run(name: str, prompts: list[str], seed_list) -> object:
+        sampler, steps, shift, cache = settings[name]
+        if name == "distilled":
+            return generate(student, prompts, steps=steps, seeds=seed_list)
+        return generate(net, prompts, steps=steps, sampler=sampler, shift=shift, seeds=seed_list, cache=cache)
+
+    for name in settings:  # warm-up
+        run(name, DEMO_PROMPTS[:1], 0)
+    runs = {name: [] for name in settings}
     for seed in tqdm(range(seeds), desc="demo rounds", unit="round", leave=False):
-        for name, (sampler, steps, shift, cache) in SETTINGS.items():
-            seed_list = [seed] * len(DEMO_PROMPTS)
-            runs[name].append(
-                generate(net, DEMO_PROMPTS, steps=steps, sampler=sampler, shift=shift, seeds=seed_list, cache=cache)
-            )
+        for name in settings:
+            runs[name].append(run(name, DEMO_PROMPTS, [seed] * len(DEMO_PROMPTS)))
     prompts = [p for p in DEMO_PROMPTS for _ in range(seeds)]  # prompt-major: rows are prompts, columns seeds
     images = {name: torch.stack([r.images for r in rs], dim=1).flatten(0, 1) for name, rs in runs.items()}
     path = save_images(
@@ -74,7 +85,7 @@ def run_demo(
     print(f"{len(prompts)} images ({len(DEMO_PROMPTS)} prompts x {seeds} seeds), grid of the fast setting: {path}")
     full_times = [r.stats.wall_s for r in runs["full compute"]]
     summary, rows = {}, []
-    for name, (sampler, steps, shift, cache) in SETTINGS.items():
+    for name, (sampler, steps, shift, cache) in settings.items():
         times = [r.stats.wall_s for r in runs[name]]
         first = runs[name][0].stats
         reference = name == "full compute"
@@ -87,8 +98,11 @@ def run_demo(
             "model_calls": first.model_calls,
             "compute_fraction": compute,
             "wall_s": statistics.median(times),  # per round of len(DEMO_PROMPTS) images
-            # what the counted work predicts: full compute's block evaluations / this row's
-            "speedup_ideal": runs["full compute"][0].stats.model_calls / (first.model_calls * compute),
+            # what the counted work predicts: full compute's block evaluations / this row's, counting both CFG
+            # branches of a teacher call (a distilled student runs one branch: guidance is baked in)
+            "speedup_ideal": 2
+            * runs["full compute"][0].stats.model_calls
+            / (first.model_calls * compute * (1 if name == "distilled" else 2)),
             "speedup": statistics.median(f / t for f, t in zip(full_times, times, strict=True)),
             "psnr_db": None if reference else psnr_db(images[name], images["full compute"]),
             "prompt_acc": prompt_accuracy(classifier, images[name], prompts),
@@ -106,10 +120,18 @@ def run_demo(
 
 
 TABLE = [
-    ("setting", "setting", "<14"), ("sampler", "sampler", "<9"), ("steps", "steps", ">5"), ("shift", "shift", ">5g"),
+    ("setting", "setting", "<14"), ("sampler", "sampler", "<9"), ("steps", "steps", ">5"),
+    ("shift", lambda r: "-" if r["shift"] is None else f"{r['shift']:g}", ">5"),
     ("cache", lambda r: r["cache"] or "-", "<25"), ("calls", "model_calls", ">5"),
     ("blocks %", lambda r: f"{r['compute_fraction']:.0%}", ">8"), ("round s", "wall_s", ">7.2f"),
     ("ideal", lambda r: f"{r['speedup_ideal']:.1f}x", ">6"), ("speedup", lambda r: f"{r['speedup']:.1f}x", ">7"),
     ("PSNR vs full", lambda r: "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.1f} dB", ">12"),
     ("prompt acc", "prompt_acc", ">10.2f"),
 ]  # fmt: skip
+
+
+def _student_of(model: str, device):
+    """The shipped DMD2 student when the demo runs the shipped teacher it was distilled from, else None."""
+    if model != "shapes-flux" or STUDENT not in shipped_models():
+        return None
+    return load(STUDENT, device=device, kind="shapes-flux")

@@ -178,7 +178,7 @@ def run_text_bench(
         "baseline": {"decode": BASELINE[0], "cache": BASELINE[1]},
         "machine": describe_machine(device),
         "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}"
-        f" --continuous {continuous}" + " --peers" * (peers is not None),
+        f" --continuous {continuous}" + _peers_flags(peers),
         "rows": rows,
         "continuous": summary,
     }
@@ -289,3 +289,11 @@ def plot_text_bench(result: dict, plot_path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, plot_path, dpi=130)
+
+
+def _peers_flags(peers: dict | None) -> str:
+    """The --peers flags that reproduce a peers run (its models' size included)."""
+    if peers is None:
+        return ""
+    size = peers.get("size")
+    return " --peers" + (f" --peer-width {size.hidden} --peer-layers {size.layers}" if size is not None else "")
