@@ -122,6 +122,17 @@ def test_crossblock_reuses_the_previous_blocks_same_step_found_by_sigma():
     assert [r.reused for r in summary.records] == [0, 0, 0, 2]
 
 
+def test_a_cache_the_caller_applied_starts_fresh_with_every_stream():
+    model = tiny_world()
+    cross = replace(SETTINGS["kv-rolling"], feature_cache="crossblock:plan=xww,refresh=1000")
+    owned, _ = run_world(model, 4, cross)
+    with cache.applied(model, "crossblock:plan=xww,refresh=1000"):
+        first, _ = run_world(model, 4, SETTINGS["kv-rolling"])
+        again, _ = run_world(model, 4, SETTINGS["kv-rolling"])  # nothing carried over from the first stream
+        assert len(cache.summary(model).records) == 4 * 3  # the caller's cache keeps its records: one stream's
+    assert torch.equal(first, owned) and torch.equal(again, owned)
+
+
 def test_next_loop_starts_within_block_policies_afresh_and_can_drop_records():
     model = tiny_world()
     x = torch.randn(1, 2, 3, 24, 24, dtype=torch.float64)
@@ -215,10 +226,10 @@ def test_bench_stream_feature_cache_rows(tiny_world_checkpoint, tmp_path):
         assert r["blocks_per_frame"] < r["uncached_blocks_per_frame"]
         assert r["psnr_db_vs_uncached"] > 0 and r["seed_psnr_db"] > 0
         assert (r["psnr_loss_db"] is None) == ("wan" in r["model"])  # the random Wan has no quality score
+        assert r["quality_episodes"] == (1 if "wan" in r["model"] else 8)  # world: scored on 8 held-out maps
     world = [r for r in cached if "wan" not in r["model"]]
     # 3 blocks: the prompt's commit, then per frame 4 steps, and a commit but after the last frame
     assert world[0]["uncached_blocks_per_frame"] == (3 + 4 * 4 * 3 + 3 * 3) / 4
     # xcwc: steps 1 and 3 (and step 0 in the first frame: nothing to reuse yet; refresh 8), step 2 never
     assert world[0]["blocks_per_frame"] == (3 + 3 + 4 * 2 * 3 + 3 * 3) / 4
     assert (tmp_path / "s.png").exists()
-

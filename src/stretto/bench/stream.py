@@ -44,6 +44,7 @@ HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
 VIDEO_MODELS = ("causal-wan", "skyreels-v2", "anyflow-far")
 SIDE_BY_SIDE_FRAMES = 24  # frames of the rows beside diffusers' own pipelines
+QUALITY_SEEDS = list(range(HELD_OUT_SEED, HELD_OUT_SEED + 8))  # held-out maps scoring each feature cache
 UNCACHED = {"feature_cache": "none", "speedup_vs_uncached": 1.0, "psnr_loss_db": 0.0}  # no feature cache yet
 
 
@@ -222,7 +223,8 @@ def cache_rows(
     repeats: int,
 ) -> list[dict]:
     """Each policy inside each world model's kv-rolling stream of n frames (and the tiny causal Wan's), against
-    the uncached stream of the same model and settings, run alternately `repeats` times."""
+    the uncached stream of the same model and settings, run alternately `repeats` times; the world models' PSNRs
+    over the 8 held-out episodes of QUALITY_SEEDS (batch rows of one untimed stream)."""
     rows: list[dict] = []
     show = lambda row: print(table_row(row, CACHE_TABLE))  # noqa: E731
     print(table_header(CACHE_TABLE))
@@ -235,7 +237,12 @@ def cache_rows(
             return StreamRun(episode.frames, episode.total_s, episode.cpu_s,
                              lambda: row_of("kv-rolling", name, episode, cached))  # fmt: skip
 
-        rows += feature_cache_rows(run, model.blocks, policies, repeats, True, 1, show)
+        def quality(spec: str | None, noise_seed: int, model=model, settings=settings) -> tuple[torch.Tensor, float]:
+            cached = replace(settings, feature_cache=spec)
+            episode = run_episode(model, QUALITY_SEEDS, n, cached, seed=1, noise_seed=noise_seed)
+            return episode.frames, float(frame_psnr(episode.frames, episode.truth).mean())
+
+        rows += feature_cache_rows(run, model.blocks, policies, repeats, True, 1, show, quality)
     if "causal-wan" in video_models:
         rows += causal_wan_cache_rows(n, steps, window, sinks, policies, repeats, show)
     return rows
@@ -259,11 +266,11 @@ def _num(value) -> float:
 
 
 def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
-    _, fig, axes = new_figure(1, 2, figsize=(12, 4.2))
-    ax_fps, ax_drift = axes[0]
-    rows = result["rows"]
-    labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" + ("" if r["feature_cache"] == "none" else
-              f"\n{r['feature_cache']} {r['speedup_vs_uncached']:.2f}x") for r in rows]  # fmt: skip
+    cached = [r for r in result["rows"] if r["feature_cache"] != "none"]
+    _, fig, axes = new_figure(1, 3 if cached else 2, figsize=(18 if cached else 12, 4.2))
+    ax_fps, ax_drift = axes[0][:2]
+    rows = [r for r in result["rows"] if r["feature_cache"] == "none"]
+    labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" for r in rows]
     colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green", "diffusers-pipeline": "tab:red"}
     ax_fps.barh(range(len(rows)), [r["fps"] for r in rows], color=[colours[r["mode"]] for r in rows])
     ax_fps.set_yticks(range(len(rows)), labels, fontsize=7)
@@ -283,4 +290,21 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     ax_drift.set_ylabel("PSNR vs simulator (dB)")
     ax_drift.set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} episodes")
     ax_drift.legend()
+    if cached:
+        plot_feature_caches(axes[0][2], cached)
     save_figure(fig, plot_path, dpi=130)
+
+
+def plot_feature_caches(ax, rows: list[dict]) -> None:
+    """Speedup against PSNR vs the uncached frames, one marker per model, each point labelled with its policy."""
+    for model, marker in zip(dict.fromkeys(r["model"] for r in rows), "osD^v", strict=False):
+        mine = [r for r in rows if r["model"] == model]
+        xs, ys = [r["speedup_vs_uncached"] for r in mine], [min(r["psnr_db_vs_uncached"], 60) for r in mine]
+        ax.scatter(xs, ys, marker=marker, label=f"{model} (reseed: {mine[0]['seed_psnr_db']:.0f} dB)")
+        for r, x, y in zip(mine, xs, ys, strict=True):
+            ax.annotate(r["feature_cache"].split(",refresh")[0].split(",warmup=0,max")[0], (x, y), fontsize=5)
+    ax.axvline(1.5, color="gray", lw=0.5, ls="--")
+    ax.set_xlabel("speedup vs the uncached stream (frames/s, interleaved)")
+    ax.set_ylabel("PSNR vs the uncached frames (dB)")
+    ax.set_title("feature caching inside the stream (kv-rolling)")
+    ax.legend(fontsize=7)

@@ -352,6 +352,7 @@ def stream_blocks(
             feature_cache.apply(model, policy)  # removed with the stream, like the KV cache
             own_cache = True
         cached = feature_cache.get_handle(model) is not None  # this stream's policy, or one the caller applied
+        feature_cache.reset(model, levels)  # a stream is one generation: its cached state starts fresh
         if first_block is not None:
             raw, prepared = first_condition, model.condition(first_condition)
             context.commit(first_block, prepared)
