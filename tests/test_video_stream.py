@@ -216,7 +216,7 @@ def test_a_plain_wan_folder_streams_with_a_warning(tmp_path):
 def test_bench_stream_video_rows(tmp_path):
     out = tmp_path / "stream.json"
     args = ["bench", "stream", "--models", "--frames", "6", "9", "--json", str(out), "--plot", "", "--gif", "",
-            "--window", "3", "--sinks", "0", "--steps", "2"]  # fmt: skip
+            "--window", "3", "--sinks", "0", "--steps", "2", "--feature-cache"]  # fmt: skip
     assert main(args) == 0
     rows = json.loads(out.read_text())["rows"]
     world_keys = {"mode", "model", "frames", "fps", "latency_ms_p95_last10pct", "kv_bytes_peak", "psnr_db_vs_sim"}

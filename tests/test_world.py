@@ -363,6 +363,7 @@ def test_bench_stream_rows_have_the_contract_keys(tiny_world_checkpoint, tmp_pat
             "3",
             "--gif",
             str(tmp_path / "s.gif"),
+            "--feature-cache",  # none: no cache rows (tests/test_stream_cache.py runs them)
             "--video-models",  # none: the world rows alone (tests/test_video_stream.py runs the video rows)
         ]
     )

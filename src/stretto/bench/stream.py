@@ -14,13 +14,16 @@ teacher-forced and the Self-Forcing model (kv-rolling). Speeds are wall time wit
 Causal video models on diffusers' classes add rows (`stretto.bench.stream_video`: a tiny causal Wan, and
 SkyReels-V2 beside its own diffusers pipeline). Every row also carries the feature-cache contract keys:
 `"feature_cache"` (the policy applied inside the stream, "none"), `"speedup_vs_uncached"` and `"psnr_loss_db"`
-(against the uncached stream of the same model and settings: 1.0 and 0.0 for an uncached row).
+(against the uncached stream of the same model and settings: 1.0 and 0.0 for an uncached row). Feature-cache rows
+(`--feature-cache`, `stretto.bench.stream_cache`): every policy inside the kv-rolling stream of each world model and
+of the tiny causal Wan at the shortest length, run alternately with the uncached stream; they add the PSNR against
+the uncached frames, CPU-time speedups and block evaluations per frame.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,9 @@ from tqdm import tqdm
 
 from stretto import checkpoints
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
-from stretto.bench.stream_video import anyflow_rows, causal_wan_rows, skyreels_rows
+from stretto.bench.stream_cache import DEFAULT_FEATURE_CACHES, StreamRun, feature_cache_rows
+from stretto.bench.stream_cache import TABLE as CACHE_TABLE
+from stretto.bench.stream_video import anyflow_rows, causal_wan_cache_rows, causal_wan_rows, skyreels_rows
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
@@ -39,6 +44,7 @@ HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
 VIDEO_MODELS = ("causal-wan", "skyreels-v2", "anyflow-far")
 SIDE_BY_SIDE_FRAMES = 24  # frames of the rows beside diffusers' own pipelines
+QUALITY_SEEDS = list(range(HELD_OUT_SEED, HELD_OUT_SEED + 8))  # held-out maps scoring each feature cache
 UNCACHED = {"feature_cache": "none", "speedup_vs_uncached": 1.0, "psnr_loss_db": 0.0}  # no feature cache yet
 
 
@@ -53,31 +59,34 @@ class EpisodeRun:
     first_frame_s: float
     total_s: float
     kv_bytes_peak: int
+    cpu_s: float = 0.0  # process CPU time of the stream
 
 
 def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: StreamSettings, seed: int = 0,
-                progress: str | None = None) -> EpisodeRun:  # fmt: skip
-    """Stream n_frames frames for the maps `seeds` (one row each) along one random action sequence."""
+                progress: str | None = None, noise_seed: int | None = None) -> EpisodeRun:  # fmt: skip
+    """Stream n_frames frames for the maps `seeds` (one row each) along one random action sequence (drawn from
+    `seed`, like the stream's noise unless `noise_seed` is given)."""
     device = next(model.parameters()).device
     fpb = model.config.frames_per_block
     actions = world.random_actions(n_frames + fpb, torch.Generator().manual_seed(seed))
     prompt, prompt_actions, episodes = world.prompt_block(seeds, actions, fpb)
     frames, latency, peak = [], [], 0
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     first = None
+    noise_seed = seed if noise_seed is None else noise_seed
     gen = stream(
-        model, prompt.to(device), prompt_actions.to(device), actions[fpb:], settings, seed=seed, frames=n_frames
+        model, prompt.to(device), prompt_actions.to(device), actions[fpb:], settings, seed=noise_seed, frames=n_frames
     )
     for frame in tqdm(gen, total=n_frames, desc=progress, leave=False, disable=progress is None):
         first = first if first is not None else time.perf_counter() - began
         frames.append(frame.pixels.cpu())
         latency.append(frame.latency_s)
         peak = max(peak, frame.kv_bytes)
-    total = time.perf_counter() - began
+    total, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     truth = torch.stack([e.frames[fpb : fpb + n_frames] for e in episodes], dim=1)
     camera = torch.stack([e.camera[fpb : fpb + n_frames] for e in episodes], dim=1)
     return EpisodeRun(torch.stack(frames), prompt, truth, camera, [e.world for e in episodes], np.array(latency), first,
-                      total, peak)  # fmt: skip
+                      total, peak, cpu)  # fmt: skip
 
 
 def position_error(run: EpisodeRun) -> float:
@@ -137,8 +146,11 @@ def run_stream_bench(
     gif_frames: int = 240,
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
     video_models: tuple[str, ...] = VIDEO_MODELS,
+    feature_caches: tuple[str, ...] = DEFAULT_FEATURE_CACHES,
+    cache_repeats: int = 3,
 ) -> dict:
-    """Every mode x model x length row, the video models' rows, then the drift curves (and a GIF)."""
+    """Every mode x model x length row, the video models' rows, the feature-cache rows (each policy against the
+    uncached kv-rolling stream at the shortest length, `stretto.bench.stream_cache`), then the drift curves."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
     rows = []
     print(table_header(TABLE))
@@ -158,6 +170,9 @@ def run_stream_bench(
     if "anyflow-far" in video_models:
         rows += anyflow_rows(side_by_side, steps, window, sinks, show)
     rows = [{**row, **UNCACHED} for row in rows]
+    if feature_caches:
+        rows += cache_rows(loaded, video_models, min(lengths), steps, window, sinks, kv_budget_mib, feature_caches,
+                           cache_repeats)  # fmt: skip
     drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
     for name, model in loaded.items():
@@ -177,10 +192,14 @@ def run_stream_bench(
 
         save_gif(list(panels.values()), gif_path, fps=12, scale=4)
         print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")
+    command = f"stretto bench stream --steps {steps} --window {window} --sinks {sinks} --frames " + " ".join(
+        map(str, lengths)
+    )
+    if tuple(feature_caches) != DEFAULT_FEATURE_CACHES:
+        command += " --feature-cache " + " ".join(feature_caches)
     result = {
         "machine": describe_machine(device),
-        "command": f"stretto bench stream --steps {steps} --window {window} --sinks {sinks} --frames "
-        + " ".join(map(str, lengths)),
+        "command": command,
         "held_out_map_seed": HELD_OUT_SEED,
         "rows": rows,
         "drift": {"mode": "kv-rolling", "episodes": drift_episodes, "frames": drift_frames, "models": drift},
@@ -190,6 +209,43 @@ def run_stream_bench(
     if plot_path:
         plot_stream_bench(result, plot_path)
     return result
+
+
+def cache_rows(
+    loaded: dict[str, WorldDiT],
+    video_models: tuple[str, ...],
+    n: int,
+    steps: int,
+    window: int,
+    sinks: int,
+    kv_budget_mib: float,
+    policies: tuple[str, ...],
+    repeats: int,
+) -> list[dict]:
+    """Each policy inside each world model's kv-rolling stream of n frames (and the tiny causal Wan's), against
+    the uncached stream of the same model and settings, run alternately `repeats` times; the world models' PSNRs
+    over the 8 held-out episodes of QUALITY_SEEDS (batch rows of one untimed stream)."""
+    rows: list[dict] = []
+    show = lambda row: print(table_row(row, CACHE_TABLE))  # noqa: E731
+    print(table_header(CACHE_TABLE))
+    for name, model in loaded.items():
+        settings = settings_for("kv-rolling", n, steps, window, sinks, kv_budget_mib)
+
+        def run(spec: str | None, noise_seed: int, model=model, name=name, settings=settings) -> StreamRun:
+            cached = replace(settings, feature_cache=spec)
+            episode = run_episode(model, [HELD_OUT_SEED], n, cached, seed=1, noise_seed=noise_seed)
+            return StreamRun(episode.frames, episode.total_s, episode.cpu_s,
+                             lambda: row_of("kv-rolling", name, episode, cached))  # fmt: skip
+
+        def quality(spec: str | None, noise_seed: int, model=model, settings=settings) -> tuple[torch.Tensor, float]:
+            cached = replace(settings, feature_cache=spec)
+            episode = run_episode(model, QUALITY_SEEDS, n, cached, seed=1, noise_seed=noise_seed)
+            return episode.frames, float(frame_psnr(episode.frames, episode.truth).mean())
+
+        rows += feature_cache_rows(run, model.blocks, policies, repeats, True, 1, show, quality)
+    if "causal-wan" in video_models:
+        rows += causal_wan_cache_rows(n, steps, window, sinks, policies, repeats, show)
+    return rows
 
 
 TABLE = [
@@ -210,9 +266,10 @@ def _num(value) -> float:
 
 
 def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
-    _, fig, axes = new_figure(1, 2, figsize=(12, 4.2))
-    ax_fps, ax_drift = axes[0]
-    rows = result["rows"]
+    cached = [r for r in result["rows"] if r["feature_cache"] != "none"]
+    _, fig, axes = new_figure(1, 3 if cached else 2, figsize=(18 if cached else 12, 4.2))
+    ax_fps, ax_drift = axes[0][:2]
+    rows = [r for r in result["rows"] if r["feature_cache"] == "none"]
     labels = [f"{r['mode']}\n{r['model']}, {r['frames']}" for r in rows]
     colours = {"recompute": "tab:gray", "kv": "tab:blue", "kv-rolling": "tab:green", "diffusers-pipeline": "tab:red"}
     ax_fps.barh(range(len(rows)), [r["fps"] for r in rows], color=[colours[r["mode"]] for r in rows])
@@ -233,4 +290,21 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     ax_drift.set_ylabel("PSNR vs simulator (dB)")
     ax_drift.set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} episodes")
     ax_drift.legend()
+    if cached:
+        plot_feature_caches(axes[0][2], cached)
     save_figure(fig, plot_path, dpi=130)
+
+
+def plot_feature_caches(ax, rows: list[dict]) -> None:
+    """Speedup against PSNR vs the uncached frames, one marker per model, each point labelled with its policy."""
+    for model, marker in zip(dict.fromkeys(r["model"] for r in rows), "osD^v", strict=False):
+        mine = [r for r in rows if r["model"] == model]
+        xs, ys = [r["speedup_vs_uncached"] for r in mine], [min(r["psnr_db_vs_uncached"], 60) for r in mine]
+        ax.scatter(xs, ys, marker=marker, label=f"{model} (reseed: {mine[0]['seed_psnr_db']:.0f} dB)")
+        for r, x, y in zip(mine, xs, ys, strict=True):
+            ax.annotate(r["feature_cache"].split(",refresh")[0].split(",warmup=0,max")[0], (x, y), fontsize=5)
+    ax.axvline(1.5, color="gray", lw=0.5, ls="--")
+    ax.set_xlabel("speedup vs the uncached stream (frames/s, interleaved)")
+    ax.set_ylabel("PSNR vs the uncached frames (dB)")
+    ax.set_title("feature caching inside the stream (kv-rolling)")
+    ax.legend(fontsize=7)

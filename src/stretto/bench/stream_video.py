@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from stretto.bench.stream_cache import StreamRun, feature_cache_rows
 from stretto.models.causal_wan import CausalWan
 from stretto.pipelines.video import stream_video
 from stretto.pipelines.world import StreamSettings
@@ -116,15 +118,17 @@ def video_row(mode: str, model: str, frames: list, total_s: float, first_s: floa
     }
 
 
-def timed_stream(model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str, ar_step=None) -> tuple:
-    """(frames, total seconds, seconds to the first frame, counts) of one stream at batch 1."""
-    began, first, out = time.perf_counter(), None, []
-    stream = stream_video(model, prompt, settings, ar_step=ar_step, frames=n)
+def timed_stream(
+    model, prompt: torch.Tensor, n: int, settings: StreamSettings, progress: str | None, ar_step=None, seed: int = 0
+) -> tuple:
+    """(frames, total seconds, seconds to the first frame, counts, CPU seconds) of one stream at batch 1."""
+    began, began_cpu, first, out = time.perf_counter(), time.process_time(), None, []
+    stream = stream_video(model, prompt, settings, ar_step=ar_step, frames=n, seed=seed)
     with counting(model.transformer) as counts:
-        for frame in tqdm(stream, total=n, desc=progress, leave=False):
+        for frame in tqdm(stream, total=n, desc=progress, leave=False, disable=progress is None):
             first = first if first is not None else time.perf_counter() - began
             out.append(frame)
-    return out, time.perf_counter() - began, first, counts
+    return out, time.perf_counter() - began, first, counts, time.process_time() - began_cpu
 
 
 def video_settings(mode: str, steps: int, window: int, sinks: int, scheduler=None) -> StreamSettings:
@@ -143,10 +147,28 @@ def causal_wan_rows(lengths, modes, steps: int, window: int, sinks: int, print_r
     for n in lengths:
         for mode in modes if n == min(lengths) else [m for m in modes if m == "kv-rolling"]:
             settings = video_settings(mode, steps, window, sinks)
-            frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} causal-wan {n}")
+            frames, total, first, counts, _ = timed_stream(model, prompt, n, settings, f"{mode} causal-wan {n}")
             rows.append({**video_row(mode, WAN_MODEL, frames, total, first, settings), **counts})
             print_row(rows[-1])
     return rows
+
+
+def causal_wan_cache_rows(n: int, steps: int, window: int, sinks: int, policies, repeats: int, print_row) -> list[dict]:
+    """Feature caching inside the tiny causal Wan's kv-rolling stream, against its uncached stream
+    (`stretto.bench.stream_cache`; random weights: fidelity to the uncached latents, no quality score)."""
+    model = tiny_wan()
+    prompt = torch.randn(1, TEXT_TOKENS, TINY["text_dim"], generator=torch.Generator().manual_seed(0))
+    settings = video_settings("kv-rolling", steps, window, sinks)
+    timed_stream(model, prompt, 6, settings, None)  # warm-up
+
+    def run(spec: str | None, seed: int) -> StreamRun:
+        cached = replace(settings, feature_cache=spec)
+        frames, total, first, counts, cpu = timed_stream(model, prompt, n, cached, None, seed=seed)
+        pixels = torch.stack([f.pixels for f in frames])
+        return StreamRun(pixels, total, cpu, lambda: {**video_row("kv-rolling", WAN_MODEL, frames, total, first,
+                                                                 cached), **counts})  # fmt: skip
+
+    return feature_cache_rows(run, model.transformer.blocks, policies, repeats, False, 0, print_row)
 
 
 def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> list[dict]:
@@ -170,7 +192,7 @@ def skyreels_rows(n: int, steps: int, window: int, sinks: int, print_row) -> lis
         for mode in ("kv", "kv-rolling"):
             in_flight = 0 if ar_step >= steps else -(-steps // ar_step) * FRAMES_PER_BLOCK  # the window holds them too
             settings = video_settings(mode, steps, window + in_flight, sinks, skyreels_scheduler())
-            frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}", ar_step)
+            frames, total, first, counts, _ = timed_stream(model, prompt, n, settings, f"{mode} skyreels {n}", ar_step)
             rows.append({**video_row(mode, SKYREELS_MODEL, frames, total, first, settings), **counts,
                          "ar_step": ar_step})  # fmt: skip
             if mode == "kv":  # the same algorithm as the pipeline: the same frames
@@ -251,7 +273,7 @@ def anyflow_rows(n: int, steps: int, window: int, sinks: int, print_row) -> list
     window = max(window // chunk, 1) * chunk
     for mode in ("kv", "kv-rolling"):
         settings = video_settings(mode, steps, window, sinks, FlowMapEulerDiscreteScheduler(shift=5.0))
-        frames, total, first, counts = timed_stream(model, prompt, n, settings, f"{mode} anyflow {n}")
+        frames, total, first, counts, _ = timed_stream(model, prompt, n, settings, f"{mode} anyflow {n}")
         rows.append({**video_row(mode, ANYFLOW_MODEL, frames, total, first, settings), **counts})
         if mode == "kv":  # the same algorithm as the pipeline: the same frames
             ours = torch.stack([f.pixels for f in frames], dim=1)

@@ -12,6 +12,10 @@
     print(cache.summary(model))
     cache.remove(model)
 
+A stream (block-autoregressive video) runs one denoising loop per block of frames: `cache.next_loop(model, sigmas)`
+starts each (the state carries over only for policies that reuse across blocks, `crossblock`), and the commit
+pass runs under `with cache.bypass(model):`, every block computed (stretto.pipelines.world).
+
 `model` may be a stretto model, a diffusers transformer (every class in families.py: Flux, SD3, DiT, Wan,
 CogVideoX, HunyuanDiT, ...; `families.markdown_table()` lists them) or a diffusers pipeline. Without
 `step(...)` the cache reads the model call's own timestep (keyword or positional). mechanism.py maps the
@@ -21,6 +25,7 @@ Under torch.compile, compile the blocks (`cache.compile_blocks(model)`), not the
 
 from stretto.cache.accounting import CacheSummary, StepRecord
 from stretto.cache.compiled import compile_blocks
+from stretto.cache.cross_block import CrossBlock
 from stretto.cache.deepcache import DeepCache
 from stretto.cache.delta_dit import DeltaDiT
 from stretto.cache.first_block import DBCache, FirstBlock
@@ -30,7 +35,9 @@ from stretto.cache.magcache import MagCache
 from stretto.cache.mechanism import (
     applied,
     apply,
+    bypass,
     get_handle,
+    next_loop,
     remove,
     reset,
     step,
@@ -48,6 +55,7 @@ __all__ = [
     "POLICIES",
     "CachePolicy",
     "CacheSummary",
+    "CrossBlock",
     "DBCache",
     "DeepCache",
     "DeltaDiT",
@@ -65,8 +73,10 @@ __all__ = [
     "apply",
     "applied",
     "available",
+    "bypass",
     "compile_blocks",
     "get_handle",
+    "next_loop",
     "parse_policy",
     "remove",
     "reset",

@@ -7,7 +7,8 @@ unchanged). While the model that owns the lists runs its forward, iterating the 
 `StackRunner` and the other lists yield nothing: the model's own `for block in self.transformer_blocks`
 loop then makes exactly one call, and the runner hands the whole stack to the cache. Blocks the policy
 skips are never called (no Python call per skipped block); blocks it computes are called as modules, so
-`BlockCounter`'s hooks count real evaluations. Outside the owner's forward the lists iterate normally.
+`BlockCounter`'s hooks count real evaluations. Outside the owner's forward the lists iterate normally, and so
+they do inside it while the cache is bypassed (a stream's commit pass: stretto.cache.bypass).
 
 Which lists a diffusers class has, and how its blocks are called, is its table entry (families.py); a
 diffusers class without one is refused with an error naming it. Other models (stretto's own, a user's)
@@ -61,7 +62,7 @@ class CachedBlockList(nn.ModuleList):
 
     def __iter__(self) -> Iterator[nn.Module]:
         swap = self.__dict__.get("_stretto_swap")
-        if swap is not None and swap.active:
+        if swap is not None and swap.active and not swap.bypass:
             return iter([swap.runner] if self._stretto_first else [])
         return iter(self._modules.values())
 
@@ -85,6 +86,7 @@ class BlockListSwap:
         self.family = stack_family(self.owner, [n for _, n in self.lists], self.originals)
         self.runner = StackRunner(run)
         self.active = False  # the owner's forward is running
+        self.bypass = False  # the owner's forward runs its own blocks (stretto.cache.bypass)
         self.timestep: torch.Tensor | float | None = None  # its `timestep` argument (the sigma when none is given)
         self.module_outputs: dict[str, Any] = {}  # outputs of the family's captured submodules in this forward
         self._forward = inspect.signature(self.owner.forward)

@@ -97,6 +97,18 @@ class CacheHandle:
         self._stale = stale
         self.policy.reset()
 
+    def next_loop(self, sigmas: torch.Tensor | Sequence[float] | None = None, records: bool = True) -> None:
+        """Start the next denoising loop of the same generation (a stream's next block): restart the schedule, drop
+        the cached state unless the policy carries it across loops (`across_loops`); `records=False` also drops
+        the records (an endless stream whose counts nobody reads would keep one per call)."""
+        keys = None if sigmas is None else self.family.noise_level(torch.as_tensor(sigmas, dtype=torch.float32))
+        states = self.states
+        self.reset_state(keys)
+        if self.policy.across_loops:
+            self.states = states
+        if not records:
+            self.calls, self.records, self._pending = 0, [], []
+
     # -- one model call
     def _run(self, args: tuple, kwargs: dict) -> torch.Tensor | Hidden:
         name = type(self.owner).__name__
@@ -225,6 +237,34 @@ def reset(model: nn.Module, sigmas: torch.Tensor | Sequence[float] | None = None
     handle = get_handle(model)
     if handle is not None:
         handle.reset(sigmas)
+
+
+def next_loop(model: nn.Module, sigmas: torch.Tensor | Sequence[float] | None = None, records: bool = True) -> None:
+    """Start the next denoising loop of the same generation, e.g. the next block of a stream (no-op without a
+    cache): the state is dropped unless the policy carries it across loops (`CachePolicy.across_loops`); the
+    records are kept unless `records=False`. `sigmas` is the loop's schedule, as for `reset`."""
+    handle = get_handle(model)
+    if handle is None:
+        return
+    if not isinstance(handle, CacheHandle):
+        raise ValueError(f"next_loop runs on transformer block stacks, not on {type(handle.model).__name__}")
+    handle.next_loop(sigmas, records)
+
+
+@contextmanager
+def bypass(model: nn.Module) -> Iterator[None]:
+    """Inside the `with` block the model runs its own blocks: every block computed, the cache's state and records
+    untouched (a stream's commit pass, which must write every layer's K/V). A no-op without a cache."""
+    handle = get_handle(model)
+    swap = getattr(handle, "swap", None)
+    if swap is None:
+        yield
+        return
+    previous, swap.bypass = swap.bypass, True
+    try:
+        yield
+    finally:
+        swap.bypass = previous
 
 
 @contextmanager

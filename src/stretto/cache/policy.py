@@ -34,6 +34,9 @@ class CachePolicy:
 
     name: ClassVar[str] = ""
     unet: ClassVar[bool] = False  # runs on a UNet's down / mid / up blocks instead of a transformer block stack
+    # keeps its state from one denoising loop to the next of the same generation (a stream's consecutive blocks,
+    # `stretto.cache.next_loop`); every other policy starts each loop afresh
+    across_loops: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         spec.check_ranges(self)

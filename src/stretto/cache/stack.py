@@ -12,8 +12,9 @@ forecast).
 How each block is called (its carried tensors and its other arguments, per block list) is `BlockCalls`
 (block_calls.py), following the model class's table entry (families.py). Tensor arguments with one entry
 per batch row are split with the rows (also inside dict arguments such as attention kwargs), except
-`SHARED_ARGS`; tuples of tensors only for the family's `row_args`. Long skips (HunyuanDiT) are
-taken from the blocks that produced them in the same call.
+`SHARED_ARGS`; tuples of tensors only for the family's `row_args`; a `KVCache` argument becomes its view of
+the rows (`KVCache.rows`). Long skips (HunyuanDiT) are taken from the blocks that produced them in the same
+call.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stretto.cache.accounting import KINDS
 from stretto.cache.block_calls import BlockCalls, Prepare
 from stretto.cache.families import DUAL, token_level_classes
 from stretto.cache.hidden import Hidden, add, put, split, sub, take
+from stretto.models.kv_cache import KVCache
 
 # block arguments that are shared by all batch rows even when their first dimension happens to equal the batch
 SHARED_ARGS = frozenset({"image_rotary_emb", "rotary_emb", "joint_attention_kwargs", "cross_attention_kwargs"})
@@ -232,6 +234,8 @@ class Stack:
             return type(value)(self._take_arg(name, v, rows) for v in value)
         if name in SHARED_ARGS and name not in self._row_args:
             return value
+        if isinstance(value, KVCache):  # a block that attends over stretto's KV cache (WorldDiT): those rows' view
+            return value.rows(rows)
         if not isinstance(value, torch.Tensor) or value.ndim == 0:
             return value
         return value.index_select(0, rows) if value.shape[0] == self.batch else value

@@ -136,3 +136,8 @@ def add_stream_settings(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_KV_BUDGET_MIB,
         help=f"most KV cache memory to allocate, MiB (default {DEFAULT_KV_BUDGET_MIB:g}); larger asks fail up front",
     )
+
+
+def cache_note(args: argparse.Namespace) -> str:
+    """', cache POLICY' for a command's summary line when it ran a feature cache (--cache), else ''."""
+    return f", cache {args.cache}" if getattr(args, "cache", None) else ""

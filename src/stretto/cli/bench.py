@@ -99,6 +99,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
         steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
         drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
         kv_budget_mib=args.kv_budget_mib, video_models=tuple(args.video_models),
+        feature_caches=tuple(args.feature_cache), cache_repeats=args.cache_repeats,
     )  # fmt: skip
 
 
@@ -216,6 +217,7 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
 def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     """`stretto bench stream`."""
     from stretto.bench.stream import DEFAULT_MODELS, VIDEO_MODELS
+    from stretto.bench.stream_cache import DEFAULT_FEATURE_CACHES
     from stretto.pipelines.world import MODES
 
     p = bench_subparsers.add_parser("stream", help="world-model streaming: fps, latency, KV memory, drift")
@@ -228,6 +230,12 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", nargs="+", type=int, default=[64, 2000], help="stream lengths to time (each >= 1)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how the past is kept")
     shared.add_stream_settings(p)
+    p.add_argument("--feature-cache", nargs="*", default=list(DEFAULT_FEATURE_CACHES), metavar="POLICY",
+                   help="feature-cache policies to run inside each model's kv-rolling stream at the shortest "
+                   "--frames, each against the uncached stream (speedup, PSNR vs the uncached frames); none given: "
+                   f"no cache rows (default: {' '.join(DEFAULT_FEATURE_CACHES)})")  # fmt: skip
+    p.add_argument("--cache-repeats", action=shared.IntInRange, low=1, high=100, default=3,
+                   help="rounds of uncached and cached streams, alternately, for the speedups (default 3)")  # fmt: skip
     p.add_argument("--drift-episodes", type=int, default=8, help="held-out episodes of the drift curve (default 8)")
     p.add_argument("--drift-frames", type=int, default=400, help="frames per drift episode (default 400)")
     shared.add_device(p)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from stretto.cli import INTERRUPTED
+from stretto.cli import args as shared
 
 
 def parse_switch(text: str) -> tuple[int, str]:
@@ -45,7 +46,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
         args.model, args.prompt, switches=switches, parts=args.parts, frames=args.frames, seed=args.seed,
         device=args.device, latent_size=size, ar_step=args.ar_step, mode=args.mode, steps=args.steps,
         window=None if args.mode == "kv" else args.window, sinks=args.sinks,
-        kv_budget_mib=args.kv_budget_mib,
+        kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache,
     )  # fmt: skip
     out, latency, interrupted = [], [], False
     began = time.perf_counter()
@@ -70,8 +71,9 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
         save_file({"latents": video.contiguous()}, path)
         what = "latent frames (no VAE found; pass --parts)"
     lat = np.array(latency)
-    print(f"wrote {path}: {len(out)} {what} ({args.mode}, {args.steps} steps) in {seconds:.1f} s; block latency p50 "
-          f"{np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms")  # fmt: skip
+    print(f"wrote {path}: {len(out)} {what} ({args.mode}, {args.steps} steps{shared.cache_note(args)}) in "
+          f"{seconds:.1f} s; block latency p50 {np.percentile(lat, 50):.0f} ms, "
+          f"p95 {np.percentile(lat, 95):.0f} ms")  # fmt: skip
     if interrupted:
         print(f"stretto: interrupted; {path} holds the frames generated so far", file=sys.stderr)
         return INTERRUPTED

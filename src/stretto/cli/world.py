@@ -52,7 +52,7 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     stream = world_pipeline.stream_world(
         model, _recording(actions, used), world=args.world, seed=args.seed, frames=args.frames, mode=args.mode,
         steps=args.steps, window=None if args.mode == "kv" else args.window, sinks=args.sinks,
-        max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib,
+        max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache,
     )  # fmt: skip
     show = None
     if args.interactive:
@@ -86,8 +86,9 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     lat = np.array(latency)
     rate = "" if args.interactive else f" in {seconds:.1f} s = {len(frames) / seconds:.1f} frames/s"
     print(
-        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps} steps){rate}; latency p50 "
-        f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms; PSNR vs simulator {psnr:.1f} dB"
+        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps} steps{shared.cache_note(args)}){rate}; "
+        f"latency p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms; PSNR vs simulator "
+        f"{psnr:.1f} dB"
     )
     if interrupted:
         print(f"stretto: interrupted; {path} holds the {len(frames)} frames generated so far", file=sys.stderr)
@@ -135,6 +136,11 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
     shared.add_seed(p, "noise seed (and the random walk's)")
     p.add_argument("--mode", choices=MODES, default="kv-rolling", help="how the past is kept (default kv-rolling)")
     shared.add_stream_settings(p)
+    p.add_argument("--cache", default=None, metavar="POLICY",
+                   help='feature cache inside the stream, on the denoising steps (the commit pass computes every '
+                   'block): e.g. "crossblock" (the previous block\'s same step on the first step, this block\'s '
+                   'previous step on the third: plan=xcwc), "fora:interval=3,warmup=0"; stretto.cache.available() '
+                   "lists all (default none)")  # fmt: skip
     p.add_argument("--interactive", action="store_true", help="read actions from the keyboard (arrows/WASD, q)")
     p.add_argument("--compare", action="store_true", help="GIF shows the simulator's frames beside the model's")
     p.add_argument("--scale", type=int, default=4, help="GIF pixel scale")

@@ -93,6 +93,13 @@ class CausalSelfAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         call = self.slot.get()
+        if call.cache is not None and hidden_states.shape[0] != call.cache.k.shape[1]:
+            raise ValueError(
+                f"this Wan's attention reads the KV cache of all {call.cache.k.shape[1]} rows but ran "
+                f"{hidden_states.shape[0]}: a feature-cache policy that decides per row (firstblock, dbcache, "
+                "teacache, magcache, ...) computed some rows only; stream batch 1 or use one that decides for the "
+                "whole batch (fora, taylor, delta, crossblock)"
+            )
         q = _halves(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
         k = _halves(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)

@@ -114,23 +114,26 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block with adaLN-zero modulation per token."""
+    """Pre-LN transformer block with adaLN-zero modulation per token; `layer` is its KV cache layer."""
 
-    def __init__(self, config: WorldDiTConfig):
+    def __init__(self, config: WorldDiTConfig, layer: int = 0):
         super().__init__()
         d = config.n_embd
+        # the block knows its own cache layer, so every block takes the same arguments (a feature cache calls
+        # the blocks it computes with the first block's arguments: stretto.cache.block_calls)
+        self.layer = layer
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
         self.attn = Attention(config)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
         self.ada = nn.Linear(d, 6 * d)
 
-    def forward(self, x, cond, tpf, rope_q, rope_k, mask, kv_cache, layer, start, write):
+    def forward(self, x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write):
         # cond is per frame: modulate once per frame, then spread to its tokens (36x fewer adaLN FLOPs)
         mods = self.ada(cond).repeat_interleave(tpf, dim=1)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         x = x + gate1 * self.attn(
-            modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, layer, start, write
+            modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, self.layer, start, write
         )
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
@@ -145,7 +148,7 @@ class WorldDiT(nn.Module):
         self.patch_in = nn.Linear(c.channels * c.patch**2, d)
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action = nn.Embedding(c.n_actions, d)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c, i) for i in range(c.n_layer))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
         self.patch_out = nn.Linear(d, c.channels * c.patch**2)
@@ -237,8 +240,8 @@ class WorldDiT(nn.Module):
         temb = timestep_embedding(t, c.n_embd).to(frames.dtype)
         cond = F.silu(self.t_mlp(temb) + self.action(actions))  # (B, T, D): one per frame
         x = self.patch_in(self.patchify(frames))
-        for i, block in enumerate(self.blocks):
-            x = block(x, cond, tpf, rope_q, rope_k, mask, kv_cache, i, start, write)
+        for block in self.blocks:
+            x = block(x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write)
         shift, scale = self.ada_out(cond).repeat_interleave(tpf, dim=1).chunk(2, dim=-1)
         return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
 

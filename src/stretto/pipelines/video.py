@@ -82,6 +82,11 @@ def stream_video(
     if ar_step is not None and ar_step < settings.steps:
         if first_block is not None:
             raise ValueError("diffusion forcing (ar_step < steps) starts from noise; first_block is not supported")
+        if settings.feature_cache is not None:
+            raise ValueError(
+                "a feature cache runs one block's denoising loop at a time; diffusion forcing (ar_step < steps) keeps "
+                "several blocks in flight in one call: stream with ar_step >= steps or without feature_cache"
+            )
         return stream_diffusion_forcing(model, blocks, settings, ar_step, batch=prompt_embeds.shape[0], seed=seed,
                                         frames=frames)  # fmt: skip
     return stream_blocks(

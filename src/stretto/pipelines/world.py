@@ -22,6 +22,12 @@ steps (`StreamSettings.scheduler`, e.g. SkyReels-V2's UniPC; a fresh copy per bl
 a history). Prompts may switch mid-stream (CausVid's dynamic prompting): the new text's cross-attention K/V are
 computed once, the video's KV cache is kept.
 
+Feature caching inside the stream (`StreamSettings.feature_cache`, any `stretto.cache` policy): each block's steps
+are one denoising loop (`stretto.cache.next_loop`, keyed on the steps' noise levels, so a policy's state starts
+afresh per block unless it reuses across blocks, like `crossblock`: the previous block's same step). Only the
+denoising calls may reuse or forecast blocks; the commit pass runs every block (`stretto.cache.bypass`), because
+its K/V of every layer are what all later frames attend to: a skipped block would leave its layer's slot stale.
+
 The driver runs any model with the small `StreamModel` interface: stretto's `WorldDiT` (pixels, steered by one
 action per frame: `stream`, `stream_world`) and `CausalWan`, a Self-Forcing / CausVid checkpoint on diffusers'
 Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once:
@@ -38,6 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
+from stretto import cache as feature_cache
 from stretto.data.world import STAY, parse_actions, prompt_block
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, MIB, KVCache
 
@@ -148,6 +155,19 @@ class StreamSettings:
     # a diffusers scheduler whose `steps` timesteps denoise each block (its own shift); None: Self Forcing's
     # few-step re-noising at `steps` and `shift`
     scheduler: Any = None
+    # a feature-cache policy run on the denoising calls (a `--cache` string such as "fora:interval=2" or
+    # "crossblock:first=1", or a stretto.cache policy; "none" runs the mechanism computing everything); the
+    # commit pass always computes every block. None: no feature cache
+    feature_cache: Any = None
+
+    def cache_policy(self) -> feature_cache.CachePolicy | None:
+        """`feature_cache` as a policy (None: no feature cache); a bad spec fails naming the field."""
+        if self.feature_cache is None:
+            return None
+        try:
+            return feature_cache.parse_policy(self.feature_cache)
+        except ValueError as err:
+            raise ValueError(f"StreamSettings.feature_cache: {err}") from None
 
     def check(self, model: StreamModel) -> None:
         fpb = model.frames_per_block
@@ -176,6 +196,9 @@ class StreamSettings:
                     raise ValueError(f"StreamSettings.{name}={getattr(self, name)}: {err}") from None
         if self.mode == "kv" and self.max_frames is None:
             raise ValueError("mode kv needs max_frames or a stream length (the full cache is allocated up front)")
+        policy = self.cache_policy()
+        if policy is not None and policy.unet:
+            raise ValueError(f"StreamSettings.feature_cache: {policy.name} runs on UNets, not a stream's block stack")
 
 
 @dataclass
@@ -255,7 +278,8 @@ class StreamContext:
         if self.cache is not None:
             start = self.start(frames.shape[1])
             t0 = torch.zeros(frames.shape[:2], device=frames.device)
-            self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True)
+            with feature_cache.bypass(self.model):  # every block computed: the cache gets every layer's clean K/V
+                self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True)
         else:
             self.frames.extend(frames.unbind(1))
             self.conditions.extend((cond, i) for i in range(frames.shape[1]))
@@ -318,9 +342,17 @@ def stream_blocks(
     if settings.scheduler is not None:
         scheduler = copy.deepcopy(settings.scheduler)  # the caller's scheduler is left as it was
         scheduler.set_timesteps(settings.steps, device=device)
+    policy = settings.cache_policy()
+    levels = timesteps if scheduler is None else [float(t) / scheduler.config.num_train_timesteps
+                                                  for t in scheduler.timesteps]  # fmt: skip
     context = StreamContext(model, batch, settings)
-    raw, prepared = None, None
+    raw, prepared, own_cache = None, None, False
     try:
+        if policy is not None:
+            feature_cache.apply(model, policy)  # removed with the stream, like the KV cache
+            own_cache = True
+        cached = feature_cache.get_handle(model) is not None  # this stream's policy, or one the caller applied
+        feature_cache.reset(model, levels)  # a stream is one generation: its cached state starts fresh
         if first_block is not None:
             raw, prepared = first_condition, model.condition(first_condition)
             context.commit(first_block, prepared)
@@ -331,6 +363,9 @@ def stream_blocks(
             began = time.perf_counter()
             noise = torch.randn((len(timesteps), batch, fpb, *frame_shape), generator=gen).to(device, dtype)
             call = context.caller(prepared, fpb)
+            if cached:  # one denoising loop per block, its calls keyed on their noise level
+                feature_cache.next_loop(model, levels, records=not own_cache)  # an endless stream keeps none
+                call = keyed(model, call)
             if scheduler is None:
                 block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp)
             else:
@@ -344,6 +379,19 @@ def stream_blocks(
             context.commit(block, prepared)
     finally:
         context.release()  # also on Ctrl-C or generator.close(): the cache goes with the stream
+        if own_cache:
+            feature_cache.remove(model)
+
+
+def keyed(model: StreamModel, call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`call` with each model call keyed for the feature cache on its noise level t (per frame; a row's noisiest
+    frame keys it), in the driver's [0, 1], whatever the model's own timestep scale."""
+
+    def call_at(x: torch.Tensor, t: torch.Tensor, **target) -> torch.Tensor:
+        with feature_cache.step(model, t):
+            return call(x, t, **target)
+
+    return call_at
 
 
 def stream(
