@@ -25,6 +25,7 @@ from stretto.pipelines.image import student_steps
 
 TEACHER_STEPS = 50
 SAMPLER_NFES = (4, 2, 1)
+SAMPLER_SHIFTS = (1.0, 3.0)
 STUDENT_STEPS = (1, 2, 4)
 GRID_PROMPTS = 8
 
@@ -52,28 +53,32 @@ def run_distill_bench(
     prompts = evaluation_prompts(num_images)
     seeds = list(range(num_images))
 
-    settings = [("teacher", teacher, "euler", TEACHER_STEPS)]
-    settings += [("dpm++2m", teacher, "dpm++2m", n) for n in SAMPLER_NFES]
+    # (method, model, sampler, steps, shift): the teacher's few-step rows at shift 1 and at the SD3/Flux shift 3,
+    # its best few-step setting in benchmarks/results/samplers.json
+    settings = [("teacher", teacher, "euler", TEACHER_STEPS, 1.0)]
+    settings += [("dpm++2m", teacher, "dpm++2m", n, shift) for shift in SAMPLER_SHIFTS for n in SAMPLER_NFES]
     for name, student in nets.items():
         supported = [s for s in STUDENT_STEPS if _supports(student.config.student, s)]
-        settings += [(student.config.student["method"], name, None, s) for s in supported]
+        settings += [(student.config.student["method"], name, None, s, None) for s in supported]
 
-    def run(model_name: str, sampler: str | None, steps: int, some_prompts=prompts, some_seeds=seeds):
-        model = net if model_name == teacher else nets[model_name]
-        g = guidance if model_name == teacher else None
-        return stretto.generate(model, some_prompts, steps=steps, sampler=sampler, guidance=g, seeds=some_seeds)
+    def run(model_name: str, sampler: str | None, steps: int, shift, some_prompts=prompts, some_seeds=seeds):
+        if model_name != teacher:
+            return stretto.generate(nets[model_name], some_prompts, steps=steps, seeds=some_seeds)
+        return stretto.generate(
+            net, some_prompts, steps=steps, sampler=sampler, guidance=guidance, shift=shift, seeds=some_seeds
+        )
 
-    for _, name, sampler, _ in dict.fromkeys((s[0], s[1], s[2], 1) for s in settings):  # warm-up, untimed
-        run(name, sampler, 1, prompts[:2], seeds[:2])
+    for name, sampler in dict.fromkeys((s[1], s[2]) for s in settings):  # warm-up, untimed
+        run(name, sampler, 1, 1.0 if name == teacher else None, prompts[:2], seeds[:2])
     rows, reference = [], None
-    for method, name, sampler, steps in tqdm(settings, desc="bench distill"):
-        result = run(name, sampler, steps)
+    for method, name, sampler, steps, shift in tqdm(settings, desc="bench distill"):
+        result = run(name, sampler, steps, shift)
         if reference is None:
             reference = result
         stats = result.stats
         branches = 2 if name == teacher and guidance not in (0.0, 1.0) else 1
         rows.append({
-            "model": name, "method": method, "steps": steps, "nfe": stats.model_calls,
+            "model": name, "method": method, "steps": steps, "shift": shift, "nfe": stats.model_calls,
             "branch_evals": stats.model_calls * branches,
             "fid": fid.score(result.images), "prompt_acc": prompt_accuracy(classifier, result.images, prompts),
             "psnr_db_vs_teacher": None if result is reference else psnr_db(result.images, reference.images),
@@ -116,14 +121,21 @@ def _save_grid(path, settings, run, teacher: str) -> None:
     """Rows: the teacher at 50 steps, DPM-Solver++ at 4, each student at each step count; columns: prompts."""
     prompts = evaluation_prompts(GRID_PROMPTS)
     seeds = list(range(GRID_PROMPTS))
-    chosen = [s for s in settings if s[0] == "teacher" or s[0] != "dpm++2m" or s[3] == 4]
-    images = [run(name, sampler, steps, prompts, seeds).images for _, name, sampler, steps in chosen]
-    labels = [f"{name if name != teacher else 'teacher'} {method} {steps}" for method, name, _, steps in chosen]
+    chosen = [s for s in settings if s[0] != "dpm++2m" or (s[3], s[4]) == (4, 3.0)]
+    images = [run(name, sampler, steps, shift, prompts, seeds).images for _, name, sampler, steps, shift in chosen]
+    labels = [
+        f"teacher, {sampler} {steps}" + (f" shift {shift:g}" if shift != 1.0 else "")
+        if name == teacher
+        else f"{method} {steps} ({Path(name).name})"
+        for method, name, sampler, steps, shift in chosen
+    ]
     save_images(torch.cat(images), path, rows=len(chosen), row_labels=labels, col_labels=[p[:18] for p in prompts])
 
 
 def label(row: dict) -> str:
-    return row["method"] if row["method"] in ("teacher", "dpm++2m") else f"{row['method']} ({row['model']})"
+    if row["method"] == "dpm++2m":
+        return f"dpm++2m shift {row['shift']:g}"
+    return row["method"] if row["method"] == "teacher" else f"{row['method']} ({Path(row['model']).name})"
 
 
 TABLE = [
