@@ -1,4 +1,4 @@
-"""The main job: a prompt x seed grid from the shipped model, and full compute vs the fast default, side by side."""
+"""The main job: a prompt x seed grid from the shipped model; full compute vs the fast settings and the student."""
 
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ DEMO_PROMPTS = [
 # (sampler, steps, shift, cache) per row. "fewest steps" is the fastest setting whose FID and prompt accuracy
 # match the 100-step reference in benchmarks/results/samplers.json; "cheaper steps" keeps the 50 Euler steps
 # and caches features between them (the fastest cache within the targets of benchmarks/results/cache.json);
-# "distilled" is the shipped DMD2 student (benchmarks/results/distill.json), shown when it ships.
+# "distilled" is the shipped flow-map student, the best few-step student in benchmarks/results/distill.json.
 SETTINGS = {
     "full compute": ("euler", 50, 1.0, None),
     "cheaper steps": ("euler", 50, 1.0, DEMO_CACHE),
     "stretto fast": (DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SHIFT, None),
     "fewest steps": ("dpm++2m", 4, 3.0, None),
-    "distilled": ("dmd2", 4, None, None),  # the shipped DMD2 student of the model, at its 4 steps
+    "distilled": ("flowmap", 2, None, None),  # the shipped flow-map student of the model, at 2 steps
 }
-STUDENT = "shapes-flux-dmd4"
+STUDENT = "shapes-flux-flowmap"
 
 
 def run_demo(
@@ -131,7 +131,7 @@ TABLE = [
 
 
 def _student_of(model: str, device):
-    """The shipped DMD2 student when the demo runs the shipped teacher it was distilled from, else None."""
+    """The shipped flow-map student when the demo runs the shipped teacher it was distilled from, else None."""
     if model != "shapes-flux" or STUDENT not in shipped_models():
         return None
     return load(STUDENT, device=device, kind="shapes-flux")
