@@ -16,7 +16,7 @@ quarter of the time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,11 +24,13 @@ import torch.nn.functional as F
 
 from stretto.distill.dmd import noised
 from stretto.distill.students import (
+    check_config,
     data_batch,
     generator,
     guided_velocity,
     load_teacher,
     make_ema,
+    resume_settings,
     run,
     student_from,
 )
@@ -52,16 +54,12 @@ class FlowMapConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_config(self)
         if not 0.0 < self.diagonal_fraction < 1.0:
             raise ValueError(f"diagonal_fraction must be in (0, 1), got {self.diagonal_fraction}")
-        if not 1.0 <= self.guidance <= 20.0:
-            raise ValueError(f"guidance must be in [1, 20], got {self.guidance}")
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "steps", "save_every", "device")}
+        return resume_settings(self)
 
     def command(self) -> str:
         return (

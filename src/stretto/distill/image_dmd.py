@@ -16,7 +16,7 @@ one batch); the generator's DMD and GAN terms use the same samples. No ODE-regre
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,11 +24,13 @@ import torch
 from stretto.distill import dmd
 from stretto.distill.critic import FeatureTap, GanHead
 from stretto.distill.students import (
+    check_config,
     data_batch,
     generator,
     guided_velocity,
     load_teacher,
     make_ema,
+    resume_settings,
     run,
     student_from,
 )
@@ -56,17 +58,12 @@ class DMDConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "fake_updates", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_config(self, extra_sizes=("fake_updates",))
         if not self.grid or any(not 0.0 < s <= 1.0 for s in self.grid) or sorted(self.grid, reverse=True) != self.grid:
             raise ValueError(f"grid must be decreasing sigmas in (0, 1], got {self.grid}")
-        if not 1.0 <= self.guidance <= 20.0:
-            raise ValueError(f"guidance must be in [1, 20], got {self.guidance}")
 
     def settings(self) -> dict:
-        """What a resumed run must share with the saved one (everything but where it is and how long it runs)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "steps", "save_every", "device")}
+        return resume_settings(self)
 
     def command(self) -> str:
         grid = ",".join(f"{s:g}" for s in self.grid)

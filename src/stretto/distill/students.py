@@ -24,6 +24,20 @@ from stretto.models.shapes_flux import PromptStates, ShapesFlux, ShapesFluxConfi
 from stretto.train.state import load_state, save_state
 
 
+def check_config(cfg, extra_sizes: tuple[str, ...] = ()) -> None:
+    """The checks every student config shares: counts >= 1, the baked-in guidance in [1, 20]."""
+    for name in ("steps", "batch_size", "save_every", *extra_sizes):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 1.0 <= cfg.guidance <= 20.0:
+        raise ValueError(f"guidance must be in [1, 20], got {cfg.guidance}")
+
+
+def resume_settings(cfg) -> dict:
+    """What a resumed run must share with the saved one (everything but where it is and how long it runs)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "steps", "save_every", "device")}
+
+
 def load_teacher(name_or_path: str, device: str | torch.device = "cpu") -> ShapesFlux:
     """The frozen teacher; a CheckpointError for another kind of model or for a student."""
     teacher = checkpoints.load(name_or_path, device=device, kind=ShapesFlux.kind)
