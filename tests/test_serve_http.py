@@ -344,3 +344,13 @@ def test_the_serve_command_starts_a_server_and_stops_on_interrupt():
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.endswith("stretto: interrupted\n"), err  # Ctrl-C, as every command
     assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_a_distilled_student_serves_with_its_own_sampler_steps_and_guidance():
+    with served(models=("shapes-flux-flowmap",), quality=False) as (base, app):
+        r = httpx.post(f"{base}/v1/images/generations", json={"prompt": PROMPT}, timeout=60)
+        assert r.status_code == 200, r.text
+        block = r.json()["stretto"]
+        assert (block["sampler"], block["steps"], block["model_calls"]) == ("flowmap", 2, 2)
+        r = httpx.post(f"{base}/v1/images/generations", json={"prompt": PROMPT, "sampler": "euler"}, timeout=60)
+        assert r.status_code in (400, 422) and "samples with 'flowmap', not 'euler'" in r.text

@@ -25,6 +25,7 @@ DEFAULT_SAMPLER = "dpm++2m"
 DEFAULT_STEPS = 8
 DEFAULT_GUIDANCE = 3.0
 DEFAULT_SHIFT = 1.0
+STUDENT_METHODS = ("dmd2", "flowmap")  # the samplers of distilled students (`stretto distill`), named by method
 
 
 @dataclass

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from stretto import checkpoints
 from stretto.data.shapes import PromptError, parse_prompt
-from stretto.pipelines.image import check_prompts, generate
+from stretto.pipelines.image import DEFAULT_GUIDANCE, check_prompts, generate
 from stretto.serve.batching import ImageJob
 from stretto.serve.encoding import png_b64
 from stretto.serve.errors import ApiError
@@ -66,6 +66,8 @@ def run_batch(model, classifier, jobs: list[ImageJob]) -> list[dict]:
         answers[id(job)] = {
             "data": [{"b64_json": b64[i], "revised_prompt": prompts[i]} for i in rows],
             "stretto": {
+                "sampler": s.sampler,  # what ran: the request's, or the model's own when it gave none
+                "steps": s.steps,
                 "model_calls": s.model_calls,  # of the whole batch: its requests share every call
                 "block_evals": s.total_block_evals,
                 "wall_s": s.wall_s,
@@ -116,10 +118,10 @@ async def images_generations(body: ImageRequest, request: Request):
     settings = state.settings
     if body.n > settings.max_images:
         raise ApiError(422, f"n: at most {settings.max_images} images per request, got {body.n}", "n")
-    if body.steps > settings.max_steps:
+    if body.steps is not None and body.steps > settings.max_steps:
         raise ApiError(422, f"steps: at most {settings.max_steps} on this server, got {body.steps}", "steps")
     try:
-        check_prompts([body.prompt], body.guidance)
+        check_prompts([body.prompt], DEFAULT_GUIDANCE if body.guidance is None else body.guidance)
     except PromptError as err:
         raise ApiError(422, f"prompt: {err}", "prompt") from None
     model = state.registry.choose(body.model, (IMAGE_KIND,), "text-to-image")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stretto import cache as feature_cache
 from stretto.data.shapes import IMAGE_SIZE
-from stretto.pipelines.image import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SHIFT, DEFAULT_STEPS, MAX_GUIDANCE
+from stretto.pipelines.image import DEFAULT_SHIFT, MAX_GUIDANCE, STUDENT_METHODS
 from stretto.sampling import SAMPLERS
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
@@ -27,18 +27,19 @@ class ImageRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=4096)
     size: Literal[SIZE] = SIZE  # the shipped model draws 32x32 only
     response_format: Literal["b64_json"] = "b64_json"
-    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=10_000)
-    sampler: str = DEFAULT_SAMPLER
-    guidance: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    # None: the model's own (8 DPM-Solver++ steps at guidance 3; a distilled student's method, steps and guidance)
+    steps: int | None = Field(default=None, ge=1, le=10_000)
+    sampler: str | None = None
+    guidance: float | None = Field(default=None, ge=0.0, le=MAX_GUIDANCE)
     shift: float = Field(default=DEFAULT_SHIFT, gt=0.0, le=100.0)
     cache: str | None = Field(default=None, max_length=200)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
     @field_validator("sampler")
     @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler; allowed: {', '.join(SAMPLERS)}")
+    def _known_sampler(cls, value: str | None) -> str | None:
+        if value is not None and value not in [*SAMPLERS, *STUDENT_METHODS]:
+            raise ValueError(f"unknown sampler; allowed: {', '.join([*SAMPLERS, *STUDENT_METHODS])}")
         return value
 
     @field_validator("cache")
