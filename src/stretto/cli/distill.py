@@ -1,4 +1,4 @@
-"""`stretto distill dmd2|flowmap`: few-step students of the text-to-image teacher (resumable, safetensors + JSON)."""
+"""`stretto distill dmd2|flowmap`: few-step students of the image teacher (defaults: the shipped recipes)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("distill", help="distil the image teacher into a few-step student (resumes from --out)")
     what = p.add_subparsers(dest="method", required=True)
     dmd = what.add_parser("dmd2", help="DMD2: distribution matching + GAN, backward simulation on a sigma grid")
-    _common(dmd, steps=1000, batch_size=32, lr=2e-5, save_every=50)
+    _common(dmd, steps=800, batch_size=24, lr=4e-5, save_every=25)
     dmd.add_argument(
         "--out", default=None, help="run folder, resumed if it holds a run (default runs/shapes-flux-dmdN)"
     )
@@ -60,10 +60,10 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
         help="the student's sigmas, high to low; it samples in any divisor of their count (default 1,0.75,0.5,0.25)",
     )  # fmt: skip
     dmd.add_argument("--fake-updates", type=int, default=5, help="fake-score updates per generator update (default 5)")
-    dmd.add_argument("--fake-lr", type=float, default=2e-5, help="fake score + GAN head learning rate (default 2e-5)")
+    dmd.add_argument("--fake-lr", type=float, default=4e-5, help="fake score + GAN head learning rate (default 4e-5)")
     dmd.set_defaults(func=cmd_distill_dmd2)
     fm = what.add_parser("flowmap", help="a flow map X(t -> r): any-step sampling, semigroup self-distillation")
-    _common(fm, steps=3000, batch_size=64, lr=5e-5, save_every=250)
+    _common(fm, steps=3000, batch_size=48, lr=1e-4, save_every=100)
     fm.add_argument("--out", default="runs/shapes-flux-flowmap", help="run folder (default runs/shapes-flux-flowmap)")
     fm.set_defaults(func=cmd_distill_flowmap)
     return p

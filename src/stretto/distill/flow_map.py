@@ -44,12 +44,12 @@ class FlowMapConfig:
     teacher: str = "shapes-flux"
     out: str = "runs/shapes-flux-flowmap"
     steps: int = 3000
-    batch_size: int = 64
+    batch_size: int = 48
     guidance: float = 3.0  # the teacher's CFG on the diagonal (the student bakes it in)
     diagonal_fraction: float = 0.25
-    lr: float = 5e-5
+    lr: float = 1e-4
     ema_decay: float = 0.995
-    save_every: int = 250
+    save_every: int = 100
     seed: int = 0
     device: str = "cpu"
 

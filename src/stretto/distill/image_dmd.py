@@ -43,17 +43,17 @@ METHOD = "dmd2"
 class DMDConfig:
     teacher: str = "shapes-flux"
     out: str = "runs/shapes-flux-dmd4"
-    steps: int = 1000  # generator updates
-    batch_size: int = 32
+    steps: int = 800  # generator updates
+    batch_size: int = 24
     grid: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     guidance: float = 3.0  # the real score's CFG (the student bakes it in)
     fake_updates: int = 5  # fake-score updates per generator update
-    lr: float = 2e-5  # generator
-    fake_lr: float = 2e-5
+    lr: float = 4e-5  # generator
+    fake_lr: float = 4e-5
     gan_generator_weight: float = 5e-3
     gan_discriminator_weight: float = 1e-2
     ema_decay: float = 0.99
-    save_every: int = 50
+    save_every: int = 25
     seed: int = 0
     device: str = "cpu"
 
