@@ -30,7 +30,6 @@ from stretto.distill.students import (
     guided_velocity,
     load_teacher,
     make_ema,
-    resume_settings,
     run,
     student_from,
 )
@@ -57,9 +56,6 @@ class FlowMapConfig:
         check_config(self)
         if not 0.0 < self.diagonal_fraction < 1.0:
             raise ValueError(f"diagonal_fraction must be in (0, 1), got {self.diagonal_fraction}")
-
-    def settings(self) -> dict:
-        return resume_settings(self)
 
     def command(self) -> str:
         return (

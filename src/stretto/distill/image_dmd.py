@@ -30,7 +30,6 @@ from stretto.distill.students import (
     guided_velocity,
     load_teacher,
     make_ema,
-    resume_settings,
     run,
     student_from,
 )
@@ -61,9 +60,6 @@ class DMDConfig:
         check_config(self, extra_sizes=("fake_updates",))
         if not self.grid or any(not 0.0 < s <= 1.0 for s in self.grid) or sorted(self.grid, reverse=True) != self.grid:
             raise ValueError(f"grid must be decreasing sigmas in (0, 1], got {self.grid}")
-
-    def settings(self) -> dict:
-        return resume_settings(self)
 
     def command(self) -> str:
         grid = ",".join(f"{s:g}" for s in self.grid)

@@ -83,7 +83,7 @@ def generator(seed: int, step: int, part: int) -> torch.Generator:
 
 
 class StudentTrainer(Protocol):
-    """What `run` drives: a config (out, steps, save_every, settings(), command()), the EMA to export, the state
+    """What `run` drives: a config (out, steps, save_every, command()), the EMA to export, the state
     to save (named modules and optimizers) and one update."""
 
     cfg: object
@@ -100,7 +100,7 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
     cfg = trainer.cfg
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    modules, optimizers, settings = trainer.modules(), trainer.optimizers(), cfg.settings()
+    modules, optimizers, settings = trainer.modules(), trainer.optimizers(), resume_settings(cfg)
     state_path = out / "train_state.safetensors"
     start = load_state(state_path, modules, optimizers, settings) if state_path.exists() else 0
     print(f"{desc}: steps {start} -> {cfg.steps}; out {out}")

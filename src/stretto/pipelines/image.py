@@ -171,8 +171,13 @@ def generate(
         images = sample(denoiser, initial_noise(seeds, device), sigmas)
         if feature_cache.get_handle(model) is not None:
             stats.cache = feature_cache.summary(model)
-    stats.sampler_nfe = stats.model_calls
     stats.comm_bytes = 0 if gather is None else gather.bytes
+    return _finish(images, stats, counter, timing)
+
+
+def _finish(images: torch.Tensor, stats: GenerationStats, counter: BlockCounter, timing) -> Generation:
+    """The generation's images (clamped, on the CPU) with its counts and time filled in."""
+    stats.sampler_nfe = stats.model_calls
     stats.block_evals = counter.counts
     stats.wall_s = timing.seconds
     stats.peak_mem_bytes = timing.peak_bytes
@@ -244,8 +249,4 @@ def _generate_student(model, student: dict, prompts, steps, sampler, guidance, s
             images = sample_x0_renoise(call, x, sigmas, noises)
         if feature_cache.get_handle(model) is not None:
             stats.cache = feature_cache.summary(model)
-    stats.sampler_nfe = stats.model_calls
-    stats.block_evals = counter.counts
-    stats.wall_s = timing.seconds
-    stats.peak_mem_bytes = timing.peak_bytes
-    return Generation(images.clamp(-1, 1).cpu(), stats)
+    return _finish(images, stats, counter, timing)
