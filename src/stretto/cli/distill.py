@@ -1,4 +1,5 @@
-"""`stretto distill dmd2|flowmap`: few-step students of the image teacher (defaults: the shipped recipes)."""
+"""`stretto distill dmd2|flowmap|self-forcing`: few-step students of the image teacher and Self Forcing of the
+world model (defaults: the shipped recipes)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,54 @@ def cmd_distill_flowmap(args: argparse.Namespace) -> None:
     print(f"exported {distill_flow_map(cfg)}")
 
 
+def cmd_distill_self_forcing(args: argparse.Namespace) -> None:
+    from stretto.distill.world_dmd import WorldDMDConfig, distill_self_forcing
+
+    cfg = WorldDMDConfig(
+        teacher=args.teacher, init=args.init, out=args.out, steps=args.steps, batch_size=args.batch_size,
+        frames=args.frames, denoise_steps=args.denoise_steps, window=args.window, sinks=args.sinks,
+        fake_updates=args.fake_updates, lr=args.lr, fake_lr=args.fake_lr, save_every=args.save_every, seed=args.seed,
+        device=args.device,
+    )  # fmt: skip
+    print(f"exported {distill_self_forcing(cfg)}")
+
+
+def add_self_forcing_command(what) -> None:
+    """`stretto distill self-forcing`: the world model trained on its own rollouts by distribution matching."""
+    from stretto.distill.world_dmd import WorldDMDConfig
+
+    d = WorldDMDConfig()
+    p = what.add_parser(
+        "self-forcing", help="Self Forcing with DMD: the world model's own rollouts scored by its teacher"
+    )
+    p.add_argument("--teacher", default=d.teacher, help=f"the teacher-forced world model (default {d.teacher})")
+    p.add_argument("--init", default=None, help="the generator's starting checkpoint (default: the teacher)")
+    p.add_argument("--out", default=d.out, help=f"run folder, resumed if it holds a run (default {d.out})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"generator updates (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rollouts per update (default {d.batch_size})")
+    p.add_argument(
+        "--frames", type=int, default=d.frames, help=f"rollout length, prompt block included (default {d.frames})"
+    )
+    p.add_argument(
+        "--denoise-steps", type=int, default=d.denoise_steps,
+        help=f"denoising steps per block of the rollout: the student's sampler (default {d.denoise_steps})",
+    )  # fmt: skip
+    p.add_argument("--window", type=int, default=d.window, help=f"rolling cache window in frames (default {d.window})")
+    p.add_argument("--sinks", type=int, default=d.sinks, help=f"sink frames kept in the cache (default {d.sinks})")
+    p.add_argument(
+        "--fake-updates", type=int, default=d.fake_updates,
+        help=f"fake-score updates per generator update (default {d.fake_updates})",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=d.lr, help=f"generator learning rate (default {d.lr:g})")
+    p.add_argument("--fake-lr", type=float, default=d.fake_lr, help=f"fake score learning rate (default {d.fake_lr:g})")
+    p.add_argument(
+        "--save-every", type=int, default=d.save_every, help=f"checkpoint every N updates (default {d.save_every})"
+    )
+    shared.add_seed(p, "seed of the rollouts and noise", high=shared.MAX_TRAIN_SEED)
+    shared.add_device(p)
+    p.set_defaults(func=cmd_distill_self_forcing)
+
+
 def _common(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, save_every: int) -> None:
     p.add_argument("--teacher", default="shapes-flux", help="the many-step teacher (default shapes-flux)")
     p.add_argument("--steps", type=int, default=steps, help=f"student updates (default {steps})")
@@ -48,7 +97,9 @@ def _common(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, 
 
 def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     """`stretto distill dmd2|flowmap`."""
-    p = subparsers.add_parser("distill", help="distil the image teacher into a few-step student (resumes from --out)")
+    p = subparsers.add_parser(
+        "distill", help="few-step image students; Self Forcing of the world model (resumes from --out)"
+    )
     what = p.add_subparsers(dest="method", required=True)
     dmd = what.add_parser("dmd2", help="DMD2: distribution matching + GAN, backward simulation on a sigma grid")
     _common(dmd, steps=800, batch_size=24, lr=4e-5, save_every=25)
@@ -66,4 +117,5 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     _common(fm, steps=3000, batch_size=48, lr=1e-4, save_every=100)
     fm.add_argument("--out", default="runs/shapes-flux-flowmap", help="run folder (default runs/shapes-flux-flowmap)")
     fm.set_defaults(func=cmd_distill_flowmap)
+    add_self_forcing_command(what)
     return p

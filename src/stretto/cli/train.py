@@ -13,7 +13,8 @@ def cmd_train_image(args: argparse.Namespace) -> None:
     cfg = ImageTrainConfig(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         text_encoder=args.text_encoder, text_width=args.text_width, text_layers=args.text_layers,
-        init_from=args.init_from, warmup=args.warmup,
+        init_from=args.init_from, warmup=args.warmup, pair_fraction=args.pair_fraction,
+        double_blocks=args.double_blocks, single_blocks=args.single_blocks,
     )  # fmt: skip
     print(f"exported {train_image(cfg)}")
 
@@ -82,6 +83,12 @@ def add_train_image_command(train_subparsers) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--text-width", type=int, default=64, help="prompt encoder width (default 64)")
     p.add_argument("--text-layers", type=int, default=1, help="prompt encoder layers (default 1)")
+    p.add_argument("--double-blocks", type=int, default=2, help="Flux double-stream (joint) blocks (default 2)")
+    p.add_argument("--single-blocks", type=int, default=4, help="Flux single-stream blocks (default 4)")
+    p.add_argument(
+        "--pair-fraction", type=float, default=0.5,
+        help="share of two-object scenes in the training data, in [0, 1] (default 0.5)",
+    )  # fmt: skip
     p.add_argument(
         "--init-from", default=None,
         help="start from a shapes-flux checkpoint's same-shaped tensors (e.g. the shipped one); default: scratch",
@@ -128,7 +135,11 @@ def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=("teacher-forcing", "self-forcing"), default="teacher-forcing",
                    help="training objective (default teacher-forcing)")  # fmt: skip
-    p.add_argument("--init", default=None, help="self-forcing: the teacher-forced checkpoint to start from")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="checkpoint to start from: required by self-forcing (the teacher-forced model); teacher forcing continues",
+    )
     _add_run_args(p, None, steps=3000, batch_size=12, out_text="runs/world-tf or runs/world-sf, by --mode")
     p.add_argument("--frames", type=int, default=10, help="clip length (teacher forcing) / rollout length (self)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")

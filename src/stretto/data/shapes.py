@@ -128,13 +128,13 @@ def scene_prompt(scene: Scene, rng: np.random.Generator | None = None) -> str:
     return f"a {first.color} {first.shape} {forward} a {second.color} {second.shape}"
 
 
-def random_scene(rng: np.random.Generator) -> Scene:
-    """Draw a scene uniformly: half one-object scenes, half two-object scenes with distinct objects."""
+def random_scene(rng: np.random.Generator, pair_fraction: float = 0.5) -> Scene:
+    """Draw a scene: one object, or (with probability `pair_fraction`) two distinct objects; uniform otherwise."""
 
     def obj() -> ShapeObject:
         return ShapeObject(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)))
 
-    if rng.random() < 0.5:
+    if rng.random() < 1.0 - pair_fraction:  # (draw order kept: 0.5 reproduces the shipped data exactly)
         return Scene((obj(),), size=str(rng.choice(list(SIZES))), position=str(rng.choice(list(POSITIONS))))
     first = obj()
     second = obj()
@@ -186,10 +186,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_batch(seed: int, batch_size: int) -> tuple[torch.Tensor, list[str], list[Scene]]:
+def make_batch(seed: int, batch_size: int, pair_fraction: float = 0.5) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """A deterministic batch: images in [-1, 1] (N, 3, 32, 32), their prompts and their scenes."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng) for _ in range(batch_size)]
+    scenes = [random_scene(rng, pair_fraction) for _ in range(batch_size)]
     prompts = [scene_prompt(s, rng) for s in scenes]
     images = np.stack([render_scene(s, rng) for s in scenes])
     return to_tensor(images), prompts, scenes

@@ -1,4 +1,6 @@
-"""What the image students share: the teacher, its guided velocity, the student network, the run loop, export.
+"""What the students share: the image teacher, its guided velocity, the student network, the run loop, export.
+
+`run` drives any trainer (the world model's Self Forcing too).
 
 A student is a `ShapesFlux` initialised from the teacher (DMD2 and AnyFlow both start from it) whose config
 records how it samples (`student`: method, sigma grid, baked-in guidance, teacher); it loads and generates
@@ -113,7 +115,10 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
             log.flush()
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 save_state(state_path, step + 1, modules, optimizers, settings)
-                checkpoints.save(trainer.ema, out / "model", trained_steps=step + 1, train_command=cfg.command())
+                if hasattr(trainer, "export"):  # a trainer that stores its model its own way
+                    trainer.export(out / "model", step + 1)
+                else:
+                    checkpoints.save(trainer.ema, out / "model", trained_steps=step + 1, train_command=cfg.command())
     return out / "model"
 
 

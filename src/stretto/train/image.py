@@ -29,6 +29,7 @@ class ImageTrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     prompt_dropout: float = 0.1
+    pair_fraction: float = 0.5  # share of two-object scenes (the hard ones: binding and order)
     save_every: int = 250
     seed: int = 0
     double_blocks: int = 2
@@ -44,6 +45,8 @@ class ImageTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        if not 0 <= self.pair_fraction <= 1:
+            raise ValueError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
 
 
 def flow_matching_loss(model: ShapesFlux, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
@@ -73,7 +76,7 @@ def train_image(cfg: ImageTrainConfig) -> Path:
         warm_start(model, cfg.init_from)
 
     def batch_loss(model: ShapesFlux, step: int, gen: torch.Generator) -> torch.Tensor:
-        x0, prompts, _ = shapes.make_batch(cfg.seed * 1_000_003 + step, cfg.batch_size)
+        x0, prompts, _ = shapes.make_batch(cfg.seed * 1_000_003 + step, cfg.batch_size, cfg.pair_fraction)
         rng = np.random.default_rng((cfg.seed, step))
         prompts = ["" if rng.random() < cfg.prompt_dropout else p for p in prompts]
         return flow_matching_loss(model, x0, prompts, gen)
@@ -101,7 +104,9 @@ def export(ema: ShapesFlux, folder: Path, cfg: ImageTrainConfig, step: int) -> N
         trained_steps=step,
         train_command=(
             f"stretto train image --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --out {cfg.out} "
-            f"--text-encoder {cfg.text_encoder} --text-width {cfg.text_width} --text-layers {cfg.text_layers}"
+            f"--text-encoder {cfg.text_encoder} --text-width {cfg.text_width} --text-layers {cfg.text_layers} "
+            f"--double-blocks {cfg.double_blocks} --single-blocks {cfg.single_blocks} "
+            f"--pair-fraction {cfg.pair_fraction}"
             + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
         ),
     )

@@ -47,7 +47,7 @@ MODES = ("teacher-forcing", "self-forcing")
 class WorldTrainConfig:
     out: str = "runs/world-tf"
     mode: str = "teacher-forcing"
-    init: str | None = None  # self-forcing: start from this checkpoint (the teacher-forced model)
+    init: str | None = None  # start from this checkpoint (self forcing: the teacher-forced model; required)
     steps: int = 4000
     batch_size: int = 8
     frames: int = 12  # clip length (teacher forcing) or rollout length (self forcing)
@@ -136,28 +136,40 @@ def teacher_forcing_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig,
     return F.mse_loss(v[:, fpb:], (noise - clips)[:, fpb:])
 
 
-def self_forcing_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig, gen) -> torch.Tensor:
+def rollout(model: WorldDiT, clips, actions, gen, steps: int, shift: float, window: int, sinks: int) -> torch.Tensor:
+    """Self Forcing's training rollout: the model generates frames fpb.. of the clip from its first block.
+
+    Returns (B, N - fpb, C, H, W) with gradients through one random denoising step per block; each block is
+    committed to the rolling cache at t = 0 without gradients, so no gradient ever flows through the cache.
+    Only the clip's first block (the prompt) and the actions are read; the simulator's later frames are not.
+    """
     b, n = clips.shape[:2]
     fpb = model.config.frames_per_block
-    timesteps = few_step_timesteps(cfg.denoise_steps, cfg.shift)
-    cache = model.new_cache(b, cfg.sinks + cfg.window, cfg.sinks)
+    timesteps = few_step_timesteps(steps, shift)
+    cache = model.new_cache(b, sinks + window, sinks)
     tpf = model.config.tokens_per_frame
     prompt = slice(0, fpb)
     with torch.no_grad():
         model(clips[:, prompt], torch.zeros(b, fpb), actions[:, prompt], kv_cache=cache, start=0, write=True)
-    losses = []
+    blocks = []
     for first in range(fpb, n, fpb):
-        frames = slice(first, first + fpb)
-        acts = actions[:, frames]
+        acts = actions[:, first : first + fpb]
         start = cache.make_room(fpb * tpf)
         noise = torch.randn((len(timesteps), b, fpb, *clips.shape[2:]), generator=gen)
         grad_step = int(torch.randint(0, len(timesteps), (1,), generator=gen))
         call = lambda x, t, acts=acts, start=start: model(x, t, acts, kv_cache=cache, start=start)  # noqa: E731
-        x0 = denoise_block(call, noise, timesteps, grad_step=grad_step)
-        losses.append(F.mse_loss(x0, clips[:, frames]))
-        with torch.no_grad():  # the commit: clean K/V of the model's own output, no gradient through the cache
+        x0 = denoise_block(call, noise, timesteps, grad_step=grad_step)  # under no_grad: the same random exit
+        blocks.append(x0)
+        with torch.no_grad():  # the commit: clean K/V of the model's own output
             model(x0.detach(), torch.zeros(b, fpb), acts, kv_cache=cache, start=start, write=True)
-    return torch.stack(losses).mean()
+    return torch.cat(blocks, dim=1)
+
+
+def self_forcing_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig, gen) -> torch.Tensor:
+    """The MSE form: every generated block against the simulator's frames for the same actions."""
+    fpb = model.config.frames_per_block
+    generated = rollout(model, clips, actions, gen, cfg.denoise_steps, cfg.shift, cfg.window, cfg.sinks)
+    return F.mse_loss(generated, clips[:, fpb:])
 
 
 def self_forcing_with_tf_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig, gen) -> torch.Tensor:
@@ -176,15 +188,14 @@ def self_forcing_with_tf_loss(model: WorldDiT, clips, actions, cfg: WorldTrainCo
 
 def train_world(cfg: WorldTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
-    if cfg.mode == "self-forcing":
+    if cfg.init is not None:  # self forcing starts from the teacher; teacher forcing may continue a checkpoint
         model = checkpoints.load(cfg.init, kind=WorldDiT.kind).train()
         if model.config.frames_per_block != cfg.frames_per_block:
             raise ValueError(f"--init has frames_per_block {model.config.frames_per_block}, "
                              f"not {cfg.frames_per_block}")  # fmt: skip
-        loss_fn = self_forcing_with_tf_loss
     else:
         model = WorldDiT(cfg.model_config())
-        loss_fn = teacher_forcing_loss
+    loss_fn = self_forcing_with_tf_loss if cfg.mode == "self-forcing" else teacher_forcing_loss
 
     def batch_loss(model: WorldDiT, step: int, gen: torch.Generator) -> torch.Tensor:
         clips, actions = clip_batch(cfg, step)
@@ -203,8 +214,11 @@ def train_command(cfg: WorldTrainConfig) -> str:
         cmd += f" --init {cfg.init} --window {cfg.window} --sinks {cfg.sinks}"
         if cfg.tf_weight:
             cmd += f" --tf-weight {cfg.tf_weight:g}"
-    elif cfg.context_noise:
-        cmd += f" --context-noise {cfg.context_noise:g}"
+    else:
+        if cfg.context_noise:
+            cmd += f" --context-noise {cfg.context_noise:g}"
+        if cfg.init:
+            cmd += f" --init {cfg.init}"
     return cmd
 
 
