@@ -407,3 +407,50 @@ def test_python_api_streams_frames_with_multi_frame_blocks():
     assert out[0].latency_s == out[1].latency_s  # one block, two frames
     with pytest.raises(ValueError, match="unknown action symbol"):
         stretto.stream_world(model, "RZ")
+
+
+# -- drift measures -------------------------------------------------------------------------------------------
+def test_draw_map_masks_cover_the_objects_and_keep_the_map():
+    for seed in range(4):
+        world_map, masks = world.draw_map(seed)
+        assert torch.equal(world_map, world.make_map(seed)) and masks.dtype == torch.bool
+        assert masks.flatten(1).sum(1).min() > 0  # every object keeps some pixels
+        assert not (masks.sum(0) > 1).any()  # a later object covers an earlier one: masks do not overlap
+        background = world_map[:, ~masks.any(0)]
+        assert background.max() < world_map[:, masks.any(0)].max()  # objects are the bright pixels
+
+
+def test_object_recall_on_a_hand_made_path():
+    seed = 3
+    episode = world.simulate(seed, [world.STAY] + [world.ACTIONS.index("R")] * 11)
+    _, masks = world.draw_map(seed)
+    truth = episode.frames
+    shown = world.visible_objects(masks, episode.camera)
+    assert shown.any()
+    assert torch.equal(world.object_recall(truth, truth, masks, episode.camera).nan_to_num(1.0), torch.ones(12))
+    blank = torch.full_like(truth, -0.8)
+    recall = world.object_recall(blank, truth, masks, episode.camera)
+    assert recall.nan_to_num(0.0).max() == 0.0 and (~recall.isnan()).any()
+    # only the objects of the first frame counted: frames showing none of them are NaN
+    known = world.visible_objects(masks, episode.camera[:1])
+    recall_known = world.object_recall(truth, truth, masks, episode.camera, known)
+    assert recall_known[0] == 1.0
+    none_known = world.object_recall(truth, truth, masks, episode.camera, torch.zeros_like(known))
+    assert none_known.isnan().all()
+
+
+def test_bench_stream_drift_only_reports_the_three_curves_and_windows(tmp_path):
+    folder = checkpoints.save(tiny_world().float(), tmp_path / "w")
+    out = tmp_path / "drift.json"
+    args = ["bench", "stream", "--models", str(folder), "--drift-only", "--drift-episodes", "2", "--drift-frames",
+            "12", "--json", str(out), "--plot", str(tmp_path / "d.png"), "--gif", str(tmp_path / "d.gif")]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] == [] and "--drift-only" in result["command"]
+    models = result["drift"]["models"]
+    assert set(models) == {str(folder), "frozen prompt (baseline)"}
+    for curve in models.values():
+        assert len(curve["psnr_db"]) == len(curve["position_error"]) == len(curve["object_recall"]) == 12
+        assert set(curve["windows"]) == {"10-12"}
+        assert set(curve["windows"]["10-12"]) == {"psnr_db", "position_error", "object_recall"}
+    assert (tmp_path / "d.png").exists() and (tmp_path / "d.gif").exists()

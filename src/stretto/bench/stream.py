@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
+from stretto.bench.drift import plot_drift, run_drift
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
 from stretto.bench.stream_cache import DEFAULT_FEATURE_CACHES, StreamRun, feature_cache_rows
 from stretto.bench.stream_cache import TABLE as CACHE_TABLE
@@ -54,6 +55,7 @@ class EpisodeRun:
     prompt: torch.Tensor  # (B, F, C, H, W) the ground-truth first block
     truth: torch.Tensor  # (N, B, C, H, W) simulator
     camera: torch.Tensor  # (N, B, 2) true camera positions
+    prompt_camera: torch.Tensor  # (F, B, 2) the prompt block's camera positions
     worlds: list[torch.Tensor]
     latency_s: np.ndarray  # per frame
     first_frame_s: float
@@ -85,8 +87,9 @@ def run_episode(model: WorldDiT, seeds: list[int], n_frames: int, settings: Stre
     total, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     truth = torch.stack([e.frames[fpb : fpb + n_frames] for e in episodes], dim=1)
     camera = torch.stack([e.camera[fpb : fpb + n_frames] for e in episodes], dim=1)
-    return EpisodeRun(torch.stack(frames), prompt, truth, camera, [e.world for e in episodes], np.array(latency), first,
-                      total, peak, cpu)  # fmt: skip
+    prompt_camera = torch.stack([e.camera[:fpb] for e in episodes], dim=1)
+    return EpisodeRun(torch.stack(frames), prompt, truth, camera, prompt_camera, [e.world for e in episodes],
+                      np.array(latency), first, total, peak, cpu)  # fmt: skip
 
 
 def position_error(run: EpisodeRun) -> float:
@@ -148,12 +151,16 @@ def run_stream_bench(
     video_models: tuple[str, ...] = VIDEO_MODELS,
     feature_caches: tuple[str, ...] = DEFAULT_FEATURE_CACHES,
     cache_repeats: int = 3,
+    drift_only: bool = False,
 ) -> dict:
     """Every mode x model x length row, the video models' rows, the feature-cache rows (each policy against the
     uncached kv-rolling stream at the shortest length, `stretto.bench.stream_cache`), then the drift curves."""
     loaded = {name: checkpoints.load(name, device=device, kind=WorldDiT.kind) for name in models}
     rows = []
-    print(table_header(TABLE))
+    if drift_only:
+        lengths, video_models, feature_caches = (), (), ()
+    else:
+        print(table_header(TABLE))
     for n in lengths:
         for mode in modes:
             for name, model in loaded.items():
@@ -164,37 +171,26 @@ def run_stream_bench(
     show = lambda row: print(table_row(row, TABLE))  # noqa: E731
     if "causal-wan" in video_models:
         rows += causal_wan_rows(lengths, modes, steps, window, sinks, show)
-    side_by_side = min(*lengths, SIDE_BY_SIDE_FRAMES)  # diffusers' pipelines re-run a growing past: keep it short
+    # diffusers' pipelines re-run a growing past: keep their side-by-side streams short
+    side_by_side = min(*lengths, SIDE_BY_SIDE_FRAMES) if lengths else 0
     if "skyreels-v2" in video_models:
         rows += skyreels_rows(side_by_side, steps, window, sinks, show)
     if "anyflow-far" in video_models:
         rows += anyflow_rows(side_by_side, steps, window, sinks, show)
     rows = [{**row, **UNCACHED} for row in rows]
-    if feature_caches:
+    if feature_caches and lengths:
         rows += cache_rows(loaded, video_models, min(lengths), steps, window, sinks, kv_budget_mib, feature_caches,
                            cache_repeats)  # fmt: skip
-    drift, panels = {}, {}
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
-    for name, model in loaded.items():
-        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks)
-        run = run_episode(model, seeds, drift_frames, settings, seed=2, progress=f"drift {name}")
-        psnr = frame_psnr(run.frames, run.truth).mean(1)
-        drift[name] = {"psnr_db": [round(float(x), 2) for x in psnr]}
-        # The floor any world model must beat: show the prompt frame forever (a frozen stream).
-        frozen = run.prompt[:, -1:].transpose(0, 1).expand_as(run.truth)
-        drift["frozen prompt (baseline)"] = {
-            "psnr_db": [round(float(x), 2) for x in frame_psnr(frozen, run.truth).mean(1)]
-        }
-        panels["simulator"] = run.truth[:gif_frames, 0]
-        panels[name] = run.frames[:gif_frames, 0]
+    drift, panels = run_drift(loaded, seeds, drift_frames, steps, window, sinks, run_episode)
+    panels = {name: frames[:gif_frames] for name, frames in panels.items()}
     if gif_path and panels:
         from stretto.images import save_gif
 
         save_gif(list(panels.values()), gif_path, fps=12, scale=4)
         print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")
-    command = f"stretto bench stream --steps {steps} --window {window} --sinks {sinks} --frames " + " ".join(
-        map(str, lengths)
-    )
+    command = f"stretto bench stream --models {' '.join(models)} --steps {steps} --window {window} --sinks {sinks}"
+    command += " --drift-only" if drift_only else " --frames " + " ".join(map(str, lengths))
     if tuple(feature_caches) != DEFAULT_FEATURE_CACHES:
         command += " --feature-cache " + " ".join(feature_caches)
     result = {
@@ -207,7 +203,10 @@ def run_stream_bench(
     if json_path:
         write_json(result, json_path)
     if plot_path:
-        plot_stream_bench(result, plot_path)
+        if drift_only:
+            plot_drift(result["drift"], plot_path)
+        else:
+            plot_stream_bench(result, plot_path)
     return result
 
 

@@ -99,7 +99,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
         steps=args.steps, window=args.window, sinks=args.sinks, drift_episodes=args.drift_episodes,
         drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
         kv_budget_mib=args.kv_budget_mib, video_models=tuple(args.video_models),
-        feature_caches=tuple(args.feature_cache), cache_repeats=args.cache_repeats,
+        feature_caches=tuple(args.feature_cache), cache_repeats=args.cache_repeats, drift_only=args.drift_only,
     )  # fmt: skip
 
 
@@ -238,6 +238,9 @@ def add_bench_stream_command(bench_subparsers) -> argparse.ArgumentParser:
                    help="rounds of uncached and cached streams, alternately, for the speedups (default 3)")  # fmt: skip
     p.add_argument("--drift-episodes", type=int, default=8, help="held-out episodes of the drift curve (default 8)")
     p.add_argument("--drift-frames", type=int, default=400, help="frames per drift episode (default 400)")
+    p.add_argument("--drift-only", action="store_true",
+                   help="only the drift curves (PSNR, position error, object recall per frame; horizon windows) "
+                   "and the GIF: no timed rows; the plot shows the three curves")  # fmt: skip
     shared.add_device(p)
     p.set_defaults(func=cmd_bench_stream)
     return p

@@ -35,6 +35,11 @@ def parse_actions(text: str) -> list[int]:
 
 def make_map(seed: int) -> torch.Tensor:
     """The episode's map (3, MAP, MAP) in [-1, 1], deterministic in `seed`."""
+    return draw_map(seed)[0]
+
+
+def draw_map(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map and where each object ended up: (K, MAP, MAP) bool, a later object covering an earlier one."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     world = (0.05 + 0.25 * rand(3, 1, 1)).expand(3, MAP, MAP).clone()
@@ -42,6 +47,7 @@ def make_map(seed: int) -> torch.Tensor:
     world[:, ::12, :] = grid
     world[:, :, ::12] = grid
     ys, xs = torch.meshgrid(torch.arange(MAP), torch.arange(MAP), indexing="ij")
+    masks: list[torch.Tensor] = []
     for _ in range(4 + int(rand(1) * 3)):
         cy, cx = (rand(2) * MAP).tolist()
         r = 3 + 3 * rand(1).item()
@@ -59,18 +65,31 @@ def make_map(seed: int) -> torch.Tensor:
         colour = torch.rand(3, generator=gen)
         colour[int(rand(1) * 3)] = 1.0  # bright and saturated
         world[:, inside] = colour[:, None]
-    return world * 2 - 1
+        masks = [m & ~inside for m in masks] + [inside]
+    return world * 2 - 1, torch.stack(masks)
 
 
 def view(world: torch.Tensor, x: int, y: int) -> torch.Tensor:
     """The camera's FRAME x FRAME view with its top-left corner at map pixel (x, y), agent marker drawn."""
+    frame = crop(world, x, y).clone()
+    frame[:, agent_marker()] = 1.0
+    return frame
+
+
+def crop(layers: torch.Tensor, x: int, y: int) -> torch.Tensor:
+    """(..., MAP, MAP) -> the (..., FRAME, FRAME) window with its top-left corner at (x, y), wrapping around."""
     rows = (torch.arange(FRAME) + y) % MAP
     cols = (torch.arange(FRAME) + x) % MAP
-    frame = world[:, rows][:, :, cols].clone()
+    return layers[..., rows, :][..., cols]
+
+
+def agent_marker() -> torch.Tensor:
+    """(FRAME, FRAME) bool: the agent, a small white cross at the centre of every view."""
+    marker = torch.zeros(FRAME, FRAME, dtype=torch.bool)
     c = FRAME // 2
-    frame[:, c - 1 : c + 1, c - 3 : c + 3] = 1.0  # the agent: a small white cross
-    frame[:, c - 3 : c + 3, c - 1 : c + 1] = 1.0
-    return frame
+    marker[c - 1 : c + 1, c - 3 : c + 3] = True
+    marker[c - 3 : c + 3, c - 1 : c + 1] = True
+    return marker
 
 
 @dataclass
@@ -148,3 +167,43 @@ def torus_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     d = (a - b).abs() % MAP
     d = torch.minimum(d, MAP - d).float()
     return d.norm(dim=-1)
+
+
+def visible_objects(masks: torch.Tensor, camera: torch.Tensor, min_pixels: int = 8) -> torch.Tensor:
+    """(K,) bool: the objects some view from `camera` (N, 2) shows with >= min_pixels pixels (agent excluded)."""
+    free = ~agent_marker()
+    shown = torch.zeros(len(masks), dtype=torch.bool)
+    for x, y in camera.tolist():
+        shown |= (crop(masks, x, y) & free).flatten(1).sum(1) >= min_pixels
+    return shown
+
+
+def object_recall(
+    frames: torch.Tensor,
+    truth: torch.Tensor,
+    masks: torch.Tensor,
+    camera: torch.Tensor,
+    known: torch.Tensor | None = None,
+    min_pixels: int = 8,
+    tol: float = 0.35,
+) -> torch.Tensor:
+    """Per frame (N,): the share of the objects the simulator shows that the generated frame draws, in place.
+
+    An object counts as visible with >= `min_pixels` pixels in the true view (the agent marker excluded) and
+    as drawn when the generated frame's mean absolute error over those pixels is below `tol` (pixels in
+    [-1, 1]; a missing bright object errs by ~1). `known` (K,) bool restricts the count to objects the model
+    could know (those its prompt showed: an object entering from a never-seen part of the map cannot be
+    predicted). NaN for a frame showing no counted object.
+    """
+    free = ~agent_marker()
+    counted = torch.ones(len(masks), dtype=torch.bool) if known is None else known
+    recall = torch.full((len(frames),), float("nan"))
+    for i, (x, y) in enumerate(camera.tolist()):
+        seen = crop(masks, x, y) & free  # (K, F, F)
+        visible = (seen.flatten(1).sum(1) >= min_pixels) & counted
+        if not visible.any():
+            continue
+        err = (frames[i].float() - truth[i].float()).abs().mean(0)  # (F, F)
+        drawn = [(err[seen[k]].mean() < tol).item() for k in torch.nonzero(visible).flatten().tolist()]
+        recall[i] = sum(drawn) / len(drawn)
+    return recall
