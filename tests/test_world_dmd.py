@@ -11,7 +11,9 @@ import torch
 from stretto import checkpoints
 from stretto.cli import main
 from stretto.distill.world_dmd import WorldDMDConfig, WorldDMDTrainer, distill_self_forcing
+from stretto.data import world
 from stretto.models.world_dit import WorldDiT, WorldDiTConfig
+from stretto.pipelines.world import StreamSettings, stream
 
 torch.set_num_threads(1)
 
@@ -65,6 +67,19 @@ def test_resumed_run_equals_an_uninterrupted_one(teacher_dir, tmp_path):
     meta = json.loads((resumed / "config.json").read_text())
     assert meta["train_mode"] == "self-forcing-dmd" and meta["trained_steps"] == 2
     assert meta["train_command"].startswith("stretto distill self-forcing")
+    assert meta["config"]["sampling_steps"] == 2  # the rollout's steps: what its streams default to
+
+
+def test_a_stream_defaults_to_the_models_own_steps(teacher_dir):
+    model = checkpoints.load(teacher_dir, kind="world-dit")
+    model.config.sampling_steps = 2
+    prompt, prompt_actions, _ = world.prompt_block([5], [0], 1)
+
+    def frames(steps):
+        settings = StreamSettings(mode="kv-rolling", steps=steps, window=2, sinks=1)
+        return torch.cat([f.pixels for f in stream(model, prompt, prompt_actions, [1, 2, 3], settings, frames=3)])
+
+    assert torch.equal(frames(None), frames(2)) and not torch.equal(frames(None), frames(4))
 
 
 def test_resuming_with_other_settings_is_refused(teacher_dir, tmp_path):

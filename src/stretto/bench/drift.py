@@ -17,10 +17,11 @@ from stretto.bench.report import new_figure, save_figure
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
-from stretto.pipelines.world import StreamSettings
+from stretto.pipelines.world import StreamSettings, model_steps
 
 HORIZONS = ((10, 50), (50, 100), (100, 200), (200, 400))
 FROZEN = "frozen prompt (baseline)"
+CURVES = ("psnr_db", "position_error", "object_recall")
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -56,7 +57,8 @@ def horizon_windows(curve: dict, n_frames: int) -> dict:
         if lo >= n_frames:
             break
         window = {}
-        for key, values in curve.items():
+        for key in CURVES:
+            values = curve[key]
             v = np.array([np.nan if x is None else x for x in values[lo:hi]], dtype=float)
             window[key] = _mean(v)
         out[f"{lo}-{min(hi, n_frames)}"] = window
@@ -64,7 +66,13 @@ def horizon_windows(curve: dict, n_frames: int) -> dict:
 
 
 def run_drift(
-    loaded: dict[str, WorldDiT], seeds: list[int], n_frames: int, steps: int, window: int, sinks: int, run_episode
+    loaded: dict[str, WorldDiT],
+    seeds: list[int],
+    n_frames: int,
+    steps: int | None,
+    window: int,
+    sinks: int,
+    run_episode,
 ) -> tuple[dict, dict]:
     """Every model's kv-rolling stream over the same maps and actions -> ({name: curves + windows}, GIF panels)."""
     drift, panels = {}, {}
@@ -72,6 +80,7 @@ def run_drift(
         settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks)
         run = run_episode(model, seeds, n_frames, settings, seed=2, progress=f"drift {name}")
         drift[name] = curves(run.frames, run.truth, run.camera, run.prompt_camera, seeds)
+        drift[name]["steps"] = steps or model_steps(model)
         if FROZEN not in drift:
             frozen = run.prompt[:, -1:].transpose(0, 1).expand_as(run.truth)
             drift[FROZEN] = curves(frozen, run.truth, run.camera, run.prompt_camera, seeds)

@@ -39,7 +39,7 @@ from stretto.bench.stream_video import anyflow_rows, causal_wan_cache_rows, caus
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
-from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, StreamSettings, stream
+from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_STEPS, StreamSettings, model_steps, stream
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
@@ -139,7 +139,7 @@ def run_stream_bench(
     models: tuple[str, ...] = DEFAULT_MODELS,
     lengths: tuple[int, ...] = (64, 2000),
     modes: tuple[str, ...] = ("recompute", "kv", "kv-rolling"),
-    steps: int = 4,
+    steps: int | None = None,
     window: int = 8,
     sinks: int = 1,
     drift_episodes: int = 8,
@@ -164,19 +164,20 @@ def run_stream_bench(
     for n in lengths:
         for mode in modes:
             for name, model in loaded.items():
-                settings = settings_for(mode, n, steps, window, sinks, kv_budget_mib)
+                settings = settings_for(mode, n, steps or model_steps(model), window, sinks, kv_budget_mib)
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
                 print(table_row(rows[-1], TABLE))
     show = lambda row: print(table_row(row, TABLE))  # noqa: E731
+    video_steps = steps or DEFAULT_STEPS
     if "causal-wan" in video_models:
-        rows += causal_wan_rows(lengths, modes, steps, window, sinks, show)
+        rows += causal_wan_rows(lengths, modes, video_steps, window, sinks, show)
     # diffusers' pipelines re-run a growing past: keep their side-by-side streams short
     side_by_side = min(*lengths, SIDE_BY_SIDE_FRAMES) if lengths else 0
     if "skyreels-v2" in video_models:
-        rows += skyreels_rows(side_by_side, steps, window, sinks, show)
+        rows += skyreels_rows(side_by_side, video_steps, window, sinks, show)
     if "anyflow-far" in video_models:
-        rows += anyflow_rows(side_by_side, steps, window, sinks, show)
+        rows += anyflow_rows(side_by_side, video_steps, window, sinks, show)
     rows = [{**row, **UNCACHED} for row in rows]
     if feature_caches and lengths:
         rows += cache_rows(loaded, video_models, min(lengths), steps, window, sinks, kv_budget_mib, feature_caches,
@@ -189,7 +190,8 @@ def run_stream_bench(
 
         save_gif(list(panels.values()), gif_path, fps=12, scale=4)
         print(f"wrote {gif_path}: {' | '.join(panels)} (drift episode 0, first {gif_frames} frames)")
-    command = f"stretto bench stream --models {' '.join(models)} --steps {steps} --window {window} --sinks {sinks}"
+    command = f"stretto bench stream --models {' '.join(models)} --window {window} --sinks {sinks}"
+    command += f" --steps {steps}" if steps else ""
     command += " --drift-only" if drift_only else " --frames " + " ".join(map(str, lengths))
     if tuple(feature_caches) != DEFAULT_FEATURE_CACHES:
         command += " --feature-cache " + " ".join(feature_caches)
@@ -214,7 +216,7 @@ def cache_rows(
     loaded: dict[str, WorldDiT],
     video_models: tuple[str, ...],
     n: int,
-    steps: int,
+    steps: int | None,
     window: int,
     sinks: int,
     kv_budget_mib: float,
@@ -228,7 +230,7 @@ def cache_rows(
     show = lambda row: print(table_row(row, CACHE_TABLE))  # noqa: E731
     print(table_header(CACHE_TABLE))
     for name, model in loaded.items():
-        settings = settings_for("kv-rolling", n, steps, window, sinks, kv_budget_mib)
+        settings = settings_for("kv-rolling", n, steps or model_steps(model), window, sinks, kv_budget_mib)
 
         def run(spec: str | None, noise_seed: int, model=model, name=name, settings=settings) -> StreamRun:
             cached = replace(settings, feature_cache=spec)
@@ -243,7 +245,7 @@ def cache_rows(
 
         rows += feature_cache_rows(run, model.blocks, policies, repeats, True, 1, show, quality)
     if "causal-wan" in video_models:
-        rows += causal_wan_cache_rows(n, steps, window, sinks, policies, repeats, show)
+        rows += causal_wan_cache_rows(n, steps or DEFAULT_STEPS, window, sinks, policies, repeats, show)
     return rows
 
 
@@ -277,7 +279,7 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     for i, r in enumerate(rows):
         psnr = "" if r["psnr_db_vs_sim"] is None else f", {r['psnr_db_vs_sim']:.1f} dB"
         ax_fps.text(r["fps"], i, f" {r['fps']:.1f} fps{psnr}", va="center", fontsize=7)
-    ax_fps.set_xlabel("frames / s (batch 1, 4 denoising steps per frame)")
+    ax_fps.set_xlabel("frames / s (batch 1; denoising steps per frame: each row's)")
     ax_fps.set_title("throughput by mode")
     drift = result["drift"]
     for name, d in drift["models"].items():

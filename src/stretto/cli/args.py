@@ -122,8 +122,9 @@ def add_stream_settings(p: argparse.ArgumentParser) -> None:
     from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW
 
     p.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps per block (default {DEFAULT_STEPS})"
-    )
+        "--steps", type=int, default=None,
+        help=f"denoising steps per block (default: the model's own; {DEFAULT_STEPS} unless it was distilled for fewer)",
+    )  # fmt: skip
     p.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"frames kept besides the sinks (default {DEFAULT_WINDOW})"
     )

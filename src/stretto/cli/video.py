@@ -71,7 +71,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
         save_file({"latents": video.contiguous()}, path)
         what = "latent frames (no VAE found; pass --parts)"
     lat = np.array(latency)
-    print(f"wrote {path}: {len(out)} {what} ({args.mode}, {args.steps} steps{shared.cache_note(args)}) in "
+    print(f"wrote {path}: {len(out)} {what} ({args.mode}, {args.steps or 'default'} steps{shared.cache_note(args)}) in "
           f"{seconds:.1f} s; block latency p50 {np.percentile(lat, 50):.0f} ms, "
           f"p95 {np.percentile(lat, 95):.0f} ms")  # fmt: skip
     if interrupted:

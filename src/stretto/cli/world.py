@@ -86,7 +86,8 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     lat = np.array(latency)
     rate = "" if args.interactive else f" in {seconds:.1f} s = {len(frames) / seconds:.1f} frames/s"
     print(
-        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps} steps{shared.cache_note(args)}){rate}; "
+        f"wrote {path}: {len(frames)} frames ({args.mode}, {args.steps or world_pipeline.model_steps(model)} steps"
+        f"{shared.cache_note(args)}){rate}; "
         f"latency p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms; PSNR vs simulator "
         f"{psnr:.1f} dB"
     )

@@ -92,6 +92,7 @@ class WorldDMDTrainer:
             raise ValueError(f"frames ({cfg.frames}) must be a multiple of the model's frames per block ({fpb}) "
                              "covering at least two blocks")  # fmt: skip
         self.generator = make_ema(start).train().requires_grad_(True)  # a fresh copy
+        self.generator.config.sampling_steps = cfg.denoise_steps  # streams default to the steps it was trained for
         self.ema = make_ema(self.generator)
         self.fake = make_ema(self.teacher).train().requires_grad_(True)
         betas = (0.0, 0.999)  # as in Self Forcing's DMD: no momentum against a moving fake score

@@ -43,6 +43,7 @@ class WorldDiTConfig:
     train_frames: int = 12  # clip length it was trained on: temporal RoPE distances beyond it are unseen
     rope_axes: tuple[int, int, int] | None = None  # head dims rotated by time, row, column; None: ~1/4, 3/8, 3/8
     rope_base: float = 100.0
+    sampling_steps: int | None = None  # denoising steps per block it was trained to sample with (None: 4)
 
     def __post_init__(self):
         if self.rope_axes is None:
@@ -64,6 +65,8 @@ class WorldDiTConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldDiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sampling_steps is not None and self.sampling_steps < 1:
+            raise ValueError(f"WorldDiTConfig.sampling_steps must be >= 1, got {self.sampling_steps}")
         if self.frame_size % self.patch:
             raise ValueError(f"frame_size {self.frame_size} is not a multiple of patch {self.patch}")
         if self.n_embd % self.n_head or sum(self.rope_axes) != self.n_embd // self.n_head:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from stretto.models.causal_far import CausalFAR
 from stretto.models.causal_wan import CausalWan
 from stretto.models.wan_parts import StreamDecoder, WanParts, load_parts, pipeline_folder
 from stretto.pipelines.diffusion_forcing import stream_diffusion_forcing
-from stretto.pipelines.world import StreamFrame, StreamSettings, stream_blocks
+from stretto.pipelines.world import StreamFrame, StreamSettings, model_steps, stream_blocks
 
 
 def prompt_blocks(prompt: Any, switches: Mapping[int, Any], frames_per_block: int) -> Iterator[Any]:
@@ -79,6 +80,8 @@ def stream_video(
                              f"{prompt_embeds.shape[0]}")  # fmt: skip
     blocks = prompt_blocks(prompt_embeds, switches, model.frames_per_block)
     settings = settings or StreamSettings()
+    if settings.steps is None:
+        settings = replace(settings, steps=model_steps(model))
     if ar_step is not None and ar_step < settings.steps:
         if first_block is not None:
             raise ValueError("diffusion forcing (ar_step < steps) starts from noise; first_block is not supported")

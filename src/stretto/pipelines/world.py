@@ -70,6 +70,11 @@ def few_step_timesteps(steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
     return [shift * t / (1 + (shift - 1) * t) for t in levels]
 
 
+def model_steps(model: Any) -> int:
+    """The denoising steps per block a model samples with: a Self Forcing student's own, else DEFAULT_STEPS."""
+    return getattr(getattr(model, "config", None), "sampling_steps", None) or DEFAULT_STEPS
+
+
 def denoise_block(
     call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
@@ -146,7 +151,7 @@ class StreamModel(Protocol):
 @dataclass
 class StreamSettings:
     mode: str = "kv-rolling"
-    steps: int = DEFAULT_STEPS
+    steps: int | None = None  # denoising steps per block; None: the model's own (`model_steps`)
     shift: float = DEFAULT_SHIFT
     window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
     sinks: int = DEFAULT_SINKS
@@ -321,6 +326,8 @@ def stream_blocks(
     generated frames. Closing the generator frees the cache.
     """
     settings = settings or StreamSettings()
+    if settings.steps is None:
+        settings = replace(settings, steps=model_steps(model))
     fpb = model.frames_per_block
     if settings.mode == "kv" and settings.max_frames is None and frames is not None and frames >= 1:
         given = 0 if first_block is None else first_block.shape[1]

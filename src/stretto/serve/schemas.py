@@ -88,7 +88,7 @@ class WorldParams(BaseModel):
     model: str | None = Field(default=None, max_length=4096)
     world: int = Field(default=1_000_000, ge=0, le=MAX_SEED - 1)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    steps: int = Field(default=4, ge=1, le=64)
+    steps: int | None = Field(default=None, ge=1, le=64)  # None: the model's own (4 unless distilled for fewer)
     window: int = Field(default=8, ge=1, le=4096)
     sinks: int = Field(default=1, ge=0, le=4096)
     format: Literal["png", "raw"] = "png"

@@ -106,7 +106,6 @@ def export(ema: ShapesFlux, folder: Path, cfg: ImageTrainConfig, step: int) -> N
             f"stretto train image --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --out {cfg.out} "
             f"--text-encoder {cfg.text_encoder} --text-width {cfg.text_width} --text-layers {cfg.text_layers} "
             f"--double-blocks {cfg.double_blocks} --single-blocks {cfg.single_blocks} "
-            f"--pair-fraction {cfg.pair_fraction}"
-            + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
+            f"--pair-fraction {cfg.pair_fraction}" + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
         ),
     )
