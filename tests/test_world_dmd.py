@@ -10,8 +10,8 @@ import torch
 
 from stretto import checkpoints
 from stretto.cli import main
-from stretto.distill.world_dmd import WorldDMDConfig, WorldDMDTrainer, distill_self_forcing
 from stretto.data import world
+from stretto.distill.world_dmd import WorldDMDConfig, WorldDMDTrainer, distill_self_forcing
 from stretto.models.world_dit import WorldDiT, WorldDiTConfig
 from stretto.pipelines.world import StreamSettings, stream
 
