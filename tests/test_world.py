@@ -448,9 +448,42 @@ def test_bench_stream_drift_only_reports_the_three_curves_and_windows(tmp_path):
     result = json.loads(out.read_text())
     assert result["rows"] == [] and "--drift-only" in result["command"]
     models = result["drift"]["models"]
-    assert set(models) == {str(folder), "frozen prompt (baseline)"}
+    assert set(models) == {str(folder), f"{folder} + pose memory", "frozen prompt (baseline)"}
     for curve in models.values():
         assert len(curve["psnr_db"]) == len(curve["position_error"]) == len(curve["object_recall"]) == 12
         assert set(curve["windows"]) == {"10-12"}
         assert set(curve["windows"]["10-12"]) == {"psnr_db", "position_error", "object_recall"}
     assert (tmp_path / "d.png").exists() and (tmp_path / "d.gif").exists()
+    revisit = result["revisit"]
+    assert revisit["model"] == str(folder) and revisit["revisit_frames"] == [14, 15, 16, 17, 18, 19]
+    assert revisit["gain_db"] == round(revisit["with_memory_db"] - revisit["window_only_db"], 2)
+
+
+# -- memory beyond the window ---------------------------------------------------------------------------------
+def test_pose_memory_redraws_a_revisited_place_as_it_was():
+    model = tiny_world()
+    prompt, prompt_actions, _ = world.prompt_block([4], [world.STAY], 1)
+    right, left = world.ACTIONS.index("R"), world.ACTIONS.index("L")
+
+    def frames(memory):
+        settings = StreamSettings(mode="kv-rolling", window=1, sinks=0, memory=memory)
+        out = stream(model, prompt.double(), prompt_actions, [right, left], settings, frames=2)
+        return [f.pixels[0] for f in out]
+
+    rows = [*range(0, 9), *range(15, 24)]  # away from the agent marker, which is not map
+    moved, back = frames("pose")
+    # the camera is back at the prompt's place: what it drew there 1 and 2 frames ago, shifted by the 4-pixel move
+    assert torch.equal(back[:, rows, 4:], moved[:, rows, :-4])
+    assert torch.equal(back[:, rows, :4], prompt[0, 0][:, rows, :4].double())
+    assert torch.equal(moved[:, rows, :-4], prompt[0, 0][:, rows, 4:].double())  # the prompt, seen moving right
+    moved_plain, back_plain = frames(None)  # the window alone (1 frame, no sink) forgets the prompt
+    assert not torch.equal(back_plain[:, rows, :4], prompt[0, 0][:, rows, :4].double())
+
+
+def test_memory_settings_are_checked():
+    model = tiny_world()
+    prompt, prompt_actions, _ = world.prompt_block([4], [world.STAY], 1)
+    with pytest.raises(ValueError, match="unknown memory 'rnn'; memories: pose"):
+        next(stream(model, prompt.double(), prompt_actions, [1], StreamSettings(memory="rnn"), frames=1))
+    with pytest.raises(ValueError, match=r"action\(s\) \[7\] have no known camera move"):
+        next(stream(model, prompt.double(), prompt_actions, [7], StreamSettings(memory="pose"), frames=1))

@@ -74,10 +74,15 @@ def run_drift(
     sinks: int,
     run_episode,
 ) -> tuple[dict, dict]:
-    """Every model's kv-rolling stream over the same maps and actions -> ({name: curves + windows}, GIF panels)."""
+    """Every model's kv-rolling stream over the same maps and actions, and the first model's with the pose memory
+    -> ({name: curves + windows}, GIF panels)."""
     drift, panels = {}, {}
-    for name, model in loaded.items():
-        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks)
+    runs = [(name, model, None) for name, model in loaded.items()]
+    first = next(iter(loaded), None)
+    if first is not None:  # the first model again with the pose memory (`pipelines.world_memory`)
+        runs.append((f"{first} + pose memory", loaded[first], "pose"))
+    for name, model, memory in runs:
+        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory)
         run = run_episode(model, seeds, n_frames, settings, seed=2, progress=f"drift {name}")
         drift[name] = curves(run.frames, run.truth, run.camera, run.prompt_camera, seeds)
         drift[name]["steps"] = steps or model_steps(model)
@@ -107,3 +112,43 @@ def plot_drift(drift: dict, path: str | Path) -> None:
     axes[0][0].legend(fontsize=8)
     axes[0][1].set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} held-out maps")
     save_figure(fig, path, dpi=130)
+
+
+def revisit_paths(k: int) -> list[list[int]]:
+    """Out and back in each direction: k moves away, k moves home (the prompt's place)."""
+    index = world.ACTIONS.index
+    return [[index(a)] * k + [index(b)] * k for a, b in ("RL", "LR", "DU", "UD")]
+
+
+def revisit_frames(k: int, window: int) -> list[int]:
+    """The frames of an out-and-back path that show a place last seen more than `window` frames before.
+
+    Generated frame i is the view after action i: frame i >= k sits where frame 2k - 2 - i was (or the prompt,
+    for the last frame), 2i - 2k + 2 frames earlier.
+    """
+    return [i for i in range(k, 2 * k) if 2 * i - 2 * k + 2 > window]
+
+
+def run_revisit(
+    model: WorldDiT, seeds: list[int], window: int, sinks: int, steps: int | None = None, k: int | None = None
+) -> dict:
+    """PSNR against the simulator on the frames that revisit a place after it left the window, for the window
+    alone and with the pose memory, over out-and-back paths on held-out maps (one batch row per map)."""
+    from stretto.pipelines.world import stream
+
+    k = k if k is not None else window + 2
+    frames = revisit_frames(k, window)
+    scores: dict[str, list[float]] = {"window_only_db": [], "with_memory_db": []}
+    for path in revisit_paths(k):
+        prompt, prompt_actions, episodes = world.prompt_block(seeds, [world.STAY, *path], 1)
+        truth = torch.stack([e.frames[1:] for e in episodes], dim=1)  # (N, B, C, H, W)
+        for key, memory in (("window_only_db", None), ("with_memory_db", "pose")):
+            settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory)
+            out = torch.stack([f.pixels for f in stream(model, prompt, prompt_actions, path, settings, seed=3)])
+            scores[key].append(float(frame_psnr(out[frames], truth[frames]).mean()))
+    result = {key: round(float(np.mean(v)), 2) for key, v in scores.items()}
+    result["gain_db"] = round(result["with_memory_db"] - result["window_only_db"], 2)
+    result.update(path_moves=k, revisit_frames=frames, window=window, sinks=sinks, maps=len(seeds),
+                  paths=["".join(world.ACTIONS[a] for a in p[:1]) + "x" + str(k) + " and back"
+                         for p in revisit_paths(k)])  # fmt: skip
+    return result

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.drift import plot_drift, run_drift
+from stretto.bench.drift import plot_drift, run_drift, run_revisit
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
 from stretto.bench.stream_cache import DEFAULT_FEATURE_CACHES, StreamRun, feature_cache_rows
 from stretto.bench.stream_cache import TABLE as CACHE_TABLE
@@ -185,6 +185,10 @@ def run_stream_bench(
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
     drift, panels = run_drift(loaded, seeds, drift_frames, steps, window, sinks, run_episode)
     panels = {name: frames[:gif_frames] for name, frames in panels.items()}
+    revisit = {name: run_revisit(model, seeds, window, sinks, steps) for name, model in loaded.items()}
+    for name, r in revisit.items():
+        print(f"revisit {name}: window only {r['window_only_db']} dB, with memory {r['with_memory_db']} dB "
+              f"(gain {r['gain_db']} dB)")  # fmt: skip
     if gif_path and panels:
         from stretto.images import save_gif
 
@@ -202,6 +206,8 @@ def run_stream_bench(
         "rows": rows,
         "drift": {"mode": "kv-rolling", "episodes": drift_episodes, "frames": drift_frames, "models": drift},
     }
+    if revisit:  # the top-level numbers are the first model's (the stream's default model first by default)
+        result["revisit"] = {**next(iter(revisit.values())), "model": next(iter(revisit)), "models": revisit}
     if json_path:
         write_json(result, json_path)
     if plot_path:

@@ -34,6 +34,10 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     if is_wan_checkpoint(args.model):
         from stretto.cli.video import cmd_stream_video
 
+        if args.memory:
+            raise ValueError(f"--memory {args.memory} follows the camera of a world model's actions; "
+                             f"{args.model!r} is a text-to-video model")  # fmt: skip
+
         return cmd_stream_video(args)
     if args.prompt or args.switch or args.parts:
         raise ValueError(f"--prompt, --switch and --parts are for video models; {args.model!r} is a world model")
@@ -52,7 +56,7 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     stream = world_pipeline.stream_world(
         model, _recording(actions, used), world=args.world, seed=args.seed, frames=args.frames, mode=args.mode,
         steps=args.steps, window=None if args.mode == "kv" else args.window, sinks=args.sinks,
-        max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache,
+        max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache, memory=args.memory,
     )  # fmt: skip
     show = None
     if args.interactive:
@@ -142,6 +146,9 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
                    'block): e.g. "crossblock" (the previous block\'s same step on the first step, this block\'s '
                    'previous step on the third: plan=xcwc), "fora:interval=3,warmup=0"; stretto.cache.available() '
                    "lists all (default none)")  # fmt: skip
+    p.add_argument("--memory", choices=["pose"], default=None,
+                   help="memory beyond the rolling window (world models): pose = what was drawn, placed by the camera "
+                   "moves of the actions, kept when the camera comes back (default none)")  # fmt: skip
     p.add_argument("--interactive", action="store_true", help="read actions from the keyboard (arrows/WASD, q)")
     p.add_argument("--compare", action="store_true", help="GIF shows the simulator's frames beside the model's")
     p.add_argument("--scale", type=int, default=4, help="GIF pixel scale")

@@ -47,6 +47,7 @@ import torch
 from stretto import cache as feature_cache
 from stretto.data.world import STAY, parse_actions, prompt_block
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, MIB, KVCache
+from stretto.pipelines.world_memory import MEMORIES, world_memory
 
 MODES = ("recompute", "kv", "kv-rolling")
 DEFAULT_STEPS = 4
@@ -81,12 +82,14 @@ def denoise_block(
     timesteps: list[float],
     grad_step: int | None = None,
     clamp: float | None = 1.0,
+    x0_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Few-step sampling of one block. noise (steps, B, F, C, H, W); call(x_t, t) -> velocity. Returns x0.
 
     grad_step: Self Forcing training. Steps before it run without gradients; its x0 (with gradients) is the
     block's output and the later steps are skipped. None: every step, no gradients kept by this function.
     clamp: x0 is clipped to [-clamp, clamp] (pixels live in [-1, 1]); None for unbounded latents.
+    x0_hook: applied to every x0 prediction (a memory imposing the pixels it remembers, `world_memory`).
     """
     last = len(timesteps) - 1 if grad_step is None else grad_step
     x = noise[0]
@@ -95,6 +98,8 @@ def denoise_block(
             x0 = x - t * call(x, torch.full(x.shape[:2], t, device=x.device))
             if clamp is not None:
                 x0 = x0.clamp(-clamp, clamp)
+            if x0_hook is not None:
+                x0 = x0_hook(x0)
         if i < last:
             t_next = timesteps[i + 1]
             x = (1 - t_next) * x0 + t_next * noise[i + 1]
@@ -164,6 +169,9 @@ class StreamSettings:
     # "crossblock:first=1", or a stretto.cache policy; "none" runs the mechanism computing everything); the
     # commit pass always computes every block. None: no feature cache
     feature_cache: Any = None
+    # memory beyond the window: "pose" (`world_memory.PoseMemory`: what was drawn, by camera pose from the
+    # actions, imposed when the camera comes back; action-steered world models only). None: the window alone
+    memory: str | None = None
 
     def cache_policy(self) -> feature_cache.CachePolicy | None:
         """`feature_cache` as a policy (None: no feature cache); a bad spec fails naming the field."""
@@ -204,6 +212,15 @@ class StreamSettings:
         policy = self.cache_policy()
         if policy is not None and policy.unet:
             raise ValueError(f"StreamSettings.feature_cache: {policy.name} runs on UNets, not a stream's block stack")
+        if self.memory is not None:
+            if self.memory not in MEMORIES:
+                raise ValueError(f"unknown memory {self.memory!r}; memories: {', '.join(MEMORIES)} (or none)")
+            kind = getattr(model, "kind", type(model).__name__)
+            if kind != "world-dit":
+                raise ValueError(f"memory {self.memory!r} follows the camera through the actions of an action-steered "
+                                 f"world model (world-dit), not a {kind!r}")  # fmt: skip
+            if self.scheduler is not None:
+                raise ValueError(f"memory {self.memory!r} imposes pixels on the few-step sampler's x0: no scheduler")
 
 
 @dataclass
@@ -360,9 +377,14 @@ def stream_blocks(
             own_cache = True
         cached = feature_cache.get_handle(model) is not None  # this stream's policy, or one the caller applied
         feature_cache.reset(model, levels)  # a stream is one generation: its cached state starts fresh
+        memory = world_memory() if settings.memory == "pose" else None
+        if memory is not None and first_block is None:
+            raise ValueError("memory 'pose' places frames relative to the prompt: give the stream a first block")
         if first_block is not None:
             raw, prepared = first_condition, model.condition(first_condition)
             context.commit(first_block, prepared)
+            if memory is not None:
+                memory.begin(first_block)
         produced = 0
         for cond in conditions:
             if prepared is None or cond is not raw:  # e.g. a prompt's cross-attention K/V: once, not per block
@@ -374,7 +396,10 @@ def stream_blocks(
                 feature_cache.next_loop(model, levels, records=not own_cache)  # an endless stream keeps none
                 call = keyed(model, call)
             if scheduler is None:
-                block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp)
+                hook = None if memory is None else memory.guide(raw)
+                block = denoise_block(call, noise, timesteps, clamp=model.x0_clamp, x0_hook=hook)
+                if memory is not None:
+                    memory.write(block)
             else:
                 block = scheduler_block(call, noise, scheduler, flow_map=getattr(model, "flow_map", False))
             latency = time.perf_counter() - began
