@@ -28,6 +28,7 @@ from stretto.cache.compiled import compile_blocks
 from stretto.cache.cross_block import CrossBlock
 from stretto.cache.deepcache import DeepCache
 from stretto.cache.delta_dit import DeltaDiT
+from stretto.cache.faster_diffusion import FasterDiffusion
 from stretto.cache.first_block import DBCache, FirstBlock
 from stretto.cache.fora import FORA
 from stretto.cache.gated_taylor import GatedTaylor
@@ -60,6 +61,7 @@ __all__ = [
     "DeepCache",
     "DeltaDiT",
     "FORA",
+    "FasterDiffusion",
     "FirstBlock",
     "GatedTaylor",
     "MagCache",

@@ -6,8 +6,8 @@ tokens, CogVideoX: (image, encoder)); how the blocks of a later list get their a
 computes them between the loops (Flux2's single-stream modulation, Chroma's per-block slices of one
 modulation tensor, HunyuanDiT's long skips); which forward arguments the cache cannot honour (ControlNet
 residuals, SD3's skip_layers); and how the model's `timestep` relates to its pipeline's scheduler (Flux
-pipelines pass t / 1000, Lumina2 passes 1 - t / 1000). UNets are listed too (they run DeepCache through
-unet.py). `markdown_table()` renders the table for the README.
+pipelines pass t / 1000, Lumina2 passes 1 - t / 1000). UNets are listed too (they run DeepCache and Faster
+Diffusion through unet.py). `markdown_table()` renders the table for the README.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ FAMILIES.update(
     }
 )
 
-# UNets run their own mechanism (unet.py) with DeepCache (deepcache.py), not a block stack
+# UNets run their own mechanism (unet.py) with DeepCache or Faster Diffusion, not a block stack
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 
 # classes the cache recognises but cannot run, and why
@@ -291,9 +291,8 @@ def markdown_table() -> str:
             notes.append("refuses " + ", ".join(f"`{r}`" for r in fam.refuse))
         lines.append(f"| {name} | {lists} | {time} | {'yes' if fam.token_level else 'no'} | {'; '.join(notes)} |")
     for name in UNETS:
-        lines.append(
-            f"| {name} | `down_blocks` + `mid_block` + `up_blocks` (DeepCache) | t | no | deepcache and none only |"
-        )
+        policies = "deepcache, fasterdiffusion and none only"
+        lines.append(f"| {name} | `down_blocks` + `mid_block` + `up_blocks` | t | no | {policies} |")
     for name, why in REFUSED.items():
         lines.append(f"| {name} | not supported | | | {why} |")
     return "\n".join(lines)

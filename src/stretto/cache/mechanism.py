@@ -4,10 +4,10 @@
 blocks makes one call, which lands in `CacheHandle._run`. That call works out each row's sigma and step
 (step_context.py), gathers the rows' state per CFG branch (branch_state.py), lets the policy run the
 `Stack` (stack.py), stores the state back and keeps the counts for `summary` (accounting.py). How the
-blocks of a diffusers class are called is its table entry (families.py); a diffusers UNet gets DeepCache's
-own small mechanism instead (unet.py). `apply(pipe, policy)` caches every denoiser of the pipeline and
-wraps its call (pipeline_call.py): fresh state at every call, the step schedule from its scheduler; the
-model's own diffusers cache hooks name the branch of each call (diffusers_bridge.py).
+blocks of a diffusers class are called is its table entry (families.py); a diffusers UNet gets its own
+small mechanism instead (unet.py: DeepCache, Faster Diffusion). `apply(pipe, policy)` caches every denoiser of
+the pipeline and wraps its call (pipeline_call.py): fresh state at every call, the step schedule from its
+scheduler; the model's own diffusers cache hooks name the branch of each call (diffusers_bridge.py).
 
 Every sigma the cache sees is a noise level in the model's own timestep scale (Flux 0..1, SD3 / DiT / Wan
 0..1000; for a model whose time counts up, Lumina2 / Mochi, top - timestep): the model call's timestep

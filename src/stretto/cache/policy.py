@@ -17,7 +17,7 @@ from stretto.cache.hidden import Hidden
 from stretto.cache.stack import Call, Stack
 from stretto.spec import bounded
 
-__all__ = ["POLICIES", "CachePolicy", "available", "bounded", "parse_policy", "register"]
+__all__ = ["POLICIES", "CachePolicy", "UNetPolicy", "available", "bounded", "parse_policy", "register"]
 
 POLICIES: dict[str, type[CachePolicy]] = {}
 
@@ -60,6 +60,28 @@ class CachePolicy:
     def parameters(cls) -> dict[str, str]:
         """Each parameter with its default and allowed range, for help texts and error messages."""
         return spec.describe_options(cls)
+
+
+class UNetPolicy(CachePolicy):
+    """Base of the policies that run on a diffusers UNet's down / mid / up blocks (stretto.cache.unet), not a stack.
+
+    Such a policy says which blocks always run (`kept_levels`) and which steps run the whole UNet (`full`); on the
+    other steps the mechanism reuses every other block's output from the branch's last full step.
+    """
+
+    unet: ClassVar[bool] = True
+
+    def kept_levels(self, down: int, up: int, model: str) -> tuple[int, int]:
+        """How many outermost down blocks and up blocks always run on a UNet with `down` / `up` levels (the mid
+        block is always reused); ValueError naming the field if none could be reused."""
+        raise NotImplementedError
+
+    def full(self, index: int) -> bool:
+        """Whether step `index` runs the whole UNet and stores the reused blocks' outputs."""
+        raise NotImplementedError
+
+    def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
+        raise ValueError(f"{self.name} runs on UNets (UNet2DModel, UNet2DConditionModel), not on {stack.model}")
 
 
 def available() -> str:

@@ -1,13 +1,15 @@
-"""The cache attached to a diffusers UNet (UNet2DModel, UNet2DConditionModel): DeepCache over its blocks.
+"""The cache attached to a diffusers UNet (UNet2DModel, UNet2DConditionModel): DeepCache and Faster Diffusion.
 
 A UNet has no chain of same-shaped blocks but down blocks, a mid block and up blocks joined by skip
-connections, so it gets its own small mechanism. Every down / mid / up block deeper than the policy's
-`depth` gets an instance-level `forward` that, on a step the policy reuses, returns what the block returned
-on the branch's last full step (nothing is computed) and otherwise runs the block's own forward and keeps
-its output. The UNet's own loop still runs (so its skip-connection bookkeeping is untouched); the shallow
-blocks, which always run, then receive the stored deep features. State is kept per CFG branch
-(branch_state.py) and steps are keyed like the transformer mechanism's (step_context.py); one decision
-per model call. `detach` deletes the instance attributes: the model is exactly as before.
+connections, so it gets its own small mechanism. The policy (a UNetPolicy) says how many outermost down and up
+blocks always run (`kept_levels`); every other block (the mid block always) gets an instance-level `forward`
+that, on a step the policy does not run fully, returns what the block returned on the branch's last full step
+(nothing is computed) and otherwise runs the block's own forward and keeps its output. DeepCache keeps the
+outer levels on both sides; Faster Diffusion keeps no down block and every up block, and then conv_in's output
+(the first skip feature) is reused too, as part of the encoder. The UNet's own loop still runs (so its
+skip-connection bookkeeping is untouched); the blocks that always run then receive the stored features. State
+is kept per CFG branch (branch_state.py) and steps are keyed like the transformer mechanism's (step_context.py);
+one decision per model call. `detach` deletes the instance attributes: the model is exactly as before.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ from torch import nn
 
 from stretto.cache.accounting import CacheSummary, StepRecord
 from stretto.cache.branch_state import BranchStates
-from stretto.cache.deepcache import DeepCache
 from stretto.cache.families import UNETS
 from stretto.cache.none import NoCache
-from stretto.cache.policy import CachePolicy
+from stretto.cache.policy import POLICIES, CachePolicy, UNetPolicy
 from stretto.cache.step_context import StepContext, check_scale, sigma_schedule, step_index
 
-# ControlNet / T2I-adapter residuals are added to the deep blocks' outputs: reusing those would drop them
+# ControlNet / T2I-adapter residuals are added to the reused blocks' outputs: reusing those would drop them
 REFUSED_ARGS = (
     "down_block_additional_residuals",
     "mid_block_additional_residual",
@@ -40,25 +41,28 @@ def is_unet(model: nn.Module) -> bool:
 
 
 class UNetHandle:
-    """The cache attached to one UNet: the policy, the deep blocks' swapped forwards, per-branch state, records."""
+    """The cache attached to one UNet: the policy, the reused blocks' swapped forwards, per-branch state, records."""
 
     def __init__(self, model: nn.Module, policy: CachePolicy):
         name = type(model).__name__
-        if not isinstance(policy, (DeepCache, NoCache)):
-            raise ValueError(f"{name} is a UNet: its cache policies are deepcache and none, got {policy.name!r}")
+        if not isinstance(policy, (UNetPolicy, NoCache)):
+            allowed = ", ".join(sorted(n for n, cls in POLICIES.items() if cls.unet))
+            raise ValueError(f"{name} is a UNet: its cache policies are {allowed} and none, got {policy.name!r}")
         self.model = self.owner = model
         self.policy = policy
-        depth = policy.depth if isinstance(policy, DeepCache) else 1
         down, up, mid = list(model.down_blocks), list(model.up_blocks), model.mid_block
-        if depth >= len(down) or depth >= len(up):
-            raise ValueError(
-                f"DeepCache.depth must be below the number of UNet levels of {name} ({min(len(down), len(up))}) "
-                f"so that some blocks can be reused, got {depth}"
-            )
-        self.deep = down[depth:] + ([mid] if mid is not None else []) + up[: len(up) - depth]
-        self.num_blocks = len(down) + len(up) + (mid is not None)
-        self.signature = inspect.signature(model.forward)
         self.blocks = down + ([mid] if mid is not None else []) + up
+        self.num_blocks = len(self.blocks)
+        # the modules whose output a step that is not full reuses: the blocks between the kept outer levels, and
+        # conv_in when the first down block is reused (its output is otherwise only the last up block's skip)
+        self.stored: list[nn.Module] = []
+        if isinstance(policy, UNetPolicy):
+            kept_down, kept_up = policy.kept_levels(len(down), len(up), name)
+            self.stored = down[kept_down:] + ([mid] if mid is not None else []) + up[: len(up) - kept_up]
+        self.reusable = len(self.stored)  # block evaluations a step that is not full saves (conv_in is no block)
+        if self.stored and self.stored[0] is down[0]:
+            self.stored.insert(0, model.conv_in)
+        self.signature = inspect.signature(model.forward)
         self.context: StepContext | None = None
         self.pipeline = None  # set by apply() on a pipeline
         self.holders: list = []
@@ -67,8 +71,8 @@ class UNetHandle:
 
     # -- attach / detach
     def attach(self) -> None:
-        """Swap the deep blocks' forwards and hook the UNet's forward."""
-        for i, block in enumerate(self.deep):
+        """Swap the reusable blocks' forwards and hook the UNet's forward."""
+        for i, block in enumerate(self.stored):
             block.__dict__["forward"] = self._forward_of(i, block.forward)
         self._hooks = [
             self.model.register_forward_pre_hook(self._enter, with_kwargs=True),
@@ -81,7 +85,7 @@ class UNetHandle:
             self.pipeline.detach()
         for hook in self._hooks:
             hook.remove()
-        for block in self.deep:
+        for block in self.stored:
             block.__dict__.pop("forward", None)
 
     def _forward_of(self, i: int, original):
@@ -132,7 +136,7 @@ class UNetHandle:
             check_scale(self.schedule, sigma, type(module).__name__)
         index, _ = step_index(sigma, ctx, self.schedule, self.steps, branches, chunk)
         state, fresh = self.states.gather(branches, chunk)
-        full = isinstance(self.policy, NoCache) or any(fresh) or len(state) < len(self.deep)
+        full = isinstance(self.policy, NoCache) or any(fresh) or len(state) < len(self.stored)
         full = full or any(self.policy.full(i) for i in set(index.tolist()))
         self.mode = "record" if full else "reuse"
         self.state = {} if full else state
@@ -142,11 +146,11 @@ class UNetHandle:
         if self.mode == "off":
             return
         branches, chunk, sigmas, full = self._call
-        if full and len(self.state) == len(self.deep):
+        if full and len(self.state) == len(self.stored):
             self.states.store(branches, self.state, chunk)
         for b in branches:
             self.steps[b] = self.steps.get(b, 0) + 1
-        reused = 0 if full else len(self.deep)
+        reused = 0 if full else self.reusable
         for b, s in zip(branches, sigmas, strict=True):
             self.records.append(StepRecord(self.calls, b, s, self.num_blocks - reused, reused, 0))
         self.calls += 1
