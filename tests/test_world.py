@@ -395,7 +395,7 @@ def test_bench_stream_rows_have_the_contract_keys(tiny_world_checkpoint, tmp_pat
     assert result["rows"][0]["kv_bytes_peak"] == 0 and result["rows"][1]["kv_bytes_peak"] > 0
     assert "machine" in result and len(result["drift"]["models"][tiny_world_checkpoint]["psnr_db"]) == 5
     assert (tmp_path / "stream.png").exists()
-    assert Image.open(tmp_path / "s.gif").width == 4 * (2 * 24 + 2)  # simulator | model
+    assert Image.open(tmp_path / "s.gif").width == 4 * (3 * 24 + 2 * 2)  # simulator | model | model + memory
 
 
 def test_python_api_streams_frames_with_multi_frame_blocks():

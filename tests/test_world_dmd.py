@@ -33,7 +33,7 @@ def teacher_dir(tmp_path_factory):
 
 
 def config(teacher_dir, out, **kw) -> WorldDMDConfig:
-    settings = dict(teacher=str(teacher_dir), out=str(out), steps=1, batch_size=2, frames=3, denoise_steps=2,
+    settings = dict(teacher=str(teacher_dir), init=None, out=str(out), steps=1, batch_size=2, frames=3, denoise_steps=2,
                     window=1, sinks=1, fake_updates=1, save_every=1)  # fmt: skip
     return WorldDMDConfig(**(settings | kw))
 
@@ -91,9 +91,9 @@ def test_resuming_with_other_settings_is_refused(teacher_dir, tmp_path):
 def test_bad_teacher_and_block_size_are_one_line_errors(teacher_dir, tmp_path, capsys):
     other = save_tiny(tmp_path / "fpb2", frames_per_block=2)
     base = ["distill", "self-forcing", "--out", str(tmp_path / "x")]
-    assert main([*base, "--teacher", "shapes-flux"]) == 2
+    assert main([*base, "--teacher", "shapes-flux", "--init", "teacher"]) == 2
     assert main([*base, "--teacher", str(teacher_dir), "--init", str(other)]) == 2
-    assert main([*base, "--teacher", str(teacher_dir), "--frames", "1"]) == 2
+    assert main([*base, "--teacher", str(teacher_dir), "--init", "teacher", "--frames", "1"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stretto: error:")]
     assert len(lines) == 3
     assert "expected a 'world-dit'" in lines[0]

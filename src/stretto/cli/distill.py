@@ -40,7 +40,8 @@ def cmd_distill_self_forcing(args: argparse.Namespace) -> None:
     from stretto.distill.world_dmd import WorldDMDConfig, distill_self_forcing
 
     cfg = WorldDMDConfig(
-        teacher=args.teacher, init=args.init, out=args.out, steps=args.steps, batch_size=args.batch_size,
+        teacher=args.teacher, init=None if args.init == "teacher" else args.init, out=args.out, steps=args.steps,
+        batch_size=args.batch_size,
         frames=args.frames, denoise_steps=args.denoise_steps, window=args.window, sinks=args.sinks,
         fake_updates=args.fake_updates, lr=args.lr, fake_lr=args.fake_lr, save_every=args.save_every, seed=args.seed,
         device=args.device,
@@ -56,8 +57,14 @@ def add_self_forcing_command(what) -> None:
     p = what.add_parser(
         "self-forcing", help="Self Forcing with DMD: the world model's own rollouts scored by its teacher"
     )
-    p.add_argument("--teacher", default=d.teacher, help=f"the teacher-forced world model (default {d.teacher})")
-    p.add_argument("--init", default=None, help="the generator's starting checkpoint (default: the teacher)")
+    p.add_argument(
+        "--teacher", default=d.teacher,
+        help=f"the real score: a world model trained with --mode clip-score (default {d.teacher})",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", default=d.init,
+        help=f"the generator's starting checkpoint, 'teacher' for a copy of the teacher (default {d.init})",
+    )  # fmt: skip
     p.add_argument("--out", default=d.out, help=f"run folder, resumed if it holds a run (default {d.out})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"generator updates (default {d.steps})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rollouts per update (default {d.batch_size})")

@@ -54,7 +54,9 @@ def cmd_train_text(args: argparse.Namespace) -> None:
 def cmd_train_world(args: argparse.Namespace) -> None:
     from stretto.train.world import WorldTrainConfig, train_world
 
-    out = args.out or ("runs/world-tf" if args.mode == "teacher-forcing" else "runs/world-sf")
+    out = args.out or {"teacher-forcing": "runs/world-tf", "self-forcing": "runs/world-sf"}.get(
+        args.mode, "runs/world-score"
+    )
     cfg = WorldTrainConfig(
         out=out, mode=args.mode, init=args.init, steps=args.steps, batch_size=args.batch_size, frames=args.frames,
         lr=args.lr, seed=args.seed, frames_per_block=args.frames_per_block, context_noise=args.context_noise,
@@ -133,14 +135,20 @@ def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
     p = train_subparsers.add_parser(
         "world", help="the action-conditioned world model: teacher forcing, then Self Forcing (resumes from --out)"
     )
-    p.add_argument("--mode", choices=("teacher-forcing", "self-forcing"), default="teacher-forcing",
-                   help="training objective (default teacher-forcing)")  # fmt: skip
+    modes = ("teacher-forcing", "self-forcing", "clip-score")
+    p.add_argument("--mode", choices=modes, default="teacher-forcing",
+                   help="training objective: teacher forcing (clean context), Self Forcing against the "
+                   "simulator (MSE), "
+                   "or clip-score (whole clips noised at one level: the scores of distill self-forcing) "
+                   "(default teacher-forcing)")  # fmt: skip
     p.add_argument(
         "--init",
         default=None,
         help="checkpoint to start from: required by self-forcing (the teacher-forced model); teacher forcing continues",
     )
-    _add_run_args(p, None, steps=3000, batch_size=12, out_text="runs/world-tf or runs/world-sf, by --mode")
+    _add_run_args(
+        p, None, steps=3000, batch_size=12, out_text="runs/world-tf, runs/world-sf or runs/world-score, by --mode"
+    )
     p.add_argument("--frames", type=int, default=10, help="clip length (teacher forcing) / rollout length (self)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--frames-per-block", type=int, default=1, help="frames denoised together (default 1)")

@@ -1,19 +1,24 @@
 """Self Forcing with distribution matching for the world model: Huang et al., "Self Forcing: Bridging the
 Train-Test Gap in Autoregressive Video Diffusion" (2025), on the DMD of Yin et al. (`dmd.py`).
 
-The generator (a copy of the teacher-forced world model) rolls out a clip from its first block with the
-inference loop (`train.world.rollout`: few-step denoising per block with one random step carrying gradients,
-each block committed to a rolling KV cache at t = 0 without gradients). The clip is scored as a whole: at a
-random noise level s (one per clip), the real score is the frozen teacher and the fake score a copy trained
-online on the generator's rollouts, both called in teacher-forcing layout (the clean generated clip as context,
-its noised copy as the frames to denoise, the same actions), so each frame is judged given the frames the
-generator itself produced before it. The simulator's frames beyond the prompt are never read: the loss
-asks "is this what the teacher would draw after this context and these actions", not "is this the map".
+The generator (the streaming world model, by default a copy of the teacher-forced `world-tf`) rolls out a
+clip from its first block with the inference loop (`train.world.rollout`: few-step denoising per block with
+one random step carrying gradients, each block committed to a rolling KV cache at t = 0 without gradients).
+The clip is then scored as a whole, as Self Forcing scores a whole video with its bidirectional teacher: every
+generated frame noised at one level s, the prompt clean, block-causal attention among the noisy frames. The
+real score is a frozen model trained in exactly that layout (`stretto train world --mode clip-score`); the
+fake score starts as a copy of it and is trained online on the generator's rollouts. The simulator's frames
+beyond the prompt are never read: the loss asks "is this whole clip what these actions give", not "is this
+the map".
+
+Scoring each frame given the generated frames before it as clean context (teacher-forcing layout, with the
+teacher-forced model as the real score) was tried first and is worse: a degraded past then makes a degraded
+continuation look right, and the rollouts lost PSNR (README, streaming video).
 
 Two-time-scale: `fake_updates` fake-score updates per generator update, each on a fresh no-gradient
 rollout, as in DMD2 (the paper uses 5). Departures: no GAN term and no ODE-regression initialisation (the
-generator starts as the teacher, which already samples in 4 steps); the teacher here is causal (CausVid's
-bidirectional teacher is not built); one noise level per clip rather than per frame.
+generator starts as the teacher-forced model, which already samples in 4 steps); the clip score is causal,
+not bidirectional (CausVid's asymmetric teacher); one noise level per clip.
 """
 
 from __future__ import annotations
@@ -29,15 +34,15 @@ from stretto.distill.students import make_ema, run
 from stretto.models.world_dit import WorldDiT
 from stretto.pipelines.world import DEFAULT_SHIFT, DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW
 from stretto.train.state import ema_update
-from stretto.train.world import WorldTrainConfig, clip_batch, rollout, teacher_forcing_mask
+from stretto.train.world import WorldTrainConfig, clip_batch, rollout
 
 METHOD = "self-forcing-dmd"
 
 
 @dataclass
 class WorldDMDConfig:
-    teacher: str = "world-tf"
-    init: str | None = None  # the generator's start (default: the teacher)
+    teacher: str = "world-score"  # the real score: a clip-score model (`stretto train world --mode clip-score`)
+    init: str | None = "world-tf"  # the generator's start (None: a copy of the teacher)
     out: str = "runs/world-sf"
     steps: int = 600  # generator updates
     batch_size: int = 8
@@ -66,7 +71,7 @@ class WorldDMDConfig:
             f"stretto distill self-forcing --teacher {self.teacher} --out {self.out} --steps {self.steps} "
             f"--batch-size {self.batch_size} --frames {self.frames} --denoise-steps {self.denoise_steps} "
             f"--window {self.window} --sinks {self.sinks} --fake-updates {self.fake_updates} --lr {self.lr:g} "
-            f"--fake-lr {self.fake_lr:g} --seed {self.seed}" + (f" --init {self.init}" if self.init else "")
+            f"--fake-lr {self.fake_lr:g} --seed {self.seed} --init {self.init or 'teacher'}"
         )
 
 
@@ -110,26 +115,20 @@ class WorldDMDTrainer:
         c = self.cfg
         return rollout(self.generator, clips, actions, gen, c.denoise_steps, c.shift, c.window, c.sinks)
 
-    # -- a score in teacher-forcing layout: the generated clip as context, its noised copy denoised -------------
-    def velocity(self, model: WorldDiT, context: torch.Tensor, actions: torch.Tensor):
-        """(x_s of frames fpb.., sigma per clip) -> their velocity, each frame seeing the clean frames before it."""
-        b, n = context.shape[:2]
-        fpb = model.config.frames_per_block
-        mask = teacher_forcing_mask(n, fpb).to(context.device)
-        pos = torch.arange(n, device=context.device)
+    # -- a score of whole clips: the prompt clean, every generated frame noised at the clip's level ----------------
+    def velocity(self, model: WorldDiT, prompt: torch.Tensor, actions: torch.Tensor):
+        """(x_s of the frames after the prompt, sigma per clip) -> their velocity, block-causal over the clip."""
+        fpb = prompt.shape[1]
 
         def call(x_s: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            noisy = torch.cat([context[:, :fpb], x_s], dim=1)  # the prompt's noisy copy is never read back
-            t = torch.cat([torch.zeros(b, fpb, device=x_s.device), sigma[:, None].expand(b, n - fpb)], dim=1)
-            frames, times = torch.cat([context, noisy], dim=1), torch.cat([torch.zeros_like(t), t], dim=1)
-            return model(frames, times, torch.cat([actions, actions], dim=1), torch.cat([pos, pos]), frame_mask=mask)[
-                :, n + fpb :
-            ]
+            b, m = x_s.shape[:2]
+            t = torch.cat([torch.zeros(b, fpb, device=x_s.device), sigma[:, None].expand(b, m)], dim=1)
+            return model(torch.cat([prompt, x_s], dim=1), t, actions)[:, fpb:]
 
         return call
 
-    def x0(self, model: WorldDiT, context: torch.Tensor, actions: torch.Tensor) -> dmd.X0Predictor:
-        velocity = self.velocity(model, context, actions)
+    def x0(self, model: WorldDiT, prompt: torch.Tensor, actions: torch.Tensor) -> dmd.X0Predictor:
+        velocity = self.velocity(model, prompt, actions)
         return lambda x_s, sigma: x_s - sigma.view(-1, 1, 1, 1, 1) * velocity(x_s, sigma)
 
     # -- updates ------------------------------------------------------------------------------------------------
@@ -137,9 +136,8 @@ class WorldDMDTrainer:
         clips, actions, gen = self.batch(step, part)
         with torch.no_grad():
             generated = self.roll(clips, actions, gen)
-        fpb = self.teacher.config.frames_per_block
-        context = torch.cat([clips[:, :fpb], generated], dim=1)
-        loss = dmd.fake_score_loss(self.velocity(self.fake, context, actions), generated, gen)
+        prompt = clips[:, : self.teacher.config.frames_per_block]
+        loss = dmd.fake_score_loss(self.velocity(self.fake, prompt, actions), generated, gen)
         self.fake_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
@@ -149,10 +147,9 @@ class WorldDMDTrainer:
     def generator_update(self, step: int) -> dict[str, float]:
         clips, actions, gen = self.batch(step, 15)
         generated = self.roll(clips, actions, gen)
-        fpb = self.teacher.config.frames_per_block
-        context = torch.cat([clips[:, :fpb], generated.detach()], dim=1)
+        prompt = clips[:, : self.teacher.config.frames_per_block]
         loss, measured = dmd.distribution_matching_loss(
-            generated, self.x0(self.teacher, context, actions), self.x0(self.fake, context, actions), gen
+            generated, self.x0(self.teacher, prompt, actions), self.x0(self.fake, prompt, actions), gen
         )
         self.gen_opt.zero_grad(set_to_none=True)
         loss.backward()

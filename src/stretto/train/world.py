@@ -40,7 +40,7 @@ from stretto.pipelines.world import (
 )
 from stretto.train.loop import train_loop
 
-MODES = ("teacher-forcing", "self-forcing")
+MODES = ("teacher-forcing", "self-forcing", "clip-score")
 
 
 @dataclass
@@ -136,6 +136,21 @@ def teacher_forcing_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig,
     return F.mse_loss(v[:, fpb:], (noise - clips)[:, fpb:])
 
 
+def clip_score_loss(model: WorldDiT, clips, actions, cfg: WorldTrainConfig, gen) -> torch.Tensor:
+    """Flow matching on whole clips: every frame after the prompt block noised at one level s ~ U(0, 1), the
+    prompt clean, block-causal attention among the noisy frames. A model trained so judges a clip as a whole
+    (is this clip, all of it, what these actions give?): the layout of Self Forcing's distribution-matching
+    scores (`distill.world_dmd`), where the frames before a frame are noised with it, not given clean."""
+    b, n = clips.shape[:2]
+    fpb = model.config.frames_per_block
+    t = torch.rand(b, 1, generator=gen).expand(b, n).clone()
+    t[:, :fpb] = 0.0
+    noise = torch.randn(clips.shape, generator=gen)
+    s = t[:, :, None, None, None]
+    v = model((1 - s) * clips + s * noise, t, actions, torch.arange(n))
+    return F.mse_loss(v[:, fpb:], (noise - clips)[:, fpb:])
+
+
 def rollout(model: WorldDiT, clips, actions, gen, steps: int, shift: float, window: int, sinks: int) -> torch.Tensor:
     """Self Forcing's training rollout: the model generates frames fpb.. of the clip from its first block.
 
@@ -195,7 +210,9 @@ def train_world(cfg: WorldTrainConfig) -> Path:
                              f"not {cfg.frames_per_block}")  # fmt: skip
     else:
         model = WorldDiT(cfg.model_config())
-    loss_fn = self_forcing_with_tf_loss if cfg.mode == "self-forcing" else teacher_forcing_loss
+    loss_fn = {"self-forcing": self_forcing_with_tf_loss, "clip-score": clip_score_loss}.get(
+        cfg.mode, teacher_forcing_loss
+    )
 
     def batch_loss(model: WorldDiT, step: int, gen: torch.Generator) -> torch.Tensor:
         clips, actions = clip_batch(cfg, step)
