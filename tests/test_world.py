@@ -487,3 +487,18 @@ def test_memory_settings_are_checked():
         next(stream(model, prompt.double(), prompt_actions, [1], StreamSettings(memory="rnn"), frames=1))
     with pytest.raises(ValueError, match=r"action\(s\) \[7\] have no known camera move"):
         next(stream(model, prompt.double(), prompt_actions, [7], StreamSettings(memory="pose"), frames=1))
+
+
+@pytest.mark.parametrize("k,window", [(10, 8), (6, 3), (4, 8)])
+def test_revisit_frames_are_the_places_last_seen_more_than_a_window_ago(k, window):
+    from stretto.bench.drift import revisit_frames, revisit_paths
+
+    path = revisit_paths(k)[0]
+    episode = world.simulate(11, [world.STAY, *path])
+    poses = [tuple(p) for p in episode.camera.tolist()]  # poses[0]: the prompt, poses[i + 1]: generated frame i
+    expected = []
+    for i in range(len(path)):
+        last = max(j for j in range(i + 1) if poses[j] == poses[i + 1]) if poses[i + 1] in poses[: i + 1] else None
+        if last is not None and (i + 1) - last > window:
+            expected.append(i)
+    assert revisit_frames(k, window) == expected
