@@ -1,7 +1,8 @@
 """`stretto stream`: stream the world model block by block, steered by actions, to a GIF (or live in the terminal).
 
 A Wan checkpoint as --model (Self-Forcing / CausVid release, diffusers Wan or SkyReels-V2 folder) streams that
-video model from --prompt instead (`stretto.cli.video`).
+video model from --prompt instead (`stretto.cli.video`). `--parallel ulysses` under torchrun splits the world model's
+tokens over the processes (every rank streams the same frames; rank 0 writes the GIF and reports).
 """
 
 from __future__ import annotations
@@ -19,6 +20,38 @@ DEFAULT_WORLD_MODEL = "world-sf"
 
 
 def cmd_stream(args: argparse.Namespace) -> int | None:
+    from stretto.models.wan_checkpoints import is_wan_checkpoint
+
+    if is_wan_checkpoint(args.model):
+        from stretto.cli.video import cmd_stream_video
+
+        if args.memory:
+            raise ValueError(f"--memory {args.memory} follows the camera of a world model's actions; "
+                             f"{args.model!r} is a text-to-video model")  # fmt: skip
+        if args.parallel:
+            raise ValueError(f"--parallel {args.parallel} splits the tokens of stretto's world model (world-dit); "
+                             f"{args.model!r} is a text-to-video model")  # fmt: skip
+
+        return cmd_stream_video(args)
+    if args.prompt or args.switch or args.parts:
+        raise ValueError(f"--prompt, --switch and --parts are for video models; {args.model!r} is a world model")
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if not args.parallel:
+        return _stream_world(args, rank=0)
+    if args.interactive:
+        raise ValueError(f"--parallel {args.parallel} streams on every rank from the same actions: no --interactive")
+    import stretto.parallel
+
+    args.device = stretto.parallel.init(args.device)
+    try:
+        return _stream_world(args, rank=stretto.parallel.rank())
+    finally:
+        stretto.parallel.finish()
+
+
+def _stream_world(args: argparse.Namespace, rank: int) -> int | None:
+    """Load the world model, stream it and (on rank 0) write the GIF and print the summary."""
     import numpy as np
     import torch
 
@@ -27,22 +60,10 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     from stretto.data import world
     from stretto.eval.metrics import frame_psnr
     from stretto.images import save_gif
-    from stretto.models.wan_checkpoints import is_wan_checkpoint
+    from stretto.models.kv_cache import MIB
     from stretto.models.world_dit import WorldDiT
     from stretto.pipelines import world as world_pipeline
 
-    if is_wan_checkpoint(args.model):
-        from stretto.cli.video import cmd_stream_video
-
-        if args.memory:
-            raise ValueError(f"--memory {args.memory} follows the camera of a world model's actions; "
-                             f"{args.model!r} is a text-to-video model")  # fmt: skip
-
-        return cmd_stream_video(args)
-    if args.prompt or args.switch or args.parts:
-        raise ValueError(f"--prompt, --switch and --parts are for video models; {args.model!r} is a world model")
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
     model = checkpoints.load(args.model, device=args.device, kind=WorldDiT.kind)
     if args.interactive:
         actions = keyboard_actions()
@@ -57,15 +78,18 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
         model, _recording(actions, used), world=args.world, seed=args.seed, frames=args.frames, mode=args.mode,
         steps=args.steps, window=None if args.mode == "kv" else args.window, sinks=args.sinks,
         max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache, memory=args.memory,
+        parallel=args.parallel,
     )  # fmt: skip
     show = None
     if args.interactive:
         show = terminal_view() if sys.stdout.isatty() else lambda frame, caption: print(caption, flush=True)
     frames, latency = [], []
-    interrupted = False
+    interrupted, last = False, None
     began = time.perf_counter()
     try:
-        for frame in _started(stream) if args.interactive else _progress(_started(stream), args.frames):
+        started = _started(stream)
+        for frame in started if args.interactive or rank else _progress(started, args.frames):
+            last = frame
             frames.append(frame.pixels[0].cpu())
             latency.append(frame.latency_s * 1000)
             if show is not None:
@@ -76,6 +100,8 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
     finally:
         stream.close()  # frees the cache
     seconds = time.perf_counter() - began
+    if rank:  # every rank streamed the same frames; rank 0 writes and reports
+        return INTERRUPTED if interrupted else None
     if not frames:
         if interrupted:
             print("stretto: interrupted before the first frame; nothing written", file=sys.stderr)
@@ -95,6 +121,9 @@ def cmd_stream(args: argparse.Namespace) -> int | None:
         f"latency p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms; PSNR vs simulator "
         f"{psnr:.1f} dB"
     )
+    if args.parallel:
+        print(f"--parallel {args.parallel}: KV cache {last.kv_bytes / MIB:.3g} MiB per rank; rank 0's collectives "
+              f"moved {last.comm_bytes} bytes")  # fmt: skip
     if interrupted:
         print(f"stretto: interrupted; {path} holds the {len(frames)} frames generated so far", file=sys.stderr)
         return INTERRUPTED
@@ -150,6 +179,9 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
                    help="memory beyond the rolling window (world models): pose = what was drawn, placed by the camera "
                    "moves of the actions, kept when the camera comes back (default none)")  # fmt: skip
     p.add_argument("--interactive", action="store_true", help="read actions from the keyboard (arrows/WASD, q)")
+    p.add_argument("--parallel", choices=["ulysses"], default=None,
+                   help="ulysses: the world model's tokens and KV cache heads over all processes "
+                   "(torchrun --nproc-per-node 2 -m stretto.cli stream ...)")  # fmt: skip
     p.add_argument("--compare", action="store_true", help="GIF shows the simulator's frames beside the model's")
     p.add_argument("--scale", type=int, default=4, help="GIF pixel scale")
     p.add_argument("--gif-fps", type=float, default=12.0, help="GIF frames per second (default 12)")

@@ -15,12 +15,20 @@ Three ways to call it, same weights:
 Cached keys are stored un-rotated. The temporal RoPE position of a cached frame is its slot in the cache, not its
 frame number in the stream, so after a rolling window evicts frames the positions stay inside the range the model
 was trained on, however long the stream runs.
+
+Any of the three calls can run over several processes with Ulysses sequence parallelism (DeepSpeed-Ulysses, Jacobs
+et al. 2023), given a `stretto.parallel.UlyssesShard` (`shard=`): each rank runs the per-token layers (patch
+embedding, adaLN, MLP) on its contiguous slice of the call's tokens, trades that slice for a head slice around
+attention (every token, n_head / world heads: RoPE and the mask see every token at its global position, and a cache
+made with `new_cache(shard=)` holds only those heads), trades back, and gathers the output tokens, so every rank
+returns the whole velocity.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +36,9 @@ from torch import nn
 
 from stretto.models.kv_attention import kv_attention, rope_angles
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
+
+if TYPE_CHECKING:
+    from stretto.parallel.ulysses import UlyssesShard
 
 
 @dataclass
@@ -98,6 +109,11 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([args.cos(), args.sin()], dim=-1)
 
 
+def per_token(per_frame: torch.Tensor, tpf: int, shard: UlyssesShard | None) -> torch.Tensor:
+    """Per-frame values (B, T, ...) spread to the tokens of the frames this process holds (all without a shard)."""
+    return per_frame.repeat_interleave(tpf, dim=1) if shard is None else shard.spread(per_frame, tpf)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -109,10 +125,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool):
+    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool, shard):
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = kv_attention(q, k, v, rope_q, rope_k, mask, kv_cache, layer, start, write)
+        qkv = self.qkv(x).view(b, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if shard is not None:  # Ulysses: every token of the call, this rank's heads (one all-to-all for q, k, v)
+            qkv = shard.to_heads(qkv)
+        y = kv_attention(*qkv, rope_q, rope_k, mask, kv_cache, layer, start, write)
+        if shard is not None:  # and back: every head, this rank's tokens
+            y = shard.to_tokens(y)
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
@@ -131,12 +151,12 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
         self.ada = nn.Linear(d, 6 * d)
 
-    def forward(self, x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write):
+    def forward(self, x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write, shard=None):
         # cond is per frame: modulate once per frame, then spread to its tokens (36x fewer adaLN FLOPs)
-        mods = self.ada(cond).repeat_interleave(tpf, dim=1)
+        mods = per_token(self.ada(cond), tpf, shard)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         x = x + gate1 * self.attn(
-            modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, self.layer, start, write
+            modulate(self.norm1(x), shift1, scale1), rope_q, rope_k, mask, kv_cache, self.layer, start, write, shard
         )
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
@@ -215,12 +235,14 @@ class WorldDiT(nn.Module):
         kv_cache: KVCache | None = None,
         start: int = 0,
         write: bool = False,
+        shard: UlyssesShard | None = None,
     ) -> torch.Tensor:
         """frames (B, T, C, H, W) at noise levels t (B, T), actions (B, T) -> velocity (B, T, C, H, W).
 
         frame_pos: temporal RoPE position of each frame (T,), default arange(T) (+ the cached frames before
         `start`). frame_mask: (T, T) bool, query frame i may attend to key frame j (no cache only); default
-        block-causal. kv_cache: the T frames sit at slots [start, start + T * tokens_per_frame).
+        block-causal. kv_cache: the T frames sit at slots [start, start + T * tokens_per_frame). shard: Ulysses, this
+        rank's token slice and heads (the cache made with the same shard); the output is whole on every rank.
         """
         b, n_frames = frames.shape[:2]
         c = self.config
@@ -242,11 +264,13 @@ class WorldDiT(nn.Module):
             mask = None  # the cache only holds earlier blocks, and a block sees all of itself
         temb = timestep_embedding(t, c.n_embd).to(frames.dtype)
         cond = F.silu(self.t_mlp(temb) + self.action(actions))  # (B, T, D): one per frame
-        x = self.patch_in(self.patchify(frames))
+        tokens = self.patchify(frames)
+        x = self.patch_in(tokens if shard is None else shard.local(tokens))
         for block in self.blocks:
-            x = block(x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write)
-        shift, scale = self.ada_out(cond).repeat_interleave(tpf, dim=1).chunk(2, dim=-1)
-        return self.unpatchify(self.patch_out(modulate(self.norm_out(x), shift, scale)), n_frames)
+            x = block(x, cond, tpf, rope_q, rope_k, mask, kv_cache, start, write, shard)
+        shift, scale = per_token(self.ada_out(cond), tpf, shard).chunk(2, dim=-1)
+        out = self.patch_out(modulate(self.norm_out(x), shift, scale))
+        return self.unpatchify(out if shard is None else shard.gather(out), n_frames)
 
     # -- what the streaming driver asks (stretto.pipelines.world.StreamModel) ---------------------------------
     x0_clamp = 1.0  # frames are pixels in [-1, 1]
@@ -278,15 +302,17 @@ class WorldDiT(nn.Module):
         sink_frames: int = 0,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         budget_hint: str = "pass a larger budget_bytes to new_cache",
+        shard: UlyssesShard | None = None,
     ) -> KVCache:
-        """A KVCache holding `frames` frames, the first `sink_frames` of them never evicted."""
+        """A KVCache holding `frames` frames, the first `sink_frames` of them never evicted (under Ulysses: of this
+        rank's n_head / world heads)."""
         p = next(self.parameters())
         c = self.config
         tpf = c.tokens_per_frame
         return KVCache(
             c.n_layer,
             batch,
-            c.n_head,
+            c.n_head if shard is None else shard.heads(c.n_head),
             c.head_dim,
             frames * tpf,
             dtype=p.dtype,

@@ -55,6 +55,9 @@ def stream_diffusion_forcing(
     """
     if settings.scheduler is None:
         raise ValueError("diffusion forcing steps every block with its own solver: set StreamSettings.scheduler")
+    if settings.parallel is not None:
+        raise ValueError(f"diffusion forcing runs on one process; StreamSettings.parallel={settings.parallel!r} is for "
+                         "stream_blocks")  # fmt: skip
     if isinstance(ar_step, bool) or not isinstance(ar_step, int) or not 1 <= ar_step < settings.steps:
         raise ValueError(f"ar_step must be an int in [1, steps={settings.steps}), got {ar_step!r} "
                          "(ar_step >= steps is one block at a time: stream_blocks)")  # fmt: skip

@@ -28,6 +28,10 @@ afresh per block unless it reuses across blocks, like `crossblock`: the previous
 denoising calls may reuse or forecast blocks; the commit pass runs every block (`stretto.cache.bypass`), because
 its K/V of every layer are what all later frames attend to: a skipped block would leave its layer's slot stale.
 
+Several processes (`StreamSettings.parallel="ulysses"`, under torchrun after `stretto.parallel.init()`): Ulysses
+sequence parallelism for the world model; each rank holds a slice of every call's tokens and n_head / world heads of
+the KV cache, and yields the same frames (`stretto.pipelines.world_parallel`).
+
 The driver runs any model with the small `StreamModel` interface: stretto's `WorldDiT` (pixels, steered by one
 action per frame: `stream`, `stream_world`) and `CausalWan`, a Self-Forcing / CausVid checkpoint on diffusers'
 Wan (latents, conditioned on a text prompt whose cross-attention K/V are computed once:
@@ -47,7 +51,9 @@ import torch
 from stretto import cache as feature_cache
 from stretto.data.world import STAY, parse_actions, prompt_block
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, MIB, KVCache
+from stretto.parallel import UlyssesShard
 from stretto.pipelines.world_memory import MEMORIES, world_memory
+from stretto.pipelines.world_parallel import check_ulysses
 
 MODES = ("recompute", "kv", "kv-rolling")
 DEFAULT_STEPS = 4
@@ -138,7 +144,8 @@ class StreamModel(Protocol):
     `context_condition(past, cond)` is the conditioning of a recompute call: the past frames', as (block
     condition, index in its block) pairs, then the current block's. A flow-map model (`flow_map = True`,
     AnyFlow-FAR) also takes `r=`, the target time per frame. A model whose `new_cache` returns something other
-    than a KVCache (AnyFlow-FAR's re-encoded context) places each block in it itself (`start` is 0).
+    than a KVCache (AnyFlow-FAR's re-encoded context) places each block in it itself (`start` is 0). Under
+    `StreamSettings.parallel` the calls and `new_cache` also take `shard=` (a `stretto.parallel.UlyssesShard`).
     """
 
     frames_per_block: int
@@ -172,6 +179,9 @@ class StreamSettings:
     # memory beyond the window: "pose" (`world_memory.PoseMemory`: what was drawn, by camera pose from the
     # actions, imposed when the camera comes back; action-steered world models only). None: the window alone
     memory: str | None = None
+    # several processes (torchrun, stretto.parallel.init()): "ulysses" splits every call's tokens over the ranks
+    # and the KV cache's heads (world-dit only; stretto.pipelines.world_parallel). None: this process alone
+    parallel: str | None = None
 
     def cache_policy(self) -> feature_cache.CachePolicy | None:
         """`feature_cache` as a policy (None: no feature cache); a bad spec fails naming the field."""
@@ -221,27 +231,38 @@ class StreamSettings:
                                  f"world model (world-dit), not a {kind!r}")  # fmt: skip
             if self.scheduler is not None:
                 raise ValueError(f"memory {self.memory!r} imposes pixels on the few-step sampler's x0: no scheduler")
+        if self.parallel is not None:
+            check_ulysses(model, self.parallel, self.mode, policy)
 
 
 @dataclass
 class StreamFrame:
-    """One generated frame: pixels (B, C, H, W) in [-1, 1] (or latents), its index, the block's latency."""
+    """One generated frame: pixels (B, C, H, W) in [-1, 1] (or latents), its index, the block's latency.
+
+    kv_bytes: the KV cache this process allocated; comm_bytes: what its collectives moved so far (parallel only).
+    """
 
     index: int
     pixels: torch.Tensor
     latency_s: float
     kv_bytes: int
+    comm_bytes: int = 0
 
 
 class StreamContext:
-    """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute)."""
+    """The past, as the model sees it: a KVCache (kv modes) or the clean frames themselves (recompute).
 
-    def __init__(self, model: StreamModel, batch: int, settings: StreamSettings):
+    shard: Ulysses, this rank's part of every model call and of the cache (`StreamSettings.parallel`).
+    """
+
+    def __init__(self, model: StreamModel, batch: int, settings: StreamSettings, shard: UlyssesShard | None = None):
         self.model, self.settings = model, settings
+        self.shard = {} if shard is None else {"shard": shard}  # passed to every model call and to new_cache
         self.cache: KVCache | None = None
         self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and their conditions
         self.conditions: list[tuple[Any, int]] = []  # (the block's condition, the frame's index in its block)
-        budget = {"budget_bytes": int(settings.kv_budget_mib * MIB), "budget_hint": KV_BUDGET_HINT.get(settings.mode)}
+        budget = {"budget_bytes": int(settings.kv_budget_mib * MIB), "budget_hint": KV_BUDGET_HINT.get(settings.mode),
+                  **self.shard}  # fmt: skip
         if settings.mode == "kv":
             self.cache = model.new_cache(batch, settings.max_frames, **budget)
         elif settings.mode == "kv-rolling":
@@ -269,18 +290,18 @@ class StreamContext:
         model = self.model
         if self.cache is not None:
             start = self.start(n_frames)
-            return lambda x, t, **target: model(x, t, cond, kv_cache=self.cache, start=start, **target)
+            return lambda x, t, **target: model(x, t, cond, kv_cache=self.cache, start=start, **self.shard, **target)
         ctx, past = self._recompute_context()
         n = len(past)
         if n == 0:
-            return lambda x, t, **target: model(x, t, cond, **target)
+            return lambda x, t, **target: model(x, t, cond, **self.shard, **target)
         joint = model.context_condition(past, cond)
 
         def call(x, t, **target):  # target: a flow map's r, like t per frame, 0 for the clean context
             frames = torch.cat([ctx, x], dim=1)
             clean = {k: torch.cat([v.new_zeros(x.shape[0], n), v], dim=1) for k, v in target.items()}
             times = torch.cat([t.new_zeros(x.shape[0], n), t], dim=1)
-            return model(frames, times, joint, **clean)[:, n:]
+            return model(frames, times, joint, **self.shard, **clean)[:, n:]
 
         return call
 
@@ -301,7 +322,7 @@ class StreamContext:
             start = self.start(frames.shape[1])
             t0 = torch.zeros(frames.shape[:2], device=frames.device)
             with feature_cache.bypass(self.model):  # every block computed: the cache gets every layer's clean K/V
-                self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True)
+                self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True, **self.shard)
         else:
             self.frames.extend(frames.unbind(1))
             self.conditions.extend((cond, i) for i in range(frames.shape[1]))
@@ -369,7 +390,8 @@ def stream_blocks(
     policy = settings.cache_policy()
     levels = timesteps if scheduler is None else [float(t) / scheduler.config.num_train_timesteps
                                                   for t in scheduler.timesteps]  # fmt: skip
-    context = StreamContext(model, batch, settings)
+    shard = UlyssesShard() if settings.parallel is not None else None
+    context = StreamContext(model, batch, settings, shard)
     raw, prepared, own_cache = None, None, False
     try:
         if policy is not None:
@@ -404,7 +426,7 @@ def stream_blocks(
                 block = scheduler_block(call, noise, scheduler, flow_map=getattr(model, "flow_map", False))
             latency = time.perf_counter() - began
             for i in range(fpb):
-                yield StreamFrame(produced, block[:, i], latency, context.kv_bytes)
+                yield StreamFrame(produced, block[:, i], latency, context.kv_bytes, 0 if shard is None else shard.bytes)
                 produced += 1
                 if frames is not None and produced >= frames:
                     return
