@@ -454,6 +454,8 @@ def test_bench_stream_drift_only_reports_the_three_curves_and_windows(tmp_path):
         assert set(curve["windows"]) == {"10-12"}
         assert set(curve["windows"]["10-12"]) == {"psnr_db", "position_error", "object_recall"}
     assert (tmp_path / "d.png").exists() and (tmp_path / "d.gif").exists()
+    one_step = models[str(folder)]["one_step_from_truth"]
+    assert one_step["frames"] == 12 and one_step["maps"] == 2 and one_step["psnr_db"] > 0
     revisit = result["revisit"]
     assert revisit["model"] == str(folder) and revisit["revisit_frames"] == [14, 15, 16, 17, 18, 19]
     assert revisit["gain_db"] == round(revisit["with_memory_db"] - revisit["window_only_db"], 2)

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from stretto import checkpoints
-from stretto.bench.drift import plot_drift, run_drift, run_revisit
+from stretto.bench.drift import plot_drift, run_drift, run_one_step, run_revisit
 from stretto.bench.report import describe_machine, new_figure, save_figure, table_header, table_row, write_json
 from stretto.bench.stream_cache import DEFAULT_FEATURE_CACHES, StreamRun, feature_cache_rows
 from stretto.bench.stream_cache import TABLE as CACHE_TABLE
@@ -186,6 +186,8 @@ def run_stream_bench(
     drift, panels = run_drift(loaded, seeds, drift_frames, steps, window, sinks, run_episode)
     panels = {name: frames[:gif_frames] for name, frames in panels.items()}
     revisit = {name: run_revisit(model, seeds, window, sinks, steps) for name, model in loaded.items()}
+    for name, model in loaded.items():  # the same models predicting from the true past, for comparison
+        drift[name]["one_step_from_truth"] = run_one_step(model, seeds, min(drift_frames, 100), window, sinks, steps)
     for name, r in revisit.items():
         print(f"revisit {name}: window only {r['window_only_db']} dB, with memory {r['with_memory_db']} dB "
               f"(gain {r['gain_db']} dB)")  # fmt: skip
@@ -213,8 +215,9 @@ def run_stream_bench(
     if plot_path:
         if drift_only:
             plot_drift(result["drift"], plot_path)
-        else:
+        else:  # the timed rows and PSNR drift; the three drift curves beside it
             plot_stream_bench(result, plot_path)
+            plot_drift(result["drift"], Path(plot_path).with_name(Path(plot_path).stem + "-drift.png"))
     return result
 
 
