@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from dataclasses import replace
 
 import pytest
 import torch
@@ -262,6 +263,15 @@ def test_train_world_both_modes_export_loadable_checkpoints(tmp_path):
     )
     sf_model = checkpoints.load(train_world(sf), kind="world-dit")
     assert sf_model.config == model.config
+    # a Self Forcing run with fewer denoising steps: the model streams with them by default
+    two = replace(sf, out=str(tmp_path / "sf2"), denoise_steps=2)
+    folder2 = train_world(two)
+    assert checkpoints.load(folder2, kind="world-dit").config.sampling_steps == 2
+    assert "--denoise-steps 2" in json.loads((folder2 / "config.json").read_text())["train_command"]
+    for mode in ("clip-score", "teacher-forcing"):  # the other objectives also continue a checkpoint
+        other = WorldTrainConfig(out=str(tmp_path / mode), mode=mode, init=str(folder), steps=1, batch_size=2,
+                                 frames=3, save_every=1)  # fmt: skip
+        assert json.loads((train_world(other) / "config.json").read_text())["train_mode"] == mode
     with pytest.raises(ValueError, match="pass --init"):
         WorldTrainConfig(mode="self-forcing")
 

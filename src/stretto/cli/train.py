@@ -61,6 +61,7 @@ def cmd_train_world(args: argparse.Namespace) -> None:
         out=out, mode=args.mode, init=args.init, steps=args.steps, batch_size=args.batch_size, frames=args.frames,
         lr=args.lr, seed=args.seed, frames_per_block=args.frames_per_block, context_noise=args.context_noise,
         window=args.window, sinks=args.sinks, save_every=args.save_every, tf_weight=args.tf_weight,
+        denoise_steps=args.denoise_steps,
     )  # fmt: skip
     print(f"exported {train_world(cfg)}")
 
@@ -156,6 +157,9 @@ def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="self forcing: rolling cache window")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="self forcing: sink frames")
     p.add_argument("--tf-weight", type=float, default=0.0, help="self forcing: + this x teacher-forcing loss")
+    p.add_argument("--denoise-steps", type=int, default=4,
+                   help="self forcing: denoising steps per frame of the rollout; the model then streams with them "
+                   "by default (default 4)")  # fmt: skip
     p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (default 250)")
     p.set_defaults(func=cmd_train_world)
     return p

@@ -205,6 +205,8 @@ def train_world(cfg: WorldTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.init is not None:  # self forcing starts from the teacher; teacher forcing may continue a checkpoint
         model = checkpoints.load(cfg.init, kind=WorldDiT.kind).train()
+        if cfg.mode == "self-forcing":  # it streams with the steps it was trained to sample with
+            model.config.sampling_steps = None if cfg.denoise_steps == DEFAULT_STEPS else cfg.denoise_steps
         if model.config.frames_per_block != cfg.frames_per_block:
             raise ValueError(f"--init has frames_per_block {model.config.frames_per_block}, "
                              f"not {cfg.frames_per_block}")  # fmt: skip
@@ -229,6 +231,8 @@ def train_command(cfg: WorldTrainConfig) -> str:
     cmd += f" --frames {cfg.frames} --lr {cfg.lr:g} --seed {cfg.seed} --out {cfg.out}"
     if cfg.mode == "self-forcing":
         cmd += f" --init {cfg.init} --window {cfg.window} --sinks {cfg.sinks}"
+        if cfg.denoise_steps != DEFAULT_STEPS:
+            cmd += f" --denoise-steps {cfg.denoise_steps}"
         if cfg.tf_weight:
             cmd += f" --tf-weight {cfg.tf_weight:g}"
     else:
