@@ -45,7 +45,7 @@ from stretto.cache.mechanism import (
     summary,
 )
 from stretto.cache.none import NoCache
-from stretto.cache.policy import POLICIES, CachePolicy, available, parse_policy
+from stretto.cache.policy import POLICIES, CachePolicy, available, parse_policy, step_only_policies
 from stretto.cache.ras import RAS
 from stretto.cache.schedule import Schedule
 from stretto.cache.taylor import Taylor
@@ -75,6 +75,7 @@ __all__ = [
     "apply",
     "applied",
     "available",
+    "step_only_policies",
     "bypass",
     "compile_blocks",
     "get_handle",

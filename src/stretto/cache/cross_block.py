@@ -44,6 +44,7 @@ class CrossBlock(CachePolicy):
     """Per denoising step: compute, reuse the previous stream block's same step (x), or this block's last step (w)."""
 
     name = "crossblock"
+    step_only = True
     across_loops = True
     plan: str = field(default="xcwc", metadata={"doc": f"{PLAN_HELP}; steps past it compute"})
     first: int = bounded(0, 0, 10_000, "blocks always computed at the front")

@@ -21,6 +21,7 @@ class FORA(CachePolicy):
     """Compute the stack every `interval` steps after `warmup` full steps; reuse its residual in between."""
 
     name = "fora"
+    step_only = True
     interval: int = bounded(2, 1, 1000, "compute every N-th step")
     warmup: int = bounded(1, 0, 1000, "full steps at the start")
     final: bool = bounded(True, 0, 1, "always compute the schedule's final step")

@@ -15,6 +15,7 @@ class NoCache(CachePolicy):
     """Run every block on every call."""
 
     name = "none"
+    step_only = True
 
     def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
         return stack.compute(h, 0, stack.num_blocks)

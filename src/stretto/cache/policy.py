@@ -17,7 +17,16 @@ from stretto.cache.hidden import Hidden
 from stretto.cache.stack import Call, Stack
 from stretto.spec import bounded
 
-__all__ = ["POLICIES", "CachePolicy", "UNetPolicy", "available", "bounded", "parse_policy", "register"]
+__all__ = [
+    "POLICIES",
+    "CachePolicy",
+    "UNetPolicy",
+    "available",
+    "bounded",
+    "parse_policy",
+    "register",
+    "step_only_policies",
+]
 
 POLICIES: dict[str, type[CachePolicy]] = {}
 
@@ -34,6 +43,9 @@ class CachePolicy:
 
     name: ClassVar[str] = ""
     unet: ClassVar[bool] = False  # runs on a UNet's down / mid / up blocks instead of a transformer block stack
+    # decides what to compute from the step index alone, never from hidden states: the same decision on every
+    # rank when a generation's tokens are split over processes (Ulysses)
+    step_only: ClassVar[bool] = False
     # keeps its state from one denoising loop to the next of the same generation (a stream's consecutive blocks,
     # `stretto.cache.next_loop`); every other policy starts each loop afresh
     across_loops: ClassVar[bool] = False
@@ -98,3 +110,8 @@ def parse_policy(text: str | CachePolicy) -> CachePolicy:
     if isinstance(text, CachePolicy):
         return text
     return spec.parse(text, POLICIES, "cache policy")
+
+
+def step_only_policies() -> list[str]:
+    """Names of the policies that decide from the step index alone (those that run under Ulysses)."""
+    return sorted(name for name, cls in POLICIES.items() if cls.step_only)

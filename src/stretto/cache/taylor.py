@@ -80,6 +80,7 @@ class Taylor(CachePolicy):
     """Compute the stack every `interval` steps after `warmup`; forecast its residual by a Taylor series between."""
 
     name = "taylor"
+    step_only = True
     order: int = bounded(2, 1, 3, "highest finite difference used")
     interval: int = bounded(4, 1, 1000, "compute every N-th step")
     warmup: int = bounded(2, 0, 1000, "full steps at the start")

@@ -31,7 +31,6 @@ from stretto.parallel import AllGather, enable_ulysses, rank, world_size
 PARALLEL_MODES = ("cfg", "ulysses")
 BRANCHES = ("cond", "uncond")  # rank i runs BRANCHES[i]
 ONE_SUBSET_POLICIES = ("toca", "ras")  # choose one token subset across all rows of a call (cache/toca.py)
-STEP_ONLY_POLICIES = ("none", "fora", "taylor")  # decide from the step index alone, never from hidden states
 
 
 def prepare_parallel(model, parallel: str, guidance: float) -> None:
@@ -57,10 +56,10 @@ def check_policy(model, parallel: str, policy: feature_cache.CachePolicy | None)
     if policy is None:
         policy = getattr(feature_cache.get_handle(model), "policy", None)
     name = getattr(policy, "name", None)
-    if parallel == "ulysses" and name is not None and name not in STEP_ONLY_POLICIES:
+    if parallel == "ulysses" and name is not None and not type(policy).step_only:
         raise ValueError(
             f"cache {name!r} decides from hidden states, which parallel 'ulysses' splits across ranks; "
-            f"use one of {', '.join(STEP_ONLY_POLICIES)}"
+            f"use one of {', '.join(feature_cache.step_only_policies())}"
         )
     if parallel == "cfg" and name in ONE_SUBSET_POLICIES:
         allowed = sorted(set(feature_cache.POLICIES) - set(ONE_SUBSET_POLICIES))

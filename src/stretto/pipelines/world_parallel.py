@@ -7,7 +7,7 @@ memory per rank shrinks with the world size.
 
 Tokens are not padded: every model call's tokens must divide by the world size (a block's, or a frame's in
 recompute mode, where the context grows frame by frame). Feature caches: each rank keeps its own slice's cached
-features; a policy deciding from the step alone (`STEP_ONLY_POLICIES`) makes the same decision on every rank, so
+features; a policy deciding from the step alone (`CachePolicy.step_only`) makes the same decision on every rank, so
 the ranks skip the same blocks (and their all-to-alls). One reading the hidden states would decide from a
 different slice on each rank and is refused.
 """
@@ -20,7 +20,6 @@ from stretto import cache as feature_cache
 from stretto.parallel import world_size
 
 PARALLEL_MODES = ("ulysses",)
-STEP_ONLY_POLICIES = ("none", "fora", "taylor", "crossblock")  # decide from the step index alone
 
 
 def check_ulysses(model: Any, parallel: str, mode: str, policy: feature_cache.CachePolicy | None) -> None:
@@ -50,8 +49,8 @@ def check_ulysses(model: Any, parallel: str, mode: str, policy: feature_cache.Ca
     if policy is None:
         policy = getattr(feature_cache.get_handle(model), "policy", None)
     name = getattr(policy, "name", None)
-    if name is not None and name not in STEP_ONLY_POLICIES:
+    if name is not None and not type(policy).step_only:
         raise ValueError(
             f"cache {name!r} decides from hidden states, which parallel {parallel!r} splits across ranks; "
-            f"use one of {', '.join(STEP_ONLY_POLICIES)}"
+            f"use one of {', '.join(feature_cache.step_only_policies())}"
         )
