@@ -15,23 +15,31 @@ MAPS = [10**6 + 100 + i for i in range(4)]  # held out: training maps are drawn 
 
 @pytest.fixture(scope="module")
 def models():
-    names = ("world-tf", "world-sf", "world-score", "world-sf-dmd", "world-sf-dmd1")
+    names = ("world-tf", "world-sf", "world-sf1", "world-score", "world-sf-dmd", "world-sf-dmd1")
     return {name: checkpoints.load(name, kind="world-dit") for name in names}
 
 
 def test_shipped_world_models_say_how_they_were_trained(models):
     modes = {name: checkpoints.read_config(name)["train_mode"] for name in models}
-    assert modes == {"world-tf": "teacher-forcing", "world-sf": "self-forcing", "world-score": "clip-score",
+    assert modes == {"world-tf": "teacher-forcing", "world-sf": "self-forcing", "world-sf1": "self-forcing",
+                     "world-score": "clip-score",
                      "world-sf-dmd": "self-forcing-dmd", "world-sf-dmd1": "self-forcing-dmd"}  # fmt: skip
     assert models["world-tf"].config == models["world-sf"].config
     # the Self Forcing students stream with the steps they were trained for; the others with the default 4
     steps = {name: m.config.sampling_steps for name, m in models.items()}
-    assert steps == {"world-tf": None, "world-sf": None, "world-score": None, "world-sf-dmd": 4, "world-sf-dmd1": 1}
+    assert steps == {
+        "world-tf": None,
+        "world-sf": None,
+        "world-sf1": 1,
+        "world-score": None,
+        "world-sf-dmd": 4,
+        "world-sf-dmd1": 1,
+    }
     for name in ("world-sf-dmd", "world-sf-dmd1"):
         assert checkpoints.read_config(name)["teacher"] == "world-score"
 
 
-@pytest.mark.parametrize("name", ["world-tf", "world-sf", "world-sf-dmd1"])
+@pytest.mark.parametrize("name", ["world-tf", "world-sf", "world-sf1", "world-sf-dmd1"])
 def test_shipped_models_follow_the_simulator_early_on(models, name):
     run = run_episode(models[name], MAPS, 4, StreamSettings(mode="kv-rolling"), seed=3)
     psnr = frame_psnr(run.frames, run.truth)
