@@ -27,11 +27,11 @@ from stretto.train.state import load_state, save_state
 
 
 def check_config(cfg, extra_sizes: tuple[str, ...] = ()) -> None:
-    """The checks every student config shares: counts >= 1, the baked-in guidance in [1, 20]."""
+    """The checks every student config shares: counts >= 1, a baked-in guidance (image students) in [1, 20]."""
     for name in ("steps", "batch_size", "save_every", *extra_sizes):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if not 1.0 <= cfg.guidance <= 20.0:
+    if hasattr(cfg, "guidance") and not 1.0 <= cfg.guidance <= 20.0:
         raise ValueError(f"guidance must be in [1, 20], got {cfg.guidance}")
 
 

@@ -30,7 +30,7 @@ import torch
 
 from stretto import checkpoints
 from stretto.distill import dmd
-from stretto.distill.students import make_ema, run
+from stretto.distill.students import check_config, make_ema, run
 from stretto.models.world_dit import WorldDiT
 from stretto.pipelines.world import DEFAULT_SHIFT, DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW
 from stretto.train.state import ema_update
@@ -60,9 +60,7 @@ class WorldDMDConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "frames", "denoise_steps", "window", "fake_updates", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_config(self, extra_sizes=("frames", "denoise_steps", "window", "fake_updates"))
         if self.sinks < 0:
             raise ValueError(f"sinks must be >= 0, got {self.sinks}")
 
