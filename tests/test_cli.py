@@ -119,7 +119,10 @@ def test_every_flag_of_every_command_has_help():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["generate", "a red circle", "--model", "world-sf"], "is a 'world-dit', expected a 'shapes-flux'"),
+        (
+            ["generate", "a red circle", "--model", "world-sf"],
+            "is a 'world-dit', expected one of 'shapes-flux', 'shapes-unet'",
+        ),
         (["text", "dup:abc=", "--model", "shapes-flux"], "expected one of 'masked-lm', 'block-lm'"),
         (["stream", "--model", "text-masked"], "is a 'masked-lm', expected a 'world-dit'"),
         (["bench", "samplers", "--model", "text-block"], "is a 'block-lm', expected a 'shapes-flux'"),

@@ -27,11 +27,13 @@ def _model_classes() -> dict[str, tuple[type, type]]:
     # Imported lazily so that reading a config does not import every model.
     from stretto.eval.classifier import ShapesClassifier, ShapesClassifierConfig
     from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
+    from stretto.models.shapes_unet import ShapesUNet, ShapesUNetConfig
     from stretto.models.text_lm import BlockDiffusionLM, MaskedDiffusionLM, TextLMConfig
     from stretto.models.world_dit import WorldDiT, WorldDiTConfig
 
     return {
         ShapesFlux.kind: (ShapesFlux, ShapesFluxConfig),
+        ShapesUNet.kind: (ShapesUNet, ShapesUNetConfig),
         ShapesClassifier.kind: (ShapesClassifier, ShapesClassifierConfig),
         MaskedDiffusionLM.kind: (MaskedDiffusionLM, TextLMConfig),
         BlockDiffusionLM.kind: (BlockDiffusionLM, TextLMConfig),

@@ -3,8 +3,11 @@
 One run, one model, one sampler setting, the same prompts and seeds for every row. Quality is measured against
 the full-compute output of the same setting (PSNR, SSIM), and as distributions (FID on the shapes classifier's
 features, prompt accuracy). Cost is counted, not only timed: a row's compute fraction is the work its blocks
-really did (attention and MLP tokens, `ComputeCounter`) over the full run's, so `speedup_ideal` is what the
-skipped compute promises and `speedup_wall` what this noisy 2-core machine delivered in the same run.
+really did (attention and MLP tokens, `ComputeCounter`; on a UNet the MACs of its convolutions and linear
+layers, `MacCounter`) over the full run's, so `speedup_ideal` is what the skipped compute promises and
+`speedup_wall` what this noisy 2-core machine delivered in the same run.
+A UNet model (`shapes-unet`) runs the UNet policies (DeepCache, Faster Diffusion); diffusers' and cache-dit's
+caches are made for transformer blocks, so a UNet run is stretto's engine only.
 
 Calibrated policies (TeaCache's polynomial, MagCache's ratios, diffusers' MagCache ratios) are calibrated in
 the run, on calibration prompts and seeds that are not the evaluation ones. cache-dit (the `[compare]` extra)
@@ -30,7 +33,7 @@ from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
-from stretto.eval.timing import ComputeCounter
+from stretto.eval.timing import ComputeCounter, MacCounter
 from stretto.pipelines.image import DEFAULT_GUIDANCE
 from stretto.tune.calibrate import calibrate_magcache, calibrate_teacache
 
@@ -68,6 +71,14 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
     return settings
 
 
+def unet_settings(steps: int) -> list[str]:
+    """The UNet policies: DeepCache at several intervals and depths, Faster Diffusion (paper keys when the run
+    has the paper's 50 steps, else uniform)."""
+    settings = [f"deepcache:interval={n}" for n in (2, 3, 4, 5)] + ["deepcache:interval=3,depth=2"]
+    settings += ["fasterdiffusion:interval=2", "fasterdiffusion:interval=3"]
+    return settings + (["fasterdiffusion"] if steps == 50 else [])
+
+
 def diffusers_settings(calib: dict[str, list[float]]) -> list[tuple[str, dict]]:
     """diffusers' built-in caches at 3-4 settings each (their own parameter names)."""
     settings: list[tuple[str, dict]] = [("firstblock", {"threshold": t}) for t in (0.05, 0.1, 0.2, 0.4)]
@@ -86,7 +97,7 @@ def diffusers_settings(calib: dict[str, list[float]]) -> list[tuple[str, dict]]:
 class Run:
     images: torch.Tensor
     wall_s: float
-    tokens: int  # attention + MLP tokens the blocks computed (ComputeCounter)
+    work: int  # attention + MLP tokens the blocks computed (ComputeCounter), or a UNet's MACs (MacCounter)
 
 
 class CacheBench:
@@ -99,15 +110,19 @@ class CacheBench:
         self.device, self.guidance = torch.device(device), guidance
         self.prompts = evaluation_prompts(num_images)
         self.seeds = list(range(num_images))
+        self.unet = getattr(self.net, "unet", None)
+
+    def counter(self) -> ComputeCounter | MacCounter:
+        return MacCounter(self.unet) if self.unet is not None else ComputeCounter(self.net.blocks)
 
     def timed(self, fn: Callable[[], torch.Tensor]) -> Run:
-        with ComputeCounter(self.net.blocks) as counter:
+        with self.counter() as counter:
             start = time.perf_counter()
             images = fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-        return Run(images, seconds, counter.tokens)
+        return Run(images, seconds, counter.work)
 
     def run(self, engine: str, name: str, params, sampler: str, steps: int) -> Run:
         kw = dict(steps=steps, sampler=sampler, guidance=self.guidance, seeds=self.seeds)
@@ -132,10 +147,13 @@ class CacheBench:
 
     def setup_rows(self, sampler: str, steps: int, jobs: list[tuple[str, str, object]]) -> list[dict]:
         """Full-compute references and every job at one (sampler, steps), as result rows."""
-        none = {"stretto": ("stretto", "none", None), "separate": ("diffusers", "none", {})}
-        none["batched"] = ("diffusers", "none", {"batched": True})
+        none = {"stretto": ("stretto", "none", None)}
+        if self.unet is None:  # diffusers' own loops, full compute: the references of its caches' rows
+            none["separate"] = ("diffusers", "none", {})
+            none["batched"] = ("diffusers", "none", {"batched": True})
         self.run(*none["stretto"], sampler, steps)  # warm-up: the first timed run would pay one-off costs
-        bar = tqdm(total=len(jobs) + 5, desc=f"bench cache {sampler} {steps}")
+        again = [cfg for cfg in ("stretto", "separate") if cfg in none]
+        bar = tqdm(total=len(jobs) + len(none) + len(again), desc=f"bench cache {sampler} {steps}")
         refs: dict[str, list[Run]] = {}
         for cfg, job in none.items():
             refs[cfg] = [self.run(*job, sampler, steps)]
@@ -146,7 +164,7 @@ class CacheBench:
             results.append((cfg_mode(*job[:2]), job, self.run(*job, sampler, steps)))
             bar.update()
         # Full compute again at the end: on a shared machine the wall-time reference is the mean of both.
-        for cfg in ("stretto", "separate"):
+        for cfg in again:
             refs[cfg].append(self.run(*none[cfg], sampler, steps))
             bar.update()
         bar.close()
@@ -157,7 +175,7 @@ class CacheBench:
         quality = Quality(reference.images, self.prompts, self.fid, self.classifier)
         out = []
         for cfg, (engine, name, params), run in [(cfg, job, refs[cfg][0]) for cfg, job in none.items()] + results:
-            fraction = run.tokens / reference.tokens
+            fraction = run.work / reference.work
             out.append({
                 "engine": engine,
                 "policy": policy_name(engine, name),
@@ -205,13 +223,18 @@ def run_cache_bench(
         if not engines:
             raise ValueError("no engine left to run: cache-dit is not installed")
     bench = CacheBench(model, device, num_images, guidance)
+    if bench.unet is not None and engines != ("stretto",):
+        print(f"{model} is a UNet: diffusers' and cache-dit's caches run on transformer blocks; stretto's engine only")
+        engines, calibrate = ("stretto",), False
     rows: list[dict] = []
     calibrations: dict[str, dict] = {}
     for setup_i, (sampler, steps) in enumerate(setups):
         calib_stretto, calib_diffusers = bench.calibrate(sampler, steps) if calibrate else ({}, {})
         calibrations[f"{sampler} {steps}"] = {"stretto": calib_stretto, "diffusers": calib_diffusers}
         jobs: list[tuple[str, str, object]] = []
-        if "stretto" in engines:
+        if bench.unet is not None:
+            jobs += [("stretto", spec, spec) for spec in unet_settings(steps)]
+        elif "stretto" in engines:
             jobs += [("stretto", spec, spec) for spec in stretto_settings(calib_stretto, sampler, steps)]
         if "diffusers" in engines:
             jobs += [("diffusers", name, params) for name, params in diffusers_settings(calib_diffusers)]
@@ -230,7 +253,7 @@ def run_cache_bench(
         "cfg_modes": CFG_MODES,
         "calibrations": calibrations,
         "machine": describe_machine(device),
-        "command": f"stretto bench cache --num-images {num_images}",
+        "command": f"stretto bench cache --model {model} --num-images {num_images}",
         "rows": rows,
     }
     if json_path:
@@ -379,7 +402,7 @@ def run_wall_check(
             cached.append(bench.run("stretto", spec, spec, sampler, steps))
             full.append(bench.run("stretto", "none", None, sampler, steps))
             ratios.append((full[-2].wall_s + full[-1].wall_s) / 2 / cached[-1].wall_s)
-        fraction = cached[0].tokens / full[0].tokens
+        fraction = cached[0].work / full[0].work
         rows.append({
             "policy": policy_name("stretto", spec), "params": params_text("stretto", spec, spec),
             "compute_fraction": fraction, "speedup_ideal": 1 / fraction,

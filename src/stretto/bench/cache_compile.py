@@ -70,7 +70,7 @@ def run_compile_check(
                 times[v].append(timed(*runs[v])[0])
         reference = warmup["eager full"][1]
 
-        fraction = cached.tokens / full.tokens
+        fraction = cached.work / full.work
         rows.append({
             "policy": parse_policy(spec).name, "params": parse_policy(spec).describe(),
             "compute_fraction": fraction, "speedup_ideal": 1 / fraction,

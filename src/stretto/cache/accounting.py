@@ -26,6 +26,9 @@ class CacheSummary:
     policy: str
     num_blocks: int
     records: list[StepRecord] = field(default_factory=list)
+    # per block, the calls that returned stored features: a mechanism that still calls its blocks (the UNet's
+    # swapped forwards) reports them so that counters hooked on the blocks can subtract them
+    reused_calls: list[int] | None = None
 
     def totals(self) -> dict[str, float]:
         """Computed, reused and forecast block evaluations summed over all records."""

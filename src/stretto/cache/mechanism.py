@@ -36,7 +36,7 @@ from stretto.cache.pipeline_call import PipelineCall
 from stretto.cache.policy import CachePolicy, parse_policy
 from stretto.cache.stack import Call, Stack
 from stretto.cache.step_context import StepContext, check_scale, sigma_schedule, step_index
-from stretto.cache.unet import UNetHandle, is_unet
+from stretto.cache.unet import UNetHandle, held_unet, is_unet
 
 
 class CacheHandle:
@@ -211,10 +211,11 @@ def apply(model: nn.Module, policy: CachePolicy | str, blocks: BlockLists | None
 
 
 def _attach(model: nn.Module, policy: CachePolicy, blocks: BlockLists | None) -> CacheHandle | UNetHandle:
-    if is_unet(model):
+    unet = model if is_unet(model) else held_unet(model)
+    if unet is not None:
         if blocks is not None:
-            raise ValueError(f"{type(model).__name__} is a UNet: the cache runs its blocks itself; blocks= is not used")
-        handle = UNetHandle(model, policy)
+            raise ValueError(f"{type(unet).__name__} is a UNet: the cache runs its blocks itself; blocks= is not used")
+        handle = UNetHandle(model, policy, unet)
     else:
         handle = CacheHandle(model, policy, blocks)
     handle.attach()

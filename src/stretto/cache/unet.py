@@ -40,15 +40,23 @@ def is_unet(model: nn.Module) -> bool:
     return any(c.__name__ in UNETS for c in type(model).__mro__)
 
 
+def held_unet(model: nn.Module) -> nn.Module | None:
+    """The diffusers UNet a model wraps as its `unet` attribute (stretto's shapes-unet), if any."""
+    inner = getattr(model, "unet", None)
+    return inner if isinstance(inner, nn.Module) and is_unet(inner) else None
+
+
 class UNetHandle:
     """The cache attached to one UNet: the policy, the reused blocks' swapped forwards, per-branch state, records."""
 
-    def __init__(self, model: nn.Module, policy: CachePolicy):
+    def __init__(self, model: nn.Module, policy: CachePolicy, unet: nn.Module | None = None):
+        """`model` is what the caller applied the cache to: the UNet itself, or a model holding it as `unet`."""
+        self.model, self.owner = model, unet if unet is not None else model
+        model = self.owner
         name = type(model).__name__
         if not isinstance(policy, (UNetPolicy, NoCache)):
             allowed = ", ".join(sorted(n for n, cls in POLICIES.items() if cls.unet))
             raise ValueError(f"{name} is a UNet: its cache policies are {allowed} and none, got {policy.name!r}")
-        self.model = self.owner = model
         self.policy = policy
         down, up, mid = list(model.down_blocks), list(model.up_blocks), model.mid_block
         self.blocks = down + ([mid] if mid is not None else []) + up
@@ -73,10 +81,10 @@ class UNetHandle:
     def attach(self) -> None:
         """Swap the reusable blocks' forwards and hook the UNet's forward."""
         for i, block in enumerate(self.stored):
-            block.__dict__["forward"] = self._forward_of(i, block.forward)
+            block.__dict__["forward"] = self._forward_of(i, block, block.forward)
         self._hooks = [
-            self.model.register_forward_pre_hook(self._enter, with_kwargs=True),
-            self.model.register_forward_hook(self._leave, always_call=True),
+            self.owner.register_forward_pre_hook(self._enter, with_kwargs=True),
+            self.owner.register_forward_hook(self._leave, always_call=True),
         ]
 
     def detach(self) -> None:
@@ -88,9 +96,13 @@ class UNetHandle:
         for block in self.stored:
             block.__dict__.pop("forward", None)
 
-    def _forward_of(self, i: int, original):
+    def _forward_of(self, i: int, block: nn.Module, original):
+        position = next((k for k, b in enumerate(self.blocks) if b is block), None)  # None: conv_in
+
         def forward(*args, **kwargs):
             if self.mode == "reuse":
+                if position is not None:
+                    self.reused_calls[position] += 1
                 return self.state[i]
             out = original(*args, **kwargs)
             if self.mode == "record":
@@ -104,6 +116,7 @@ class UNetHandle:
         """Forget all cached state and records; `sigmas` is the generation's schedule in the model's timestep scale."""
         self.calls = 0
         self.records: list[StepRecord] = []
+        self.reused_calls = [0] * self.num_blocks
         self.reset_state(None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32))
 
     def reset_state(self, keys: torch.Tensor | None = None, evaluated: bool = False, stale: bool = False) -> None:
@@ -158,7 +171,7 @@ class UNetHandle:
 
     def summary(self) -> CacheSummary:
         """Blocks computed / reused per call and branch (a UNet block is one down, mid or up block)."""
-        return CacheSummary(self.policy.describe(), self.num_blocks, list(self.records))
+        return CacheSummary(self.policy.describe(), self.num_blocks, list(self.records), list(self.reused_calls))
 
     def schedule_keys(self, timesteps: torch.Tensor) -> torch.Tensor:
         """UNet pipelines pass the scheduler's timesteps as they are."""

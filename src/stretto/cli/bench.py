@@ -30,8 +30,9 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
     from stretto.bench.cache import run_cache_bench, run_wall_check
     from stretto.checkpoints import check_kind
     from stretto.models.shapes_flux import ShapesFlux
+    from stretto.models.shapes_unet import ShapesUNet
 
-    check_kind(args.model, ShapesFlux.kind)
+    check_kind(args.model, [ShapesFlux.kind, ShapesUNet.kind])
     if args.wall_check:
         json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
         run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images)

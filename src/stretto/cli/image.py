@@ -36,8 +36,9 @@ def _generate(args: argparse.Namespace, given: list[str], guidance: float, rank:
     import stretto
     from stretto.images import save_images
     from stretto.models.shapes_flux import ShapesFlux
+    from stretto.models.shapes_unet import ShapesUNet
 
-    model = stretto.load(args.model, device=args.device, kind=ShapesFlux.kind)
+    model = stretto.load(args.model, device=args.device, kind=[ShapesFlux.kind, ShapesUNet.kind])
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     prompts = [p for p in given for _ in seeds]
     result = stretto.generate(

@@ -11,10 +11,11 @@ def cmd_train_image(args: argparse.Namespace) -> None:
     from stretto.train.image import ImageTrainConfig, train_image
 
     cfg = ImageTrainConfig(
-        out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        out=args.out or f"runs/shapes-{args.arch}", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed,
         text_encoder=args.text_encoder, text_width=args.text_width, text_layers=args.text_layers,
         init_from=args.init_from, warmup=args.warmup, pair_fraction=args.pair_fraction,
-        double_blocks=args.double_blocks, single_blocks=args.single_blocks,
+        double_blocks=args.double_blocks, single_blocks=args.single_blocks, arch=args.arch,
     )  # fmt: skip
     print(f"exported {train_image(cfg)}")
 
@@ -76,8 +77,12 @@ def _add_run_args(p: argparse.ArgumentParser, out: str | None, steps: int, batch
 
 def add_train_image_command(train_subparsers) -> argparse.ArgumentParser:
     """`stretto train image`."""
-    p = train_subparsers.add_parser("image", help="the text-to-image flow-matching Flux (resumes from --out)")
-    _add_run_args(p, "runs/shapes-flux", steps=10000, batch_size=64)
+    p = train_subparsers.add_parser("image", help="the text-to-image flow-matching Flux or UNet (resumes from --out)")
+    _add_run_args(p, None, steps=10000, batch_size=64, out_text="runs/shapes-flux or runs/shapes-unet, by --arch")
+    p.add_argument(
+        "--arch", choices=["flux", "unet"], default="flux",
+        help="flux: FluxTransformer2DModel (shapes-flux, default); unet: UNet2DConditionModel (shapes-unet)",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps of the learning rate (default 200)")
     p.add_argument(

@@ -151,6 +151,11 @@ class ComputeCounter:
     def _hook(self, module, args, output) -> None:
         self.tokens += args[0].shape[:-1].numel()
 
+    @property
+    def work(self) -> int:
+        """What a benchmark divides by full compute's (MacCounter's is MACs)."""
+        return self.tokens
+
     def __enter__(self) -> ComputeCounter:
         self._handles = [u.register_forward_hook(self._hook) for u in self.units]
         return self
@@ -163,3 +168,41 @@ class ComputeCounter:
 
 def _first_linear(module: nn.Module | None) -> nn.Linear | None:
     return next((m for m in module.modules() if isinstance(m, nn.Linear)), None) if module is not None else None
+
+
+class MacCounter:
+    """Counts the multiply-accumulates a module's convolutions and linear layers really did, whoever skipped them.
+
+    For a UNet, whose blocks differ in cost by orders of magnitude (a full-resolution level against an 8x8 one),
+    counting blocks or tokens says little; the MACs of every Conv2d / Linear that ran do (each hooked leaf runs
+    only when its block is computed: a block whose stored output is reused runs none of its layers). Attention's
+    own two matmuls are left out (a few percent at these sizes). Divide by a full-compute run's count.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.units = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not self.units:
+            raise ValueError(f"{type(module).__name__} has no Conv2d or Linear layer to count")
+        self.macs = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module, args, output) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        self.macs += output.numel() * per_output
+
+    @property
+    def work(self) -> int:
+        """What a benchmark divides by full compute's (ComputeCounter's is tokens)."""
+        return self.macs
+
+    def __enter__(self) -> MacCounter:
+        self._handles = [u.register_forward_hook(self._hook) for u in self.units]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -178,7 +178,9 @@ def generate(
 def _finish(images: torch.Tensor, stats: GenerationStats, counter: BlockCounter, timing) -> Generation:
     """The generation's images (clamped, on the CPU) with its counts and time filled in."""
     stats.sampler_nfe = stats.model_calls
-    stats.block_evals = counter.counts
+    reused = stats.cache.reused_calls if stats.cache is not None else None
+    counts = counter.counts
+    stats.block_evals = counts if reused is None else [c - r for c, r in zip(counts, reused, strict=True)]
     stats.wall_s = timing.seconds
     stats.peak_mem_bytes = timing.peak_bytes
     return Generation(images.clamp(-1, 1).cpu(), stats)

@@ -1,4 +1,5 @@
-"""Train the shipped text-to-image model with rectified-flow matching (Liu et al. 2022; SD3's logit-normal t).
+"""Train the shipped text-to-image models (`shapes-flux`; `shapes-unet` with `arch="unet"`) with rectified-flow
+matching (Liu et al. 2022; SD3's logit-normal t).
 
 x_s = (1 - s) x0 + s eps, the network predicts v = eps - x0. Prompts are dropped 10% of the time
 (replaced by the empty prompt) so that classifier-free guidance works at sampling time.
@@ -16,12 +17,16 @@ import torch
 from stretto import checkpoints
 from stretto.data import shapes
 from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
+from stretto.models.shapes_unet import ShapesUNet, ShapesUNetConfig
 from stretto.train.loop import train_loop
+
+ARCHS = ("flux", "unet")
 
 
 @dataclass
 class ImageTrainConfig:
     out: str = "runs/shapes-flux"
+    arch: str = "flux"  # "flux" (FluxTransformer2DModel) or "unet" (UNet2DConditionModel, shapes_unet.py)
     steps: int = 10000
     batch_size: int = 64
     lr: float = 6e-4
@@ -40,6 +45,10 @@ class ImageTrainConfig:
     init_from: str | None = None  # a shapes-flux checkpoint whose same-shaped tensors start the run
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch == "unet" and (self.init_from or self.text_encoder != "words"):
+            raise ValueError("--arch unet trains from scratch with the word encoder (no --init-from / --text-encoder)")
         for name in ("steps", "batch_size", "save_every", "double_blocks", "single_blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -49,7 +58,9 @@ class ImageTrainConfig:
             raise ValueError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
 
 
-def flow_matching_loss(model: ShapesFlux, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+def flow_matching_loss(
+    model: ShapesFlux | ShapesUNet, x0: torch.Tensor, prompts: list[str], gen: torch.Generator
+) -> torch.Tensor:
     b = x0.shape[0]
     sigma = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal(0, 1)
     noise = torch.randn(x0.shape, generator=gen)
@@ -62,7 +73,25 @@ def flow_matching_loss(model: ShapesFlux, x0: torch.Tensor, prompts: list[str], 
 def train_image(cfg: ImageTrainConfig) -> Path:
     """Train (or resume) and export the EMA weights as a loadable checkpoint in cfg.out/model."""
     torch.manual_seed(cfg.seed)
-    model = ShapesFlux(
+    model = build_model(cfg)
+    if cfg.init_from is not None:
+        warm_start(model, cfg.init_from)
+
+    def batch_loss(model: ShapesFlux | ShapesUNet, step: int, gen: torch.Generator) -> torch.Tensor:
+        x0, prompts, _ = shapes.make_batch(cfg.seed * 1_000_003 + step, cfg.batch_size, cfg.pair_fraction)
+        rng = np.random.default_rng((cfg.seed, step))
+        prompts = ["" if rng.random() < cfg.prompt_dropout else p for p in prompts]
+        return flow_matching_loss(model, x0, prompts, gen)
+
+    return train_loop(
+        model, cfg, batch_loss, lambda ema, step: export(ema, Path(cfg.out) / "model", cfg, step), desc=model.kind
+    )
+
+
+def build_model(cfg: ImageTrainConfig) -> ShapesFlux | ShapesUNet:
+    if cfg.arch == "unet":
+        return ShapesUNet(ShapesUNetConfig(vocab=shapes.VOCAB, text_width=cfg.text_width, text_layers=cfg.text_layers))
+    return ShapesFlux(
         ShapesFluxConfig(
             vocab=shapes.VOCAB,
             double_blocks=cfg.double_blocks,
@@ -71,18 +100,6 @@ def train_image(cfg: ImageTrainConfig) -> Path:
             text_width=cfg.text_width,
             text_layers=cfg.text_layers,
         )
-    )
-    if cfg.init_from is not None:
-        warm_start(model, cfg.init_from)
-
-    def batch_loss(model: ShapesFlux, step: int, gen: torch.Generator) -> torch.Tensor:
-        x0, prompts, _ = shapes.make_batch(cfg.seed * 1_000_003 + step, cfg.batch_size, cfg.pair_fraction)
-        rng = np.random.default_rng((cfg.seed, step))
-        prompts = ["" if rng.random() < cfg.prompt_dropout else p for p in prompts]
-        return flow_matching_loss(model, x0, prompts, gen)
-
-    return train_loop(
-        model, cfg, batch_loss, lambda ema, step: export(ema, Path(cfg.out) / "model", cfg, step), desc="shapes-flux"
     )
 
 
@@ -95,17 +112,25 @@ def warm_start(model: ShapesFlux, name_or_path: str) -> None:
     print(f"warm start from {name_or_path}: {len(same)} of {len(own)} tensors copied")
 
 
-def export(ema: ShapesFlux, folder: Path, cfg: ImageTrainConfig, step: int) -> None:
+def export(ema: ShapesFlux | ShapesUNet, folder: Path, cfg: ImageTrainConfig, step: int) -> None:
     """Ship the EMA weights in fp16 (half the bytes; loaded back as fp32)."""
     checkpoints.save(
         ema,
         folder,
         dtype=torch.float16,
         trained_steps=step,
-        train_command=(
-            f"stretto train image --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --out {cfg.out} "
-            f"--text-encoder {cfg.text_encoder} --text-width {cfg.text_width} --text-layers {cfg.text_layers} "
-            f"--double-blocks {cfg.double_blocks} --single-blocks {cfg.single_blocks} "
-            f"--pair-fraction {cfg.pair_fraction}" + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
-        ),
+        train_command=train_command(cfg),
+    )
+
+
+def train_command(cfg: ImageTrainConfig) -> str:
+    """The command that reproduces the run (only the flags of its architecture)."""
+    common = f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --out {cfg.out}"
+    text = f"--text-width {cfg.text_width} --text-layers {cfg.text_layers} --pair-fraction {cfg.pair_fraction}"
+    if cfg.arch == "unet":
+        return f"stretto train image --arch unet {common} {text}"
+    return (
+        f"stretto train image {common} --text-encoder {cfg.text_encoder} {text} "
+        f"--double-blocks {cfg.double_blocks} --single-blocks {cfg.single_blocks}"
+        + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
     )
