@@ -286,6 +286,23 @@ def test_taylor_is_exact_for_a_residual_linear_in_sigma(order):
     cache.remove(toy)
 
 
+def test_taylor_first_blocks_run_every_step_and_the_rest_is_forecast():
+    toy = Toy()
+    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.6, 0.3, 0.2, 0.1])
+    x = torch.zeros(2, 4)
+    plain = [toy(x, timestep=s.expand(2)) for s in sigmas]
+    cache.apply(toy, cache.Taylor(order=1, interval=3, warmup=2, first=1))
+    cache.reset(toy)
+    with BlockCounter(toy.blocks) as counter:
+        cached = [toy(x, timestep=s.expand(2)) for s in sigmas]
+    torch.testing.assert_close(torch.stack(cached), torch.stack(plain))
+    assert counter.counts == [7, 4, 4]  # block 0 on every call, the others on the 4 computed steps
+    assert [r.forecast for r in cache.summary(toy).records] == [0, 0, 0, 2, 2, 0, 2]
+    cache.remove(toy)
+    with pytest.raises(ValueError, match="Taylor.first must be below the number of blocks \\(3\\)"):
+        cache.apply(toy, cache.Taylor(first=3))
+
+
 def test_step_index_is_keyed_on_sigma():
     """A sampler that evaluates twice per step (Heun-like) keeps the schedule's step pattern."""
     toy = Toy()

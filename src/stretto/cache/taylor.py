@@ -5,6 +5,9 @@ On full steps the stack's residual (output - input) F is stored with its finite 
 between the residual is forecast as F(s) = sum_i D^i F / i! * (s - s_last)^i and added to the input.
 The paper forecasts every layer's attention and MLP outputs and uses the step index as the variable;
 here one forecast covers the whole stack and the variable is sigma (the mechanism passes it explicitly).
+`first=N` runs the first N blocks on every step and forecasts only the rest's residual, added to their fresh
+output (cache-dit's "DBCache Fn + TaylorSeer" with a fixed step mask): the forecast then starts from a state
+that has seen this step's input, for the price of N blocks per step.
 
 `taylor_update` and `taylor_forecast` keep and evaluate one such series in a policy's per-row state;
 the Taylor policy and the confidence-gated Taylor policy (gated_taylor.py) both use them.
@@ -84,23 +87,33 @@ class Taylor(CachePolicy):
     order: int = bounded(2, 1, 3, "highest finite difference used")
     interval: int = bounded(4, 1, 1000, "compute every N-th step")
     warmup: int = bounded(2, 0, 1000, "full steps at the start")
+    first: int = bounded(0, 0, 10_000, "blocks computed on every step; the series forecasts the rest")
+
+    def check_stack(self, num_blocks: int) -> None:
+        if self.first >= num_blocks:
+            raise ValueError(
+                f"Taylor.first must be below the number of blocks ({num_blocks}) so that some are forecast, "
+                f"got {self.first}"
+            )
 
     def run(self, stack: Stack, h: Hidden, call: Call) -> Hidden:
-        state, n_blocks = call.state, stack.num_blocks
+        state, start, n_blocks = call.state, self.first, stack.num_blocks
+        if start:
+            h = stack.compute(h, 0, start)
         since = call.index - self.warmup
         compute = (since < 0) | (since % self.interval == 0) | call.fresh
         if "factors" not in state:
             compute = torch.ones_like(compute)
         run, skip = split(compute)
         if skip is None:
-            out = stack.compute(h, 0, n_blocks)
+            out = stack.compute(h, start, n_blocks)
             taylor_update(state, sub(out, h), call.sigma, None, self.order)
             return out
         forecast = add(h, taylor_forecast(state, call.sigma))
-        stack.count("forecast", 0, n_blocks, skip)
+        stack.count("forecast", start, n_blocks, skip)
         if run is None:
             return forecast
         h_run = take(h, run)
-        out_run = stack.compute(h_run, 0, n_blocks, rows=run)
+        out_run = stack.compute(h_run, start, n_blocks, rows=run)
         taylor_update(state, sub(out_run, h_run), call.sigma, run, self.order)
         return put(forecast, run, out_run)
