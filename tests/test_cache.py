@@ -349,6 +349,18 @@ def test_first_block_decides_per_sample():
     cache.remove(toy)
 
 
+@pytest.mark.parametrize(("threshold", "expected"), [(0.05, [3, 3, 3]), (10.0, [3, 1, 1])])
+def test_dbcache_joint_takes_one_decision_for_all_rows(threshold, expected):
+    """The same rows as above: one row's change forces both to compute (low threshold) or neither (high)."""
+    toy = Toy()
+    cache.apply(toy, cache.FirstBlock(threshold=threshold, joint=True))
+    cache.reset(toy)
+    for s in (1.0, 0.8, 0.6):
+        toy(torch.zeros(2, 4), timestep=torch.tensor([0.5, s]))
+    assert [r.computed for r in cache.summary(toy).records] == expected  # whole rows: no per-row split
+    cache.remove(toy)
+
+
 class Shrink(torch.nn.Module):
     def forward(self, hidden_states, sigma):
         return hidden_states + sigma.reshape(-1, 1) * torch.ones_like(hidden_states)  # |residual| = sigma

@@ -51,6 +51,8 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
         "firstblock:threshold=0.05", "firstblock:threshold=0.1", "firstblock:threshold=0.2",
         "dbcache:first=1,last=1,threshold=0.1,warmup=4", "dbcache:first=1,last=1,threshold=0.2,warmup=4",
         "dbcache:first=1,last=1,threshold=0.4,warmup=4",
+        "dbcache:first=1,last=0,threshold=0.1,warmup=4,joint=true",
+        "dbcache:first=1,last=0,threshold=0.2,warmup=4,joint=true",
         "taylor:order=1,interval=3", "taylor:order=1,interval=5", "taylor:order=2,interval=4",
         "taylor:order=1,interval=7", "taylor:order=1,interval=3,first=1", "taylor:order=1,interval=4,first=1",
         "gatedtaylor:threshold=0.03,max_forecast=10", "gatedtaylor:threshold=0.05,max_forecast=8",

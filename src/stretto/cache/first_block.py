@@ -5,7 +5,10 @@ DBCache always computes the first `first` blocks (Fn) and the last `last` blocks
 image-token residual after the first blocks, relative L1 mean|r - r_prev| / mean|r_prev| against the
 last step on which the middle was computed, says whether the middle blocks may be skipped: below
 `threshold` their cached residual is added instead; the last blocks then correct the result. Decisions
-are per sample. First-Block-Cache is DBCache with first=1, last=0.
+are per sample; `joint=true` takes one decision for the whole call from the batch's mean change, as
+cache-dit does (with CFG in one batch, both branches are then always computed or skipped together, so the
+guidance difference never mixes a fresh branch with a stale one). First-Block-Cache is DBCache with first=1,
+last=0.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class DBCache(CachePolicy):
     threshold: float = bounded(0.08, 0.0, 10.0, "skip the middle when the relative L1 change is below this")
     warmup: int = bounded(8, 0, 10_000, "full steps at the start")
     max_cached: int = bounded(0, 0, 10_000, "cap on consecutive cached steps (0: no cap)")
+    joint: bool = bounded(False, 0, 1, "one decision for all rows, from the batch's mean change (cache-dit's)")
 
     def check_stack(self, num_blocks: int) -> None:
         if self.first + self.last >= num_blocks:
@@ -47,11 +51,16 @@ class DBCache(CachePolicy):
             compute = torch.ones_like(call.index, dtype=torch.bool)
             cached_run = torch.zeros_like(call.index)
         else:
-            change = (r - prev).abs().flatten(1).mean(1) / prev.abs().flatten(1).mean(1)
+            if self.joint:
+                change = ((r - prev).abs().mean() / prev.abs().mean()).expand(r.shape[0])
+            else:
+                change = (r - prev).abs().flatten(1).mean(1) / prev.abs().flatten(1).mean(1)
             cached_run = state["cached_run"]
             compute = ~(change < self.threshold) | (call.index < self.warmup) | call.fresh  # NaN change: compute
             if self.max_cached:
                 compute |= cached_run >= self.max_cached
+            if self.joint:
+                compute = compute.any().expand_as(compute)
         h2 = stack.compute_or_reuse(h1, n, stop, compute, state, "middle_residual")
         keep = compute.reshape(-1, *([1] * (r.ndim - 1)))
         state["first_residual"] = r if prev is None else torch.where(keep, r, prev)
