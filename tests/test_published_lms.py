@@ -244,3 +244,14 @@ def test_cli_says_one_line_for_a_bad_published_folder(tmp_path, capsys):
     assert main(["text", "ab=", "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "'gpt2'" in err and "known:" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("family", "cache"), [("llada", "dual"), ("Dream", "none"), ("sdar", "block")])
+def test_sparsed_runs_through_the_transformers_attention(family, cache, loaded):
+    model = loaded[family]
+    dense = generate(model, ["ab=", "hello12="], gen_length=8, block_length=4, decode="threshold:tau=0.5", cache=cache)
+    for keep, same in ((1.0, True), (0.3, False)):
+        res = generate(model, ["ab=", "hello12="], gen_length=8, block_length=4, decode="threshold:tau=0.5",
+                       cache=cache, sparse=f"sparsed:keep={keep},qblock=2")  # fmt: skip
+        assert not (res.canvas == model.config.mask_id).any()
+        assert (res.stats.attention == 1.0) == same and (torch.equal(res.canvas, dense.canvas) or not same)

@@ -193,7 +193,7 @@ def test_rules_select():
         ("threshold:tau=0", r"Threshold.tau must be a number in \(0, 1\], got 0"),
         ("factor:f=-1", r"Factor.f must be a number in \(0, 1000\], got -1"),
         ("lowconf:tokens=0", r"LowConfidence.tokens must be an integer in \[1, 10000\], got 0"),
-        ("greedy", r"unknown decoding rule 'greedy'; allowed: baseline, factor, lowconf, threshold"),
+        ("greedy", r"unknown decoding rule 'greedy'; allowed: baseline, factor, learned, lowconf, threshold"),
         ("threshold:k=3", r"unknown parameter 'k' for decoding rule 'threshold'; allowed: tau: a number"),
         ("factor:f=x", r"Factor.f must be a number .*, got 'x'"),
     ],
@@ -380,17 +380,23 @@ def test_bench_rows_and_plot(tmp_path):
         batch_size=3,
         gen_length=16,
         block_length=8,
-        rules=("threshold:tau=0.9",),
+        rules=("threshold:tau=0.9", "learned:tau=0.9"),
         caches={"masked-lm": ("dual",), "block-lm": ("block",)},
         tasks=("add", "copy"),
         continuous=4,
+        sparse=("sparsed:keep=0.5",),
     )
     rows = result["rows"]
     assert {(r["model"], r["cache"]) for r in rows} >= {("m", "dual"), ("b", "block"), ("b", "none")}
     keys = {"model", "decode", "cache", "params", "accuracy", "tokens_per_s", "nfe", "speedup", "gen_length"}
-    assert all(keys | {"batch_size", "batching"} <= set(r) for r in rows) and "machine" in result
-    baseline = ("lowconf:tokens=1", "none", "static")
-    static_base = [r for r in rows if (r["decode"], r["cache"], r["batching"]) == baseline]
+    assert all(keys | {"batch_size", "batching", "sparse", "attention"} <= set(r) for r in rows) and "machine" in result
+    # SparseD rows: the static sweep only, every rule x cache, fewer query-key pairs attended; dense rows attend all
+    sparse = [r for r in rows if r["sparse"] != "none"]
+    assert {(r["batch_size"], r["batching"]) for r in sparse} == {(3, "static")} and len(sparse) == 2 * 3 * 2
+    assert all(r["attention"] < 1 for r in sparse) and all(r["attention"] == 1 for r in rows if r not in sparse)
+    assert "--sparse none sparsed:keep=0.5" in result["command"]
+    baseline = ("lowconf:tokens=1", "none", "static", "none")
+    static_base = [r for r in rows if (r["decode"], r["cache"], r["batching"], r["sparse"]) == baseline]
     assert sorted((r["model"], r["batch_size"], r["speedup"]) for r in static_base) == [
         (m, bs, 1.0) for m in ("b", "m") for bs in (1, 3, 4)
     ]

@@ -29,6 +29,7 @@ def _model_classes() -> dict[str, tuple[type, type]]:
     from stretto.models.shapes_flux import ShapesFlux, ShapesFluxConfig
     from stretto.models.shapes_unet import ShapesUNet, ShapesUNetConfig
     from stretto.models.text_lm import BlockDiffusionLM, MaskedDiffusionLM, TextLMConfig
+    from stretto.models.unmask_filter import UnmaskFilter, UnmaskFilterConfig
     from stretto.models.world_dit import WorldDiT, WorldDiTConfig
 
     return {
@@ -37,6 +38,7 @@ def _model_classes() -> dict[str, tuple[type, type]]:
         ShapesClassifier.kind: (ShapesClassifier, ShapesClassifierConfig),
         MaskedDiffusionLM.kind: (MaskedDiffusionLM, TextLMConfig),
         BlockDiffusionLM.kind: (BlockDiffusionLM, TextLMConfig),
+        UnmaskFilter.kind: (UnmaskFilter, UnmaskFilterConfig),
         WorldDiT.kind: (WorldDiT, WorldDiTConfig),
     }
 

@@ -1,10 +1,12 @@
-"""`stretto bench text`: every decoding rule x cache on the held-out text tasks, for each text model.
+"""`stretto bench text`: every decoding rule x cache x sparse attention on the held-out text tasks, per text model.
 
 Each row: exact-match accuracy (overall and per task), generated tokens per second, model calls per batch
-(nfe), token positions run per row (the compute actually spent), the batch size and how rows were batched
-("static": a batch steps until its last row is done; "continuous": rows leave as they finish), and the speedup
-over the baseline row of the same model and batch size (LLaDA's low-confidence remasking, one token per step,
-no cache, static batch).
+(nfe), token positions run per row (the compute actually spent), the share of query-key pairs attended
+(`attention`: 1 for dense attention, less under SparseD), the batch size and how rows were batched ("static": a
+batch steps until its last row is done; "continuous": rows leave as they finish), and the speedup over the
+baseline row of the same model and batch size (LLaDA's low-confidence remasking, one token per step, no cache,
+dense attention, static batch). The rules include Learn2PD's learned filter ("learned"); SparseD rows run in
+static batches only (its pattern is one per batch), so the batch-1 and continuous runs are dense.
 With `continuous=N` (default 16) each model also gets, in the same run, every setting at batch 1 (static) and
 under continuous batching at batch N, the static baseline at batch N, and a summary: the fastest continuous
 setting against the batch-N baseline and against the fastest batch-1 setting ("fastest": the most tokens/s
@@ -25,8 +27,11 @@ from stretto.data import text_tasks
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text import default_block_length, generate, generate_stream
 
-BASELINE = ("lowconf:tokens=1", "none")
-RULES = ("lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1")
+BASELINE = ("lowconf:tokens=1", "none", "none")  # decode, cache, sparse attention
+RULES = (
+    "lowconf:tokens=1", "lowconf:tokens=2", "threshold:tau=0.9", "threshold:tau=0.7", "factor:f=1", "learned:tau=0.9",
+)  # fmt: skip
+SPARSE = ("none", "sparsed:keep=0.3")  # dense attention, and SparseD
 CACHES = {
     "masked-lm": ("none", "prefix", "dual", "prefix:delay", "dual:delay", "dual:every=4", "dual:drift=0.05"),
     "block-lm": ("none", "block", "block:fuse"),
@@ -43,19 +48,22 @@ def evaluate(
     block_length: int,
     batch_size: int,
     continuous: bool = False,
+    sparse: str = "none",
 ) -> dict:
     """Decode the examples in batches (static, or one continuous batch of batch_size lanes); accuracy, speed, counts."""
     if continuous:
         return evaluate_continuous(model, examples, decode, cache, gen_length, block_length, batch_size)
     correct, by_task, seconds, tokens = 0, {}, 0.0, 0
     nfe = steps = positions = refreshes = 0
+    attention = []
     for i in range(0, len(examples), batch_size):
         batch = examples[i : i + batch_size]
-        res = generate(model, [e.prompt for e in batch], gen_length, block_length, decode, cache)
+        res = generate(model, [e.prompt for e in batch], gen_length, block_length, decode, cache, sparse=sparse)
         seconds += res.seconds
         tokens += res.tokens
         nfe, steps = nfe + res.stats.nfe, steps + res.stats.steps
         positions, refreshes = positions + res.stats.positions * len(batch), refreshes + res.stats.refreshes
+        attention.append(res.stats.attention)
         for e, out in zip(batch, res.texts, strict=True):
             ok = out == e.answer
             correct += ok
@@ -71,6 +79,7 @@ def evaluate(
         "positions_per_sample": positions / len(examples),
         "refreshes": refreshes,
         "seconds": seconds,
+        "attention": sum(attention) / len(attention),  # mean over the batches
     }
 
 
@@ -109,6 +118,7 @@ def evaluate_continuous(
         "positions_per_sample": run.stats.positions,
         "refreshes": run.stats.refreshes,
         "seconds": seconds,
+        "attention": 1.0,
     }
 
 
@@ -126,11 +136,14 @@ def run_text_bench(
     device: str | torch.device = "cpu",
     continuous: int = 16,
     peers: dict | None = None,
+    sparse: tuple[str, ...] | list[str] = SPARSE,
 ) -> dict:
     """Run the benchmark, write JSON (and a plot), return the result dict.
 
-    models may be empty (no sweep). peers: also run diffusers' and transformers' engines beside stretto on tiny
-    published-layout models, `text_peers.run_text_peers(**peers)`, stored under the result's "peers" key.
+    The static sweep at batch_size is rules x caches (of the model's kind) x sparse; the baseline setting is
+    always added. models may be empty (no sweep). peers: also run diffusers' and transformers' engines beside
+    stretto on tiny published-layout models, `text_peers.run_text_peers(**peers)`, stored under the result's
+    "peers" key.
     """
     if n_per_task < 1 or batch_size < 1 or continuous < 0:
         raise ValueError(
@@ -141,26 +154,30 @@ def run_text_bench(
     caches = caches or CACHES
     examples = text_tasks.held_out(n_per_task, tasks=tasks)
     rules = list(dict.fromkeys([BASELINE[0], *rules]))
+    sparse = list(dict.fromkeys([BASELINE[2], *sparse]))
     rows, summary = [], {}
     for name, model in models.items():
         kind = model.kind
         bl = block_length or default_block_length(model)
         n_params = sum(p.numel() for p in model.parameters())
-        settings = [(r, c) for c in dict.fromkeys([BASELINE[1], *caches[kind]]) for r in rules]
+        cache_list = dict.fromkeys([BASELINE[1], *caches[kind]])
+        settings = [(r, c, a) for a in sparse for c in cache_list for r in rules]
+        dense = [s for s in settings if s[2] == "none"]
         generate(model, [examples[0].prompt], gen_length, bl, "threshold:tau=0.5", "none")  # warm-up
         # (batch size, continuous?, settings): the sweep, then the batch comparison's runs it does not hold yet
         runs = [(batch_size, False, settings)]
         if continuous:
-            runs += [(1, False, settings)] * (batch_size != 1) + [(continuous, False, [BASELINE])] * (
+            runs += [(1, False, dense)] * (batch_size != 1) + [(continuous, False, [BASELINE])] * (
                 batch_size != continuous
             )
-            runs.append((continuous, True, settings))
+            runs.append((continuous, True, dense))
         model_rows = []
         for bs, cont, run_settings in runs:
             batching = "continuous" if cont else "static"
-            for decode, cache in tqdm(run_settings, desc=f"bench text {name} ({batching}, batch {bs})"):
-                stats = evaluate(model, examples, decode, cache, gen_length, bl, bs, continuous=cont)
-                row = {"model": name, "kind": kind, "decode": decode, "cache": cache, "params": n_params}
+            for decode, cache, attn in tqdm(run_settings, desc=f"bench text {name} ({batching}, batch {bs})"):
+                stats = evaluate(model, examples, decode, cache, gen_length, bl, bs, continuous=cont, sparse=attn)
+                row = {"model": name, "kind": kind, "decode": decode, "cache": cache, "sparse": attn}
+                row["params"] = n_params
                 extra = {"gen_length": gen_length, "block_length": bl, "batch_size": bs, "batching": batching}
                 model_rows.append(row | stats | extra)
         for r in model_rows:  # against the static baseline at the same batch size
@@ -175,10 +192,10 @@ def run_text_bench(
         "n_examples": len(examples),
         "tasks": list(tasks),
         "batch_size": batch_size,
-        "baseline": {"decode": BASELINE[0], "cache": BASELINE[1]},
+        "baseline": {"decode": BASELINE[0], "cache": BASELINE[1], "sparse": BASELINE[2]},
         "machine": describe_machine(device),
         "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}"
-        f" --continuous {continuous}" + _peers_flags(peers),
+        f" --continuous {continuous}" + _sweep_flags(list(models), rules, caches, sparse) + _peers_flags(peers),
         "rows": rows,
         "continuous": summary,
     }
@@ -209,7 +226,8 @@ def run_text_bench(
 
 def is_baseline(row: dict, batch_size: int) -> bool:
     """The static LLaDA baseline row at this batch size."""
-    return (row["decode"], row["cache"]) == BASELINE and row["batch_size"] == batch_size and row["batching"] == "static"
+    setting = (row["decode"], row["cache"], row.get("sparse", "none"))
+    return setting == BASELINE and row["batch_size"] == batch_size and row["batching"] == "static"
 
 
 def fastest(rows: list[dict], baseline: dict) -> dict:
@@ -244,9 +262,10 @@ def calls_per_prompt(row: dict) -> float:
 
 
 TABLE = [
-    ("model", "model", "<12"), ("decode", "decode", "<18"), ("cache", "cache", "<16"), ("batch", "batch_size", ">5"),
-    ("batching", "batching", "<10"), ("acc", "accuracy", ">6.3f"),
-    ("tok/s", "tokens_per_s", ">8.1f"), ("nfe", "nfe", ">6.1f"), ("speedup", lambda r: f"{r['speedup']:.2f}x", ">7"),
+    ("model", "model", "<12"), ("decode", "decode", "<20"), ("cache", "cache", "<16"), ("sparse", "sparse", "<18"),
+    ("attn", "attention", ">5.2f"), ("batch", "batch_size", ">5"), ("batching", "batching", "<10"),
+    ("acc", "accuracy", ">6.3f"), ("tok/s", "tokens_per_s", ">8.1f"), ("nfe", "nfe", ">6.1f"),
+    ("speedup", lambda r: f"{r['speedup']:.2f}x", ">7"),
 ]  # fmt: skip
 
 
@@ -289,6 +308,20 @@ def plot_text_bench(result: dict, plot_path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, plot_path, dpi=130)
+
+
+def _sweep_flags(models: list[str], rules: list[str], caches: dict, sparse: list[str]) -> str:
+    """The --models / --decode / --cache / --sparse flags of a sweep that is not the default one."""
+    flags = ""
+    if models and tuple(models) != DEFAULT_MODELS:
+        flags += " --models " + ",".join(models)
+    if rules != list(dict.fromkeys([BASELINE[0], *RULES])):
+        flags += " --decode " + " ".join(rules)
+    if caches != CACHES:
+        flags += " --cache " + " ".join(dict.fromkeys(c for kind in caches.values() for c in kind))
+    if sparse != list(dict.fromkeys([BASELINE[2], *SPARSE])):
+        flags += " --sparse " + " ".join(sparse)
+    return flags
 
 
 def _peers_flags(peers: dict | None) -> str:

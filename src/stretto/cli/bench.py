@@ -76,6 +76,13 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
 
         size = Size(hidden=args.peer_width, layers=args.peer_layers)
         peers = {"gen_length": args.gen_length, "batch_size": args.batch_size, "size": size, "device": args.device}
+    sweep = {}
+    if args.decode:
+        sweep["rules"] = tuple(args.decode)
+    if args.cache:
+        sweep["caches"] = caches_by_kind(args.cache)
+    if args.sparse:
+        sweep["sparse"] = tuple(args.sparse)
     run_text_bench(
         json_path=args.json,
         plot_path=args.plot,
@@ -86,7 +93,16 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
         device=args.device,
         continuous=args.continuous,
         peers=peers,
+        **sweep,
     )
+
+
+def caches_by_kind(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    """--cache specs -> those that apply, per model kind (a block-lm runs none and block, a masked-lm the rest)."""
+    from stretto.pipelines.text.caches import parse_cache
+
+    modes = {spec: parse_cache(spec) for spec in specs}  # a bad spec fails here, in one line
+    return {k: tuple(s for s, m in modes.items() if m.kinds is None or k in m.kinds) for k in TEXT_KINDS}
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> None:
@@ -205,6 +221,15 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "
                    "batching at this batch size, against the static baseline there (default 16; 0: off)")  # fmt: skip
+    p.add_argument("--decode", nargs="+", default=None, metavar="RULE",
+                   help="only these decoding rules, e.g. threshold:tau=0.9 learned:tau=0.9,eot (default: the "
+                   "standard list; the baseline lowconf:tokens=1 is always run)")  # fmt: skip
+    p.add_argument("--cache", nargs="+", default=None, metavar="CACHE",
+                   help="only these cache modes, each run on the models it applies to, e.g. none dual (default: "
+                   "every mode)")  # fmt: skip
+    p.add_argument("--sparse", nargs="+", default=None, metavar="SPARSE",
+                   help="attention settings: none (dense) and/or SparseD specs, e.g. sparsed:keep=0.3 (default: "
+                   "none sparsed:keep=0.3; static batches only)")  # fmt: skip
     p.add_argument("--peers", action="store_true", help="diffusers' LLaDA2Pipeline / DiffusionGemmaPipeline and "
                    "transformers' DiffusionGemma generate beside stretto, on tiny random published-layout models: "
                    "same tokens where the algorithm is the same, tokens/s side by side")  # fmt: skip

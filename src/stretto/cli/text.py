@@ -39,6 +39,7 @@ def cmd_text(args: argparse.Namespace) -> None:
         early_stop=not args.no_early_stop,
         callback=callback,
         batch_size=args.batch_size,
+        sparse=args.sparse,
     )
     if args.show and sys.stdout.isatty() and len(args.prompts) == 1:
         print()
@@ -48,7 +49,8 @@ def cmd_text(args: argparse.Namespace) -> None:
     print(
         f"{res.tokens} tokens in {res.seconds:.3f} s: {res.tokens_per_s:.1f} tokens/s; "
         f"nfe {s.nfe}, steps {s.steps}, "
-        f"positions {s.positions}, refreshes {s.refreshes}, cache {s.cache_bytes / 1024:.0f} KiB",
+        f"positions {s.positions}, refreshes {s.refreshes}, cache {s.cache_bytes / 1024:.0f} KiB"
+        + (f", attention {s.attention:.2f} of the query-key pairs" if s.attention < 1 else ""),
         file=sys.stderr,
     )
 
@@ -66,7 +68,8 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
         "--decode",
         default="threshold:tau=0.9",
         help="lowconf:tokens=K (LLaDA baseline; lowconf:tokens=K,tau=T: LLaDA 2.0's rule) | threshold:tau=T | "
-        "factor:f=F (default threshold:tau=0.9)",
+        "factor:f=F | learned:tau=T[,eot] (Learn2PD's learned filter; eot: stop at a committed end-of-text) "
+        "(default threshold:tau=0.9)",
     )
     p.add_argument(
         "--cache",
@@ -74,6 +77,13 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
         help="none | prefix | dual | block, with options e.g. dual:every=4, dual:drift=0.05,layer=1, "
         "dual:delay "
         "(default: block for a block-lm, dual for a masked-lm)",
+    )
+    p.add_argument(
+        "--sparse",
+        default="none",
+        help="none | sparsed:keep=K[,dense=N,qblock=Q,per_block]: SparseD's head-specific sparse attention, keys "
+        "selected after N dense steps and reused (a mask here: it counts the pairs it would save, it does not "
+        "run faster on a CPU) (default none)",
     )
     p.add_argument("--show", action="store_true", help="print the canvas after every step")
     p.add_argument("--batch-size", type=int, default=None, help="continuous batching: this many prompts at a "

@@ -1,4 +1,4 @@
-"""`stretto train image|classifier|text|world`: the training runs behind the shipped checkpoints."""
+"""`stretto train image|classifier|text|unmask-filter|world`: the training runs behind the shipped checkpoints."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def cmd_train_text(args: argparse.Namespace) -> None:
         semi_ar=args.semi_ar,
     )
     print(f"exported {train_text(cfg)}")
+
+
+def cmd_train_unmask_filter(args: argparse.Namespace) -> None:
+    from stretto.train.unmask_filter import FilterTrainConfig, train_unmask_filter
+
+    cfg = FilterTrainConfig(
+        out=args.out, model=args.model, prompts=args.prompts, holdout=args.holdout, batch_size=args.batch_size,
+        steps=args.steps, lr=args.lr, hidden=args.hidden, seed=args.seed,
+    )  # fmt: skip
+    print(f"exported {train_unmask_filter(cfg)}")
 
 
 def cmd_train_world(args: argparse.Namespace) -> None:
@@ -134,6 +144,31 @@ def add_train_text_command(train_subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_train_unmask_filter_command(train_subparsers) -> argparse.ArgumentParser:
+    """`stretto train unmask-filter`."""
+    p = train_subparsers.add_parser(
+        "unmask-filter",
+        help="Learn2PD's filter for `--decode learned`: traces of the baseline decoder on train-split prompts, "
+        "then a tiny MLP (a minute or two; not resumable)",
+    )
+    p.add_argument("--model", default="text-masked", help="text model whose traces it learns (default text-masked)")
+    p.add_argument("--out", default="runs/text-masked-filter", help="checkpoint folder (default %(default)s)")
+    p.add_argument("--prompts", type=int, default=96, help="train-split prompts decoded for traces (default 96)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.25,
+        help="share of the prompts whose traces only score the filter, in [0, 1) (default 0.25)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together while tracing (default 16)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--hidden", type=int, default=32, help="width of the filter's two hidden layers (default 32)")
+    shared.add_seed(p, "seed of the trace prompts and the filter's weights", default=7, high=shared.MAX_TRAIN_SEED)
+    p.set_defaults(func=cmd_train_unmask_filter)
+    return p
+
+
 def add_train_world_command(train_subparsers) -> argparse.ArgumentParser:
     """`stretto train world`."""
     from stretto.pipelines.world import DEFAULT_SINKS, DEFAULT_WINDOW
@@ -177,5 +212,6 @@ def add_train_commands(subparsers) -> argparse.ArgumentParser:
     add_train_image_command(what)
     add_train_classifier_command(what)
     add_train_text_command(what)
+    add_train_unmask_filter_command(what)
     add_train_world_command(what)
     return train

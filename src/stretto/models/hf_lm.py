@@ -7,7 +7,8 @@ stretto adds sits at this one boundary: the 4D bool attention mask (full for LLa
 Fast-dLLM v2 / SDAR, padding keys off), the generation's `KVCache` passed as transformers' `Cache`
 (`hf_cache.SlotCache`), the logit shift of the families adapted from AR LMs, and an attention function that
 is SDPA everywhere except at a probed layer, where the explicit softmax also reports the attention mass
-(Elastic-Cache's probe). The architecture is the transformers class's own.
+(Elastic-Cache's probe), with SparseD's per-head mask when a pattern is passed. The architecture is the
+transformers class's own.
 """
 
 from __future__ import annotations
@@ -20,14 +21,27 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from stretto.models.hf_cache import SlotCache
-from stretto.models.kv_attention import Probe, slot_mask
+from stretto.models.kv_attention import Probe, call_slots, slot_mask
 from stretto.models.kv_cache import KVCache
+from stretto.models.sparse_attention import SparsePattern
 
 ATTENTION = "stretto_probe"
 
 
-def probed_attention(module, query, key, value, attention_mask, stretto_probe: Probe | None = None, **kwargs):
-    """transformers attention: SDPA, or at the probed layer the explicit softmax, recording its mass per key."""
+def probed_attention(
+    module, query, key, value, attention_mask, stretto_probe: Probe | None = None, stretto_sparse=None, **kwargs
+):
+    """transformers attention: SDPA, or at the probed layer the explicit softmax, recording its mass per key.
+
+    stretto_sparse: (SparsePattern, query slots, cached?): SparseD narrows the mask per head (`sparse_attention`).
+    """
+    if stretto_sparse is not None:
+        sparse, q_slots, cached = stretto_sparse
+        k_slots = torch.arange(key.shape[2], device=key.device) if cached else q_slots
+        groups = query.shape[1] // key.shape[1]  # grouped-query attention: the pattern is per query head
+        keys = key.repeat_interleave(groups, dim=1)
+        sparse.select(module.layer_idx, query, keys, attention_mask, q_slots, k_slots, module.scaling)
+        attention_mask = sparse.restrict(module.layer_idx, attention_mask, query, q_slots, k_slots)
     if stretto_probe is None or module.layer_idx != stretto_probe.layer:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: each K/V head serves `groups` query heads
@@ -90,6 +104,7 @@ class PublishedLM(nn.Module):
         write: bool = True,
         gen_start: int = 0,
         probe_layer: int | None = None,
+        sparse: SparsePattern | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Probe]:
         """ids (B, T) at slots [start, start + T) -> logits (B, T, vocab), or (logits, Probe); as `TextLM`.
 
@@ -97,7 +112,7 @@ class PublishedLM(nn.Module):
         answer region holds as a real token. With logit_shift the logits at slot i are the host's at i - 1 (slot
         0 keeps its own); the caller runs one slot earlier to score the first slot of a range.
         Continuous batching: start may be a tensor (B,) of per-row starts (blocks then (B, T)) and kv_cache
-        `KVCache.rows(...)`.
+        `KVCache.rows(...)`. sparse: SparseD's pattern of the generation; None: dense attention.
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
@@ -117,6 +132,8 @@ class PublishedLM(nn.Module):
         else:
             _, k_valid, k_blocks = kv_cache.meta(start, positions, valid, blocks)
         probe = None if probe_layer is None else Probe(probe_layer, start)
+        q_slots = None if sparse is None else call_slots(start, t, 0, False, ids.device)[0]
+        extra = {} if sparse is None else {"stretto_sparse": (sparse, q_slots, kv_cache is not None)}
         logits = self.host(
             input_ids=ids,
             attention_mask=slot_mask(blocks, k_blocks, k_valid, self.block_causal),
@@ -124,6 +141,7 @@ class PublishedLM(nn.Module):
             past_key_values=None if kv_cache is None else SlotCache(kv_cache, start, write, probe),
             use_cache=False,
             stretto_probe=probe,
+            **extra,
         ).logits
         if self.logit_shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)

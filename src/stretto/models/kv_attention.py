@@ -5,7 +5,8 @@ cache), written into their slots and attended together with everything cached (`
 their slots for this call only (`write=False`). Keys are cached un-rotated, so RoPE is applied after the read,
 from each slot's stored position. A `Probe` passed in is filled with what Elastic-Cache (Nguyen-Tri et al.
 2025) tests: the drift of every key a write overwrites, and the attention mass over keys at one layer; the model
-call returns it beside its output, so the cache itself holds no probe state.
+call returns it beside its output, so the cache itself holds no probe state. A `SparsePattern` passed in
+(SparseD, `sparse_attention`) narrows the mask per head once its pattern is selected.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from stretto.models.kv_cache import KVCache
+from stretto.models.sparse_attention import SparsePattern
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
@@ -101,6 +103,16 @@ def slot_mask(
     return mask
 
 
+def call_slots(
+    start: int | torch.Tensor, t: int, tk: int, cached: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots (Tq,) of a call's queries and (Tk,) of the keys it attends: every cached slot, or its own tokens."""
+    if isinstance(start, torch.Tensor):
+        raise ValueError("sparse attention takes one start slot for every row, not per-row starts")
+    q_slots = torch.arange(start, start + t, device=device)
+    return q_slots, torch.arange(tk, device=device) if cached else q_slots
+
+
 def kv_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -113,14 +125,20 @@ def kv_attention(
     start: int | torch.Tensor,
     write: bool,
     probe: Probe | None = None,
+    sparse: SparsePattern | None = None,
 ) -> torch.Tensor:
     """Attention of q (B, H, T, D) over this call's un-rotated k, v and the cached slots; returns (B, H, T, D).
 
     The T tokens sit at cache slots [start, start + T). rope_q / rope_k: cos, sin for the queries and for every
     key attended (the cached slots' positions when a cache is given). mask: bool, True = may attend.
+    sparse: SparseD's pattern of this generation, which narrows the mask (and is selected at its step).
     """
     k_all, v_all = (k, v) if cache is None else store_and_read(cache, layer, start, k, v, write, probe)
     q, k_all = apply_rope(q, *rope_q), apply_rope(k_all, *rope_k)
+    if sparse is not None:
+        q_slots, k_slots = call_slots(start, q.shape[2], k_all.shape[2], cache is not None, q.device)
+        sparse.select(layer, q, k_all, mask, q_slots, k_slots)
+        mask = sparse.restrict(layer, mask, q, q_slots, k_slots)
     if probe is not None and probe.layer == layer:  # SDPA does not expose its weights: the explicit softmax
         att = (q @ k_all.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)

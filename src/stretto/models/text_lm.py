@@ -28,6 +28,7 @@ from torch import nn
 from stretto.data.text_tasks import TOKENIZER
 from stretto.models.kv_attention import Probe, kv_attention, rope_angles, slot_mask
 from stretto.models.kv_cache import KVCache
+from stretto.models.sparse_attention import SparsePattern
 
 
 @dataclass
@@ -73,10 +74,12 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool, probe):
+    def forward(
+        self, x, rope_q, rope_k, mask, kv_cache: KVCache | None, layer: int, start: int, write: bool, probe, sparse
+    ):
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = kv_attention(q, k, v, rope_q, rope_k, mask, kv_cache, layer, start, write, probe)
+        y = kv_attention(q, k, v, rope_q, rope_k, mask, kv_cache, layer, start, write, probe, sparse)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -91,8 +94,8 @@ class Block(nn.Module):
             nn.Linear(4 * config.n_embd, config.n_embd),
         )
 
-    def forward(self, x, rope_q, rope_k, mask, kv_cache, layer, start, write, probe):
-        x = x + self.attn(self.ln1(x), rope_q, rope_k, mask, kv_cache, layer, start, write, probe)
+    def forward(self, x, rope_q, rope_k, mask, kv_cache, layer, start, write, probe, sparse=None):
+        x = x + self.attn(self.ln1(x), rope_q, rope_k, mask, kv_cache, layer, start, write, probe, sparse)
         return x + self.mlp(self.ln2(x))
 
 
@@ -143,6 +146,7 @@ class TextLM(nn.Module):
         gen_start: int = 0,
         slots: torch.Tensor | None = None,
         probe_layer: int | None = None,
+        sparse: SparsePattern | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Probe]:
         """ids (B, T) -> logits (B, T, vocab), or (logits, Probe) when probe_layer is given.
 
@@ -155,6 +159,7 @@ class TextLM(nn.Module):
         `KVCache.rows(...)`, the batch rows this call runs.
         probe_layer: also return a `Probe` with the drift of the keys this call overwrote (every layer, when it
         writes to a cache) and the attention mass over keys at this layer (Elastic-Cache's refresh test).
+        sparse: SparseD's pattern of this generation (`stretto.models.sparse_attention`); None: dense attention.
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
@@ -188,7 +193,7 @@ class TextLM(nn.Module):
         rope_k = rope_q if kv_cache is None else rope_tables(k_pos, dim, base, x.dtype)
         probe = None if probe_layer is None else Probe(probe_layer, start)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope_q, rope_k, attn_mask, kv_cache, i, start, write, probe)
+            x = block(x, rope_q, rope_k, attn_mask, kv_cache, i, start, write, probe, sparse)
         logits = self.lm_head(self.ln_f(x))
         return logits if probe is None else (logits, probe)
 

@@ -1,12 +1,13 @@
 """Text generation with masked diffusion LMs: `stretto.pipelines.text.generate(model, prompts, ...)`.
 
 The pieces, one file each: `decode` (the block iterator and the driver), `rules` (which positions a step
-commits), `caches` (KV cache modes: none, prefix, dual, block), `refresh` (when a prefix / dual cache
-recomputes stale K/V), `model_calls` (the counted model calls and the generation's KV cache), `continuous`
-(continuous batching: rows leave as they finish, waiting prompts take their place), `result` (`TextResult`).
-`generate` parses the rule and cache specs once, checks them and the block layout against the model, builds
-the canvas and hands the parsed objects to `decode`; `generate_stream` hands them to a `ContinuousBatch`,
-which yields each prompt's result as it finishes (what a server calls).
+commits), `learned` (Learn2PD's rule: a learned filter), `caches` (KV cache modes: none, prefix, dual, block),
+`refresh` (when a prefix / dual cache recomputes stale K/V), `model_calls` (the counted model calls and the
+generation's KV cache), `continuous` (continuous batching: rows leave as they finish, waiting prompts take their
+place), `result` (`TextResult`). SparseD's sparse attention lives with the models (`models.sparse_attention`).
+`generate` parses the rule, cache and sparse-attention specs once, checks them and the block layout against the
+model, builds the canvas and hands the parsed objects to `decode`; `generate_stream` hands them to a
+`ContinuousBatch`, which yields each prompt's result as it finishes (what a server calls).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from collections.abc import Callable
 
 import torch
 
+from stretto.models.sparse_attention import parse_sparse
 from stretto.models.text_lm import TextLM
+from stretto.pipelines.text import learned  # noqa: F401  (registers Learn2PD's "learned" rule with parse_rule)
 from stretto.pipelines.text.caches import CacheMode, parse_cache
 from stretto.pipelines.text.continuous import ContinuousBatch
 from stretto.pipelines.text.decode import check_blocks
@@ -91,28 +94,37 @@ def generate(
     early_stop: bool = True,
     callback: Callable[[torch.Tensor, dict], None] | None = None,
     batch_size: int | None = None,
+    sparse: str | None = None,
 ) -> TextResult:
     """Complete a batch of prompts with block-wise masked-diffusion decoding.
 
-    decode: a rule spec, "lowconf:tokens=1" (LLaDA baseline), "threshold:tau=0.9" or "factor:f=1".
+    decode: a rule spec, "lowconf:tokens=1" (LLaDA baseline), "threshold:tau=0.9", "factor:f=1" or
+    "learned:tau=0.9[,eot]" (Learn2PD's learned filter).
     cache: a cache spec, "none", "prefix", "dual", "dual:every=4", "dual:drift=0.05", "dual:delay", "block";
     default: "block" for a block-lm, "dual" for a masked-lm. block_length: default `default_block_length`.
     callback(canvas, info) is called after every step (the canvas is the live (B, S) tensor).
     batch_size: decode by continuous batching (`generate_stream`), this many rows at a time, and return the
     texts in prompt order. Each row then decodes as it would alone, which is what one static batch gives too,
     except under a drift refresh (its test is taken over the batch): that combination is refused.
+    sparse: "none" (default) or a SparseD spec, "sparsed:keep=0.3[,dense=1,qblock=8,per_block]": head-specific
+    sparse attention selected at an early step (`stretto.models.sparse_attention`); static batches only.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
     block_length, rule, mode = parse_settings(model, gen_length, block_length, decode, cache)
+    sparse_attention = parse_sparse(sparse)
     if batch_size is not None:
-        if callback is not None or not mode.rows_independent:
-            why = "a callback sees one static canvas" if callback is not None else f"cache {mode} tests the batch"
+        if callback is not None or not mode.rows_independent or sparse_attention is not None:
+            why = (
+                "a callback sees one static canvas" if callback is not None
+                else f"cache {mode} tests the batch" if not mode.rows_independent
+                else f"sparse attention {sparse_attention} keeps one pattern for the static batch"
+            )  # fmt: skip
             raise ValueError(f"batch_size (continuous batching) would not give generate's tokens here: {why}")
         return _collect(model, list(prompts), gen_length, block_length, rule, mode, early_stop, batch_size)
     canvas, gen_start = make_canvas(model, list(prompts), gen_length)
     t0 = time.perf_counter()
-    stats = decode_canvas(model, canvas, gen_start, block_length, rule, mode, early_stop, callback)
+    stats = decode_canvas(model, canvas, gen_start, block_length, rule, mode, early_stop, callback, sparse_attention)
     seconds = time.perf_counter() - t0
     gen = canvas[:, gen_start:].cpu()
     texts = [model.tokenizer.decode(row) for row in gen]

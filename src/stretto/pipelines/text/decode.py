@@ -3,7 +3,8 @@
 The pieces (the dInfer split): `block_spans` walks the generation region block by block (semi-autoregressive,
 LLaDA); a rule (`rules`) picks the positions to commit each step; a cache mode (`caches`, with its `refresh`
 options) decides which slots each step runs against the KV cache; `ModelCalls` (`model_calls`) runs and counts
-the model calls. `decode_program` is the loop, written as a generator that yields each model call it needs, so
+the model calls; SparseD's pattern (`models.sparse_attention`), when on, is stepped here with the loop and read
+by the model's attention. `decode_program` is the loop, written as a generator that yields each model call it needs, so
 the same loop drives a static batch (`decode`: every call run at once on all rows) and each row of a continuous
 batch (`continuous`: calls of rows at different blocks batched together). Counted: model calls (nfe), steps,
 token positions evaluated, refreshes. Temperature 0 throughout: x0 = argmax, confidence = softmax probability
@@ -17,6 +18,7 @@ from collections.abc import Callable, Generator, Iterator
 
 import torch
 
+from stretto.models.sparse_attention import SparseD
 from stretto.models.text_lm import TextLM
 from stretto.pipelines.text.caches import CacheMode
 from stretto.pipelines.text.model_calls import Call, DecodeStats, ModelCalls, Reply, Slots
@@ -48,17 +50,20 @@ def check_blocks(model: TextLM, gen_length: int, block_length: int) -> None:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of the model's block size ({model_block})")
 
 
-def finish_at_eot(canvas: torch.Tensor, gen_start: int, mask_id: int, eot_id: int) -> torch.Tensor:
+def finish_at_eot(canvas: torch.Tensor, gen_start: int, mask_id: int, eot_id: int, eager: bool = False) -> torch.Tensor:
     """Early stop: a row whose first end-of-text has no mask before it is done; the rest becomes end-of-text.
 
-    Returns the bool (B,) of rows that are done.
+    eager (Learn2PD's End-of-Text Prediction): the masks after a row's first end-of-text become end-of-text at
+    once, even while masks before it remain, so the blocks after it are never decoded. The answer is cut at its
+    first end-of-text anyway; what changes is only what the earlier masks see. Returns the bool (B,) of rows
+    that are done.
     """
     g = canvas[:, gen_start:]
     is_eot = g == eot_id
     idx = torch.arange(g.shape[1])
     first = torch.where(is_eot.any(1), is_eot.float().argmax(1), g.shape[1])
     done = is_eot.any(1) & ~((g == mask_id) & (idx[None] < first[:, None])).any(1)
-    fill = done[:, None] & (idx[None] > first[:, None]) & (g == mask_id)
+    fill = (is_eot.any(1) if eager else done)[:, None] & (idx[None] > first[:, None]) & (g == mask_id)
     g[fill] = eot_id
     return done
 
@@ -94,22 +99,26 @@ def decode_program(
             break
         stats.blocks += 1
         rule.start_block((canvas[:, bs:be] == mask_id).sum(1), be - bs)
+        if calls.sparse is not None:
+            calls.sparse.start_block()
         yield from cache.start_block(calls, bs, be)
         step = 0
         while (is_masked := canvas[:, bs:be] == mask_id).any():
+            if calls.sparse is not None:
+                calls.sparse.start_step()
             logits = (yield from cache.logits(calls, bs, be, step)).float()
             logits[..., banned] = float("-inf")  # an untrained model may favour <mask>
             probs = logits.softmax(-1)
             conf, x0 = probs.max(-1)
             conf = conf.masked_fill(~is_masked, float("-inf"))
-            commit = rule.select(conf, step) & is_masked
+            commit = rule.choose(conf, step, probs, x0) & is_masked
             check_progress(conf, is_masked, commit, f"step {step} of the block at slots [{bs}, {be})")
             block = canvas[:, bs:be]
             block[commit] = x0[commit]
             step += 1
             stats.steps += 1
             if early_stop:
-                finish_at_eot(canvas, gen_start, mask_id, eot_id)
+                finish_at_eot(canvas, gen_start, mask_id, eot_id, eager=rule.ends_at_eot)
             if callback is not None:
                 callback(canvas, {"block": (bs, be), "step": step, "committed": commit, "nfe": stats.nfe})
         yield from cache.end_block(calls, bs, be)
@@ -131,14 +140,16 @@ def decode(
     cache: CacheMode,
     early_stop: bool = True,
     callback: Callable[[torch.Tensor, dict], None] | None = None,
+    sparse: SparseD | None = None,
 ) -> DecodeStats:
     """Fill the masked slots [gen_start, end) of `canvas` (B, S) in place (prompts left-padded with <pad>).
 
     rule and cache are parsed objects already checked against the model and the block layout (`generate`
     does both, once); the cache mode's state starts fresh here. The rows step together (a static batch): each
-    call the program asks for is run at once on every row.
+    call the program asks for is run at once on every row. sparse: SparseD's settings (None: dense attention);
+    its pattern is this generation's.
     """
-    calls = ModelCalls(model, canvas, gen_start, with_cache=cache.uses_kv)
+    calls = ModelCalls(model, canvas, gen_start, with_cache=cache.uses_kv, sparse=sparse)
     eot_id = model.config.eot_id
     program = decode_program(calls, block_length, rule, cache, banned_tokens(model), eot_id, early_stop, callback)
     reply = None

@@ -7,7 +7,7 @@ static batch, `decode.decode`), while continuous batching (`continuous`) gathers
 different blocks into shared model calls. `Slots` is what a program knows of its canvas; `ModelCalls` is also
 the executor of a static batch: it runs a call against the one `KVCache` of the generation (allocated here,
 within the cache's default memory budget) and counts it into `DecodeStats`: model calls (nfe), token positions
-run, refreshes, blocks.
+run, refreshes, blocks, and under SparseD (`models.sparse_attention`) the share of query-key pairs attended.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stretto.models.kv_attention import Probe
+from stretto.models.sparse_attention import SparseD, SparsePattern
 from stretto.models.text_lm import TextLM, gen_blocks, left_pad_positions
 
 Reply = tuple[torch.Tensor, Probe | None]  # logits (B, hi - lo, vocab) of a call's rows, and its probe
@@ -33,6 +34,7 @@ class DecodeStats:
     refreshes: int = 0  # full passes made inside a block by a refresh option
     blocks: int = 0  # blocks decoded (fewer than gen_length / block_length after an early stop)
     cache_bytes: int = 0  # bytes allocated by the KV cache
+    attention: float = 1.0  # share of the allowed query-key pairs attended (SparseD); 1: dense
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,7 @@ class Slots:
         self.canvas, self.gen_start, self.end = canvas, gen_start, canvas.shape[1]
         self.mask_id, self.n_layer, self.model_block = cfg.mask_id, cfg.n_layer, cfg.block_size
         self.stats = stats or DecodeStats()
+        self.sparse: SparsePattern | None = None  # SparseD's pattern of the generation, stepped by the decode loop
 
     def run(self, lo: int, hi: int, probe_layer: int | None = None) -> Generator[Call, Reply, Reply]:
         """Inside a program: `logits, probe = yield from calls.run(lo, hi)` asks for the call and waits."""
@@ -68,10 +71,13 @@ class Slots:
 class ModelCalls(Slots):
     """Runs the model on slot ranges [lo, hi) of the canvas (B, S), against the generation's KV cache if any."""
 
-    def __init__(self, model: TextLM, canvas: torch.Tensor, gen_start: int, with_cache: bool):
+    def __init__(
+        self, model: TextLM, canvas: torch.Tensor, gen_start: int, with_cache: bool, sparse: SparseD | None = None
+    ):
         super().__init__(model, canvas, gen_start)
         cfg = model.config
         self.model = model
+        self.sparse = None if sparse is None else SparsePattern(sparse, self.end, gen_start)
         self.shift = model.logit_shift  # slot i is scored at slot i - 1: a range runs from one slot earlier
         self.positions = left_pad_positions(canvas, cfg.pad_id)
         self.blocks = gen_blocks(gen_start, self.end, cfg.block_size, canvas.device)
@@ -87,9 +93,12 @@ class ModelCalls(Slots):
         first = lo - 1 if self.shift and lo > 0 else lo
         self.stats.nfe += 1
         self.stats.positions += hi - first
+        extra = {} if self.sparse is None else {"sparse": self.sparse}  # off: the model's call exactly as before
         out = self.model(
             self.canvas[:, first:hi], self.positions[:, first:hi], self.blocks[first:hi],
-            kv_cache=self.kv, start=first, gen_start=self.gen_start, probe_layer=probe_layer,
+            kv_cache=self.kv, start=first, gen_start=self.gen_start, probe_layer=probe_layer, **extra,
         )  # fmt: skip
+        if self.sparse is not None:
+            self.stats.attention = self.sparse.fraction
         logits, probe = out if probe_layer is not None else (out, None)
         return logits[:, lo - first :], probe

@@ -1,9 +1,11 @@
 """Decoding rules for masked diffusion LMs: which masked positions of the current block to commit this step.
 
-A rule sees only confidences (B, n) of the block's positions (-inf where the position is already committed)
-and the step index inside the block; it returns a bool (B, n) mask of positions to commit.
-It never sees the model or the cache. Rules are written "name:key=value,...", e.g. "threshold:tau=0.9", and
-built by `parse_rule` with the one spec parser (`stretto.spec`); "baseline" is another name for "lowconf".
+A rule sees the confidences (B, n) of the block's positions (-inf where the position is already committed)
+and the step index inside the block; it returns a bool (B, n) mask of positions to commit. The rules here read
+confidences only (`select`); Learn2PD's learned rule (`learned`) also reads the probabilities and the argmax
+(`choose`). A rule never sees the model or the cache. Rules are written "name:key=value,...", e.g.
+"threshold:tau=0.9", and built by `parse_rule` with the one spec parser (`stretto.spec`); "baseline" is another
+name for "lowconf".
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ class Rule:
 
     def __post_init__(self) -> None:
         for f in spec.options(self):
+            if f.name not in self.positive:
+                continue
             value, (lo, hi) = getattr(self, f.name), f.metadata["range"]
             number = isinstance(value, int | float) and not isinstance(value, bool)
-            if f.name in self.positive and not (number and lo < value <= hi):
+            if not (number and lo < value <= hi):
                 allowed = spec.range_text(f).replace("[", "(", 1)
                 raise ValueError(f"{type(self).__name__}.{f.name} must be {allowed}, got {value!r}")
         spec.check_ranges(self)
@@ -46,6 +50,16 @@ class Rule:
     def select(self, conf: torch.Tensor, step: int) -> torch.Tensor:
         """bool (B, n): the positions to commit, given their confidences (B, n) (-inf: already committed)."""
         raise NotImplementedError
+
+    def choose(self, conf: torch.Tensor, step: int, probs: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """What the decode loop calls: `select` on the confidences; probs (B, n, V) and x0 (B, n) for rules that
+        read more."""
+        return self.select(conf, step)
+
+    @property
+    def ends_at_eot(self) -> bool:
+        """Fill every mask after a committed end-of-text at once (Learn2PD's End-of-Text Prediction)?"""
+        return False
 
     def __str__(self) -> str:
         params = ",".join(f"{f.name}={spec.format_value(getattr(self, f.name))}" for f in spec.options(self))
@@ -123,6 +137,15 @@ RULES: dict[str, type[Rule]] = {
 }
 
 
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator: a rule in its own file (`learned`) made available by its `name` to parse_rule."""
+    RULES[cls.name] = cls
+    return cls
+
+
 def parse_rule(text: str) -> Rule:
-    """'threshold:tau=0.9' / 'factor:f=1' / 'lowconf:tokens=1' (alias 'baseline') -> a rule object."""
+    """'threshold:tau=0.9' / 'factor:f=1' / 'lowconf:tokens=1' (alias 'baseline') / 'learned:tau=0.9' -> a rule.
+
+    The package (`stretto.pipelines.text`) imports `learned`, which registers itself, before this can run.
+    """
     return spec.parse(text, RULES, "decoding rule")
