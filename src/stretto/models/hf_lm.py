@@ -88,7 +88,9 @@ class PublishedLM(nn.Module):
         kv_cache: KVCache | None = None,
         start: int | torch.Tensor = 0,
         write: bool = True,
+        attn_mask: torch.Tensor | None = None,
         gen_start: int = 0,
+        slots: torch.Tensor | None = None,
         probe_layer: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Probe]:
         """ids (B, T) at slots [start, start + T) -> logits (B, T, vocab), or (logits, Probe); as `TextLM`.
@@ -98,6 +100,8 @@ class PublishedLM(nn.Module):
         0 keeps its own); the caller runs one slot earlier to score the first slot of a range.
         Continuous batching: start may be a tensor (B,) of per-row starts (blocks then (B, T)) and kv_cache
         `KVCache.rows(...)`.
+        attn_mask: an explicit (B, 1, T, T) bool mask (block-diffusion training's [clean ; noisy] pass) used instead
+        of the one built here. slots: taken for `TextLM`'s call and unused, a RoPE-only host reads only positions.
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
@@ -117,9 +121,11 @@ class PublishedLM(nn.Module):
         else:
             _, k_valid, k_blocks = kv_cache.meta(start, positions, valid, blocks)
         probe = None if probe_layer is None else Probe(probe_layer, start)
+        if attn_mask is None:
+            attn_mask = slot_mask(blocks, k_blocks, k_valid, self.block_causal)
         logits = self.host(
             input_ids=ids,
-            attention_mask=slot_mask(blocks, k_blocks, k_valid, self.block_causal),
+            attention_mask=attn_mask,
             position_ids=positions,
             past_key_values=None if kv_cache is None else SlotCache(kv_cache, start, write, probe),
             use_cache=False,
