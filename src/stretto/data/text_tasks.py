@@ -44,7 +44,11 @@ class CharTokenizer:
         return [self.stoi[c] for c in text]
 
     def decode(self, ids, stop_at_eot: bool = True) -> str:
-        """Ids -> text; masks print as '_', pads are dropped, and text ends at the first end-of-text."""
+        """Ids -> text; masks print as '_', pads are dropped, and text ends at the first end-of-text.
+
+        Ids past the table (a model whose embedding is padded past the vocabulary, as published LMs are) print
+        as '?', never an answer character.
+        """
         out = []
         for i in ids:
             i = int(i)
@@ -54,6 +58,8 @@ class CharTokenizer:
                 out.append("_")
             elif i == self.eot_id:
                 out.append("|")
+            elif i >= len(self.itos):
+                out.append("?")
             elif i != self.pad_id:
                 out.append(self.itos[i])
         return "".join(out)
