@@ -58,7 +58,11 @@ def cmd_text(args: argparse.Namespace) -> None:
 def add_text_command(subparsers) -> argparse.ArgumentParser:
     """`stretto text PROMPT...`."""
     p = subparsers.add_parser("text", help="complete text with a masked diffusion LM (parallel decoding, KV cache)")
-    p.add_argument("prompts", nargs="+", help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum)')
+    p.add_argument(
+        "prompts", nargs="+",
+        help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum; long: down, up, let, skip, exp, '
+        "rep)",
+    )  # fmt: skip
     shared.add_model(
         p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)"
     )

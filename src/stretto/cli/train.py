@@ -33,20 +33,29 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 
 def cmd_train_text(args: argparse.Namespace) -> None:
     from stretto.train.text import TextTrainConfig, train_text
+    from stretto.train.text_published import LAYOUT_MODEL
 
+    model = args.model or LAYOUT_MODEL.get(args.layout, "masked")
+    default_out = f"runs/text-{model}" if args.layout == "stretto" else f"runs/text-{args.layout}"
     cfg = TextTrainConfig(
-        out=args.out or f"runs/text-{args.model}",
-        model=args.model,
+        out=args.out or default_out,
+        model=model,
+        layout=args.layout,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         n_layer=args.n_layer,
+        n_head=args.n_head,
         n_embd=args.n_embd,
         block_size=args.block_size,
+        gen_length=args.gen_length,
         tasks=args.tasks,
         save_every=args.save_every,
         eval_every=args.eval_every,
+        eval_per_task=args.eval_per_task,
+        eval_decode=args.eval_decode,
+        eval_cache=args.eval_cache,
         semi_ar=args.semi_ar,
     )
     print(f"exported {train_text(cfg)}")
@@ -125,21 +134,46 @@ def add_train_classifier_command(train_subparsers) -> argparse.ArgumentParser:
 
 def add_train_text_command(train_subparsers) -> argparse.ArgumentParser:
     """`stretto train text`."""
+    from stretto.data.text_tasks import LONG_TASKS, TASKS
+
     p = train_subparsers.add_parser(
         "text", help="a masked (LLaDA) or block (BD3-LM) diffusion LM on the text tasks (resumes from --out)"
     )
-    p.add_argument("--model", choices=("masked", "block"), default="masked", help="which LM (default masked)")
-    _add_run_args(p, None, steps=5000, batch_size=32, out_text="runs/text-<model>")
+    p.add_argument(
+        "--model", choices=("masked", "block"), default=None,
+        help="which LM: masked (bidirectional) or block (block diffusion) (default: masked; block for --layout sdar)",
+    )  # fmt: skip
+    p.add_argument(
+        "--layout", choices=("stretto", "llada", "sdar"), default="stretto",
+        help="stretto: stretto's own TextLM (default); llada: transformers' LlamaForCausalLM, masked, exported as "
+        "LLaDA publishes (OLMo names, shards, tokenizer.json); sdar: Qwen3ForCausalLM, block, exported as SDAR",
+    )  # fmt: skip
+    _add_run_args(p, None, steps=5000, batch_size=32, out_text="runs/text-<model>, or runs/text-<layout>")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--n-layer", type=int, default=4, help="transformer layers (default 4)")
+    p.add_argument("--n-head", type=int, default=4, help="attention heads (default 4)")
     p.add_argument("--n-embd", type=int, default=128, help="model width (default 128)")
     p.add_argument("--block-size", type=int, default=16, help="block-lm only: tokens per block (default 16)")
-    p.add_argument("--tasks", default="all", help="comma-separated: copy,reverse,sort,duplicate,running_sum,add")
+    p.add_argument(
+        "--gen-length", type=int, default=0,
+        help="answer canvas in tokens (default: 64, or 256 when a long task is trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tasks", default="all",
+        help=f"all (the short tasks: {','.join(TASKS)}), long (answers of 128-255 characters: "
+        f"{','.join(LONG_TASKS)}), or comma-separated names (default all)",
+    )  # fmt: skip
     p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (default 250)")
     p.add_argument(
         "--semi-ar", type=float, default=0.5, help="masked only: fraction of block-decoding-shaped masks (0: LLaDA)"
     )
     p.add_argument("--eval-every", type=int, default=500, help="held-out exact match every N steps (0: at the end)")
+    p.add_argument("--eval-per-task", type=int, default=4, help="held-out examples per task of that eval (default 4)")
+    p.add_argument(
+        "--eval-decode", default="threshold:tau=0.9",
+        help="decoding rule of that eval (default threshold:tau=0.9; lowconf:tokens=1 is LLaDA's baseline)",
+    )  # fmt: skip
+    p.add_argument("--eval-cache", default=None, help="cache of that eval (default: dual for masked, block for block)")
     p.set_defaults(func=cmd_train_text)
     return p
 

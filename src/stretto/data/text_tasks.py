@@ -1,8 +1,10 @@
 """Text tasks with exact answers (copy, reverse, sort, duplicate, running sums, addition); a char tokenizer.
 
 Every example is `prompt -> answer` with a short task word in the prompt ("rev:abc=" -> "cba"); addition needs
-no word ("123+456=" -> "579"). Answers are 24-62 characters (addition: 10-31), generated on a canvas of 64,
-so decoding cost matters.
+no word ("123+456=" -> "579"). Answers are 24-62 characters (addition: 10-31), generated on a canvas of 64.
+The long tasks (`long_text_tasks`: counters, strides, expansions; answers of 128-255 characters on a canvas of
+256) share the tokenizer, the split rule and `make_example`; "all" still means the short ones the shipped
+models were trained on, "long" the long ones.
 An example belongs to the held-out test split iff a stable hash of its prompt falls in the test bucket, so the
 two splits are disjoint by construction and both are pure functions of (seed, index).
 """
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from stretto.data.long_text_tasks import LONG_MAX_ANSWER, LONG_MAX_PROMPT, LONG_TASKS
 
 PAD, MASK, EOT = "<pad>", "<mask>", "<eot>"
 SPECIALS = (PAD, MASK, EOT)
@@ -40,7 +44,11 @@ class CharTokenizer:
         return [self.stoi[c] for c in text]
 
     def decode(self, ids, stop_at_eot: bool = True) -> str:
-        """Ids -> text; masks print as '_', pads are dropped, and text ends at the first end-of-text."""
+        """Ids -> text; masks print as '_', pads are dropped, and text ends at the first end-of-text.
+
+        Ids past the table (a model whose embedding is padded past the vocabulary, as published LMs are) print
+        as '?', never an answer character.
+        """
         out = []
         for i in ids:
             i = int(i)
@@ -50,6 +58,8 @@ class CharTokenizer:
                 out.append("_")
             elif i == self.eot_id:
                 out.append("|")
+            elif i >= len(self.itos):
+                out.append("?")
             elif i != self.pad_id:
                 out.append(self.itos[i])
         return "".join(out)
@@ -102,6 +112,8 @@ TASKS = {
 MAX_PROMPT = 66  # longest prompt any task makes ("sort:" + 60 digits + "=")
 MAX_ANSWER = 62  # longest answer ("duplicate" of 31 characters); gen_length 64 holds it and an end-of-text
 TEST_BUCKETS = 10  # 1 in 10 prompts belongs to the test split
+ALL_TASKS = {**TASKS, **LONG_TASKS}
+TASK_GROUPS = {"all": tuple(TASKS), "long": tuple(LONG_TASKS)}  # names a task list may use for a whole set
 
 
 @dataclass(frozen=True)
@@ -118,10 +130,30 @@ def is_test(prompt: str) -> bool:
 
 def check_tasks(tasks) -> tuple[str, ...]:
     tasks = tuple(tasks)
-    bad = [t for t in tasks if t not in TASKS]
+    bad = [t for t in tasks if t not in ALL_TASKS]
     if bad or not tasks:
-        raise ValueError(f"unknown text task(s) {bad or tasks}; allowed: {sorted(TASKS)}")
+        raise ValueError(f"unknown text task(s) {bad or tasks}; allowed: {list(ALL_TASKS)}")
     return tasks
+
+
+def task_names(spec: str) -> tuple[str, ...]:
+    """A task list as the command line gives it: "all" (the short tasks), "long", or comma-separated names."""
+    if spec in TASK_GROUPS:
+        return TASK_GROUPS[spec]
+    names = tuple(t.strip() for t in spec.split(",") if t.strip())
+    if not names:
+        raise ValueError(f"no text task in {spec!r}; allowed: {', '.join(TASK_GROUPS)} or names of {list(ALL_TASKS)}")
+    return check_tasks(names)
+
+
+def max_answer(tasks) -> int:
+    """The longest answer any of the tasks makes (gen_length must exceed it, for the end-of-text)."""
+    return max(LONG_MAX_ANSWER if t in LONG_TASKS else MAX_ANSWER for t in check_tasks(tasks))
+
+
+def max_prompt(tasks) -> int:
+    """The longest prompt any of the tasks makes."""
+    return max(LONG_MAX_PROMPT if t in LONG_TASKS else MAX_PROMPT for t in check_tasks(tasks))
 
 
 def make_example(seed: int, index: int, split: str = "train", tasks=tuple(TASKS)) -> Example:
@@ -132,7 +164,7 @@ def make_example(seed: int, index: int, split: str = "train", tasks=tuple(TASKS)
     task = tasks[index % len(tasks)]
     rng = np.random.default_rng((seed, index, 0 if split == "train" else 1))
     while True:  # rejection keeps the split rule exact; about 1.1 draws on average
-        prompt, answer = TASKS[task](rng)
+        prompt, answer = ALL_TASKS[task](rng)
         if is_test(prompt) == (split == "test"):
             return Example(task, prompt, answer)
 

@@ -102,7 +102,9 @@ class PublishedLM(nn.Module):
         kv_cache: KVCache | None = None,
         start: int | torch.Tensor = 0,
         write: bool = True,
+        attn_mask: torch.Tensor | None = None,
         gen_start: int = 0,
+        slots: torch.Tensor | None = None,
         probe_layer: int | None = None,
         sparse: SparsePattern | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Probe]:
@@ -113,6 +115,8 @@ class PublishedLM(nn.Module):
         0 keeps its own); the caller runs one slot earlier to score the first slot of a range.
         Continuous batching: start may be a tensor (B,) of per-row starts (blocks then (B, T)) and kv_cache
         `KVCache.rows(...)`. sparse: SparseD's pattern of the generation; None: dense attention.
+        attn_mask: an explicit (B, 1, T, T) bool mask (block-diffusion training's [clean ; noisy] pass) used instead
+        of the one built here. slots: taken for `TextLM`'s call and unused, a RoPE-only host reads only positions.
         """
         if probe_layer is not None and not 0 <= probe_layer < self.config.n_layer:
             raise ValueError(f"probe_layer must be in [0, {self.config.n_layer}), got {probe_layer}")
@@ -134,9 +138,11 @@ class PublishedLM(nn.Module):
         probe = None if probe_layer is None else Probe(probe_layer, start)
         q_slots = None if sparse is None else call_slots(start, t, 0, False, ids.device)[0]
         extra = {} if sparse is None else {"stretto_sparse": (sparse, q_slots, kv_cache is not None)}
+        if attn_mask is None:
+            attn_mask = slot_mask(blocks, k_blocks, k_valid, self.block_causal)
         logits = self.host(
             input_ids=ids,
-            attention_mask=slot_mask(blocks, k_blocks, k_valid, self.block_causal),
+            attention_mask=attn_mask,
             position_ids=positions,
             past_key_values=None if kv_cache is None else SlotCache(kv_cache, start, write, probe),
             use_cache=False,

@@ -46,14 +46,18 @@ def train_loop(
     export: Callable[[nn.Module, int], None],
     desc: str,
     after_step: Callable[[nn.Module, int, tqdm], None] | None = None,
+    settings: dict | None = None,
 ) -> Path:
-    """Train `model` from cfg.out's saved state (or from scratch) to cfg.steps; returns cfg.out/model."""
+    """Train `model` from cfg.out's saved state (or from scratch) to cfg.steps; returns cfg.out/model.
+
+    settings: what the saved state must have been trained with to be resumed (a `ResumeError` names the change).
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     state_path = out / "train_state.safetensors"
-    start = load_train_state(state_path, model, ema, opt) if state_path.exists() else 0
+    start = load_train_state(state_path, model, ema, opt, settings) if state_path.exists() else 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{desc}: {n_params / 1e6:.2f}M parameters; steps {start} -> {cfg.steps}; out {out}")
 
@@ -76,7 +80,7 @@ def train_loop(
                 log.write(f"{step + 1}\t{running:.5f}\t{time.time():.0f}\n")
                 log.flush()
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_train_state(state_path, step + 1, model, ema, opt)
+                save_train_state(state_path, step + 1, model, ema, opt, settings)
                 export(ema, step + 1)
             if after_step is not None:
                 after_step(ema, step + 1, bar)

@@ -71,17 +71,21 @@ def load_state(
     return meta["step"]
 
 
-def save_train_state(path: Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> None:
-    save_state(path, step, {"model": model, "ema": ema}, {"opt": opt})
+def save_train_state(
+    path: Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, settings: dict | None = None
+) -> None:
+    save_state(path, step, {"model": model, "ema": ema}, {"opt": opt}, settings)
 
 
-def load_train_state(path: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> int:
+def load_train_state(
+    path: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, settings: dict | None = None
+) -> int:
     """Restore a state written by save_train_state (or by its older form, which named the AdamW moments opt.*)."""
     tensors = load_file(path)
     if any(k.startswith("opt.") for k in tensors):  # states saved before save_state existed
         renamed = {("opt/" + k[4:].replace(".", "/", 1) if k.startswith("opt.") else k): v for k, v in tensors.items()}
         save_file(renamed, path, metadata={"step": str(json.loads(path.with_suffix(".json").read_text())["step"])})
-    return load_state(path, {"model": model, "ema": ema}, {"opt": opt})
+    return load_state(path, {"model": model, "ema": ema}, {"opt": opt}, settings)
 
 
 @torch.no_grad()

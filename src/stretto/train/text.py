@@ -8,6 +8,8 @@ decoding (clean blocks, a partly masked block, fully masked blocks), the states 
 Block diffusion (Arriola et al. 2025): t is drawn per block; the network sees [clean sequence ; noisy answer]
 in one pass, where a noisy block attends to itself (bidirectional) and to the clean blocks before it, and the
 clean copy is block-causal, exactly what the block cache holds at decoding time.
+`layout` picks the network: stretto's own `TextLM` (the shipped text-masked / text-block), or a published layout
+hosted on transformers (`text_published`: LLaDA on Llama with the masked loss, SDAR on Qwen3 with the block loss).
 Batches are a pure function of (seed, step), so a resumed run sees exactly the batches it would have.
 """
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from stretto import checkpoints
 from stretto.data import text_tasks
+from stretto.models.hf_lm import PublishedLM
 from stretto.models.text_lm import (
     BlockDiffusionLM,
     MaskedDiffusionLM,
@@ -32,8 +35,10 @@ from stretto.models.text_lm import (
     left_pad_positions,
 )
 from stretto.train.loop import train_loop
+from stretto.train.text_published import LAYOUT_MODEL, build_published, export_published
 
 MODEL_KINDS = ("masked", "block")
+LAYOUTS = ("stretto", *LAYOUT_MODEL)
 EPS = 1e-3  # smallest masking ratio, keeps the 1/t weight finite
 
 
@@ -41,6 +46,7 @@ EPS = 1e-3  # smallest masking ratio, keeps the 1/t weight finite
 class TextTrainConfig:
     out: str = "runs/text-masked"
     model: str = "masked"  # "masked" (bidirectional, masked-lm) or "block" (block diffusion, block-lm)
+    layout: str = "stretto"  # stretto's TextLM, or "llada" (masked) / "sdar" (block) on transformers' classes
     steps: int = 20000
     batch_size: int = 32
     lr: float = 1e-3
@@ -53,16 +59,28 @@ class TextTrainConfig:
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 16  # block-lm only
-    gen_length: int = 64
-    tasks: str = "all"  # comma-separated task names, or "all"
-    eval_every: int = 500  # held-out exact match of the EMA model (threshold decoding), 0 = only at the end
+    gen_length: int = 0  # 0: 64, or 256 when a long task is trained
+    tasks: str = "all"  # comma-separated task names, "all" (the short tasks) or "long"
+    eval_every: int = 500  # held-out exact match of the EMA model, 0 = only at the end
     eval_per_task: int = 4
     semi_ar: float = 0.5  # masked-lm only: fraction of rows with block-decoding-shaped masks (0 = plain LLaDA)
     decode_block: int = 16  # masked-lm only: the block length those masks assume
+    eval_decode: str = "threshold:tau=0.9"  # the rule of the held-out eval (lowconf:tokens=1: LLaDA's baseline)
+    eval_cache: str | None = None  # its cache; None: the model's default
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {list(MODEL_KINDS)}, got {self.model!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.layout in LAYOUT_MODEL and self.model != LAYOUT_MODEL[self.layout]:
+            raise ValueError(
+                f"layout {self.layout} trains a {LAYOUT_MODEL[self.layout]} model, got model {self.model!r}; "
+                f"allowed: " + ", ".join(f"{k} with {v}" for k, v in LAYOUT_MODEL.items())
+            )
+        tasks = self.task_list
+        if self.gen_length == 0:
+            self.gen_length = 256 if any(t in text_tasks.LONG_TASKS for t in tasks) else 64
         for name in (
             "steps",
             "batch_size",
@@ -72,25 +90,39 @@ class TextTrainConfig:
             "n_embd",
             "gen_length",
             "block_size",
+            "eval_per_task",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model == "block" and self.gen_length % self.block_size:
             raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of block_size ({self.block_size})")
-        text_tasks.check_tasks(self.task_list)
+        longest = text_tasks.max_answer(tasks)
+        if self.gen_length <= longest:
+            raise ValueError(
+                f"gen_length {self.gen_length} does not hold the answers of tasks {','.join(tasks)} (up to "
+                f"{longest} characters and an end-of-text); allowed: > {longest}"
+            )
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads of even width")
         if not 0 <= self.semi_ar <= 1:
             raise ValueError(f"semi_ar must be in [0, 1], got {self.semi_ar}")
+        from stretto.pipelines.text.caches import parse_cache
+        from stretto.pipelines.text.rules import parse_rule
+
+        parse_rule(self.eval_decode)  # a bad eval spec fails here, not at the first eval
+        if self.eval_cache is not None:
+            parse_cache(self.eval_cache)
 
     @property
     def task_list(self) -> tuple[str, ...]:
-        return tuple(text_tasks.TASKS) if self.tasks == "all" else tuple(t.strip() for t in self.tasks.split(","))
+        return text_tasks.task_names(self.tasks)
 
     def model_config(self) -> TextLMConfig:
         return TextLMConfig(
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_embd=self.n_embd,
-            max_len=192,
+            max_len=max(192, text_tasks.max_prompt(self.task_list) + self.gen_length),
             block_size=self.block_size if self.model == "block" else 0,
         )
 
@@ -156,18 +188,21 @@ def block_diffusion_loss(model: TextLM, ids: torch.Tensor, p: int, gen: torch.Ge
 
 
 def quick_eval(model: TextLM, cfg: TextTrainConfig) -> dict[str, float]:
-    """Held-out exact match per task with threshold decoding and the model's default cache."""
+    """Held-out exact match per task with the eval's rule and cache (default: threshold, the model's cache)."""
     from stretto.pipelines.text import generate
 
     examples = text_tasks.held_out(cfg.eval_per_task, tasks=cfg.task_list)
-    res = generate(model.eval(), [e.prompt for e in examples], cfg.gen_length, decode="threshold:tau=0.9")
+    prompts = [e.prompt for e in examples]
+    res = generate(model.eval(), prompts, cfg.gen_length, decode=cfg.eval_decode, cache=cfg.eval_cache)
     acc: dict[str, float] = {}
     for e, out in zip(examples, res.texts, strict=True):
         acc[e.task] = acc.get(e.task, 0.0) + (out == e.answer) / cfg.eval_per_task
     return acc
 
 
-def build_model(cfg: TextTrainConfig) -> TextLM:
+def build_model(cfg: TextTrainConfig) -> TextLM | PublishedLM:
+    if cfg.layout != "stretto":
+        return build_published(cfg)
     cls = MaskedDiffusionLM if cfg.model == "masked" else BlockDiffusionLM
     return cls(cfg.model_config())
 
@@ -194,13 +229,27 @@ def train_text(cfg: TextTrainConfig) -> Path:
 
     return train_loop(
         model, cfg, batch_loss, lambda ema, step: export(ema, Path(cfg.out) / "model", cfg, step),
-        desc=model.kind, after_step=evaluate,
+        desc=model.kind if cfg.layout == "stretto" else f"{cfg.layout} {model.kind}", after_step=evaluate,
+        settings=resume_settings(cfg),
     )  # fmt: skip
+
+
+def resume_settings(cfg: TextTrainConfig) -> dict:
+    """What a resumed run must share with the saved one (the step count, saving and evaluation may change)."""
+    keep = ("model", "layout", "batch_size", "lr", "warmup", "weight_decay", "ema_decay", "seed", "n_layer", "n_head")
+    keep += ("n_embd", "block_size", "gen_length", "tasks", "semi_ar", "decode_block")
+    return {k: getattr(cfg, k) for k in keep}
 
 
 def train_command(cfg: TextTrainConfig) -> str:
     cmd = f"stretto train text --model {cfg.model} --steps {cfg.steps} --batch-size {cfg.batch_size}"
     cmd += f" --lr {cfg.lr:g} --seed {cfg.seed} --n-layer {cfg.n_layer} --n-embd {cfg.n_embd} --out {cfg.out}"
+    if cfg.layout != "stretto":
+        cmd += f" --layout {cfg.layout}"
+    if cfg.n_head != 4:
+        cmd += f" --n-head {cfg.n_head}"
+    if cfg.gen_length != 64:
+        cmd += f" --gen-length {cfg.gen_length}"
     if cfg.model == "block":
         cmd += f" --block-size {cfg.block_size}"
     else:
@@ -208,14 +257,15 @@ def train_command(cfg: TextTrainConfig) -> str:
     return cmd + (f" --tasks {cfg.tasks}" if cfg.tasks != "all" else "")
 
 
-def export(ema: TextLM, folder: Path, cfg: TextTrainConfig, step: int) -> None:
-    """Ship the EMA weights in fp16 (half the bytes; loaded back as fp32)."""
-    checkpoints.save(
-        ema,
-        folder,
-        dtype=torch.float16,
-        trained_steps=step,
-        gen_length=cfg.gen_length,
-        tasks=list(cfg.task_list),
-        train_command=train_command(cfg),
-    )
+def export(ema: TextLM | PublishedLM, folder: Path, cfg: TextTrainConfig, step: int) -> None:
+    """Ship the EMA weights in fp16 (half the bytes; loaded back as fp32), in the run's layout."""
+    record = {
+        "trained_steps": step,
+        "gen_length": cfg.gen_length,
+        "tasks": list(cfg.task_list),
+        "train_command": train_command(cfg),
+    }
+    if cfg.layout != "stretto":
+        export_published(ema, folder, cfg, record)
+    else:
+        checkpoints.save(ema, folder, dtype=torch.float16, **record)
