@@ -303,6 +303,18 @@ def test_taylor_first_blocks_run_every_step_and_the_rest_is_forecast():
         cache.apply(toy, cache.Taylor(first=3))
 
 
+def test_taylor_final_computes_the_schedules_last_step():
+    toy = Toy()
+    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.6, 0.3, 0.2, 0.1])
+    cache.apply(toy, cache.Taylor(order=1, interval=3, warmup=2, final=True))
+    cache.reset(toy, sigmas)
+    for s in sigmas:
+        with cache.step(toy, s):
+            toy(torch.zeros(1, 4), timestep=s.reshape(1))
+    assert [r.forecast for r in cache.summary(toy).records] == [0, 0, 0, 3, 3, 0, 0]  # without final: 3 at the end
+    cache.remove(toy)
+
+
 def test_step_index_is_keyed_on_sigma():
     """A sampler that evaluates twice per step (Heun-like) keeps the schedule's step pattern."""
     toy = Toy()

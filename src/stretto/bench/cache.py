@@ -55,6 +55,8 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
         "dbcache:first=1,last=0,threshold=0.2,warmup=4,joint=true",
         "taylor:order=1,interval=3", "taylor:order=1,interval=5", "taylor:order=2,interval=4",
         "taylor:order=1,interval=7", "taylor:order=1,interval=3,first=1", "taylor:order=1,interval=4,first=1",
+        "taylor:order=1,interval=3,first=1,warmup=4,final=true",
+        "taylor:order=1,interval=4,first=1,warmup=4,final=true",
         "gatedtaylor:threshold=0.03,max_forecast=10", "gatedtaylor:threshold=0.05,max_forecast=8",
         "gatedtaylor:threshold=0.1,max_forecast=10",
         "toca:interval=3,ratio=0.25", "toca:interval=3,ratio=0.1", "toca:interval=4,ratio=0.1",

@@ -7,7 +7,8 @@ The paper forecasts every layer's attention and MLP outputs and uses the step in
 here one forecast covers the whole stack and the variable is sigma (the mechanism passes it explicitly).
 `first=N` runs the first N blocks on every step and forecasts only the rest's residual, added to their fresh
 output (cache-dit's "DBCache Fn + TaylorSeer" with a fixed step mask): the forecast then starts from a state
-that has seen this step's input, for the price of N blocks per step.
+that has seen this step's input, for the price of N blocks per step. `final=true` also computes the schedule's
+last step, as cache-dit's step masks and FORA do.
 
 `taylor_update` and `taylor_forecast` keep and evaluate one such series in a policy's per-row state;
 the Taylor policy and the confidence-gated Taylor policy (gated_taylor.py) both use them.
@@ -88,6 +89,7 @@ class Taylor(CachePolicy):
     interval: int = bounded(4, 1, 1000, "compute every N-th step")
     warmup: int = bounded(2, 0, 1000, "full steps at the start")
     first: int = bounded(0, 0, 10_000, "blocks computed on every step; the series forecasts the rest")
+    final: bool = bounded(False, 0, 1, "also compute the schedule's final step (cache-dit's step masks do)")
 
     def check_stack(self, num_blocks: int) -> None:
         if self.first >= num_blocks:
@@ -102,6 +104,8 @@ class Taylor(CachePolicy):
             h = stack.compute(h, 0, start)
         since = call.index - self.warmup
         compute = (since < 0) | (since % self.interval == 0) | call.fresh
+        if self.final:
+            compute |= call.final
         if "factors" not in state:
             compute = torch.ones_like(compute)
         run, skip = split(compute)
