@@ -12,7 +12,9 @@ torch.set_num_threads(1)
 
 PROMPTS = ["red circle", "small blue square left of green triangle"]
 KW = dict(sampler="euler", guidance=3.0, seeds=[0, 1])
-MAX_GRAPHS = 6  # one per block kind (double, single stream), and again with a dynamic rows / tokens dimension
+# one per block kind (double, single stream), again with a dynamic rows / tokens dimension, and per-row
+# decisions may first meet a smaller row count as a static shape before dynamo makes the dimension dynamic
+MAX_GRAPHS = 10
 
 
 def graphs() -> int:
@@ -25,7 +27,7 @@ def generate(net, steps: int, spec: str | None) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "spec",
-    [None, "fora:interval=2", "dbcache:first=1,last=1,threshold=0.2,warmup=1", "toca:interval=3,ratio=0.25"],
+    [None, "fora:interval=2", "dbcache:first=1,last=1,threshold=0.3,warmup=1", "toca:interval=3,ratio=0.25"],
 )
 def test_cached_blocks_compile_once_whatever_the_steps(spec):
     torch._dynamo.reset()
@@ -46,7 +48,7 @@ def test_cached_blocks_compile_with_inductor_once():
     torch._dynamo.reset()
     counters.clear()
     net = stretto.load("shapes-flux")
-    spec = "dbcache:first=1,last=1,threshold=0.2,warmup=1"
+    spec = "dbcache:first=1,last=1,threshold=0.3,warmup=1"
     eager = generate(net, 12, spec)
     compile_blocks(net)
     generate(net, 8, spec)
