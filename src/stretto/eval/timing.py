@@ -120,7 +120,31 @@ class BlockCounter:
         self.remove()
 
 
-class ComputeCounter:
+class LeafCounter:
+    """Forward hooks on the layers in `units` that add each call's cost to `work`; a `with` block counts."""
+
+    def __init__(self, units: list[nn.Module]):
+        self.units = units
+        self.work = 0  # what a benchmark divides by the same count of a full-compute run
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def cost(self, module: nn.Module, args, output) -> int:
+        raise NotImplementedError
+
+    def _hook(self, module, args, output) -> None:
+        self.work += self.cost(module, args, output)
+
+    def __enter__(self):
+        self._handles = [u.register_forward_hook(self._hook) for u in self.units]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class ComputeCounter(LeafCounter):
     """Counts the work a transformer's blocks really did, in batch rows, whoever skipped it.
 
     Caches that intercept inside a block (diffusers' TaylorSeer, PAB and FasterCache replace an attention
@@ -135,7 +159,7 @@ class ComputeCounter:
     """
 
     def __init__(self, blocks: Sequence[nn.Module]):
-        self.units: list[nn.Module] = []
+        units: list[nn.Module] = []
         for i, block in enumerate(blocks):
             attn = getattr(getattr(block, "attn", None), "to_q", None)
             mlp = getattr(block, "proj_mlp", None) or _first_linear(getattr(block, "ff", None))
@@ -144,33 +168,22 @@ class ComputeCounter:
                     f"block {i} ({type(block).__name__}) has no attn.to_q and ff / proj_mlp linear layers to count"
                 )
             text = [getattr(block.attn, "add_q_proj", None), _first_linear(getattr(block, "ff_context", None))]
-            self.units += [attn, mlp, *(u for u in text if isinstance(u, nn.Linear))]
-        self.tokens = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def _hook(self, module, args, output) -> None:
-        self.tokens += args[0].shape[:-1].numel()
+            units += [attn, mlp, *(u for u in text if isinstance(u, nn.Linear))]
+        super().__init__(units)
 
     @property
-    def work(self) -> int:
-        """What a benchmark divides by full compute's (MacCounter's is MACs)."""
-        return self.tokens
+    def tokens(self) -> int:
+        return self.work
 
-    def __enter__(self) -> ComputeCounter:
-        self._handles = [u.register_forward_hook(self._hook) for u in self.units]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def cost(self, module, args, output) -> int:
+        return args[0].shape[:-1].numel()
 
 
 def _first_linear(module: nn.Module | None) -> nn.Linear | None:
     return next((m for m in module.modules() if isinstance(m, nn.Linear)), None) if module is not None else None
 
 
-class MacCounter:
+class MacCounter(LeafCounter):
     """Counts the multiply-accumulates a module's convolutions and linear layers really did, whoever skipped them.
 
     For a UNet, whose blocks differ in cost by orders of magnitude (a full-resolution level against an 8x8 one),
@@ -180,29 +193,18 @@ class MacCounter:
     """
 
     def __init__(self, module: nn.Module):
-        self.units = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        if not self.units:
+        units = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not units:
             raise ValueError(f"{type(module).__name__} has no Conv2d or Linear layer to count")
-        self.macs = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        super().__init__(units)
 
-    def _hook(self, module, args, output) -> None:
+    @property
+    def macs(self) -> int:
+        return self.work
+
+    def cost(self, module, args, output) -> int:
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         else:
             per_output = module.in_features
-        self.macs += output.numel() * per_output
-
-    @property
-    def work(self) -> int:
-        """What a benchmark divides by full compute's (ComputeCounter's is tokens)."""
-        return self.macs
-
-    def __enter__(self) -> MacCounter:
-        self._handles = [u.register_forward_hook(self._hook) for u in self.units]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        return output.numel() * per_output
