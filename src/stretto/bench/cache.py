@@ -57,6 +57,7 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
         "taylor:order=1,interval=7", "taylor:order=1,interval=3,first=1", "taylor:order=1,interval=4,first=1",
         "taylor:order=1,interval=3,first=1,warmup=4,final=true",
         "taylor:order=1,interval=4,first=1,warmup=4,final=true",
+        "taylor:order=1,interval=4,warmup=4,final=true", "taylor:order=1,interval=5,warmup=4,final=true",
         "gatedtaylor:threshold=0.03,max_forecast=10", "gatedtaylor:threshold=0.05,max_forecast=8",
         "gatedtaylor:threshold=0.1,max_forecast=10",
         "toca:interval=3,ratio=0.25", "toca:interval=3,ratio=0.1", "toca:interval=4,ratio=0.1",
