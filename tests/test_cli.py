@@ -134,6 +134,18 @@ def test_a_model_of_the_wrong_kind_names_the_kinds_the_command_takes(args, messa
     assert message in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "bogus"], "unknown text task(s) ['bogus']; allowed: ['copy'"),
+        (["--tasks", "long", "--gen-length", "100"], "--gen-length 100 cannot hold the answers of --tasks long"),
+    ],
+)
+def test_bench_text_names_a_bad_task_list_or_a_canvas_too_short_for_it(args, message, capsys):
+    assert main(["bench", "text", "--models", "text-masked", *args]) == 2
+    assert message in _one_error_line(capsys)
+
+
 def test_an_unwritable_output_names_the_path(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     args = ["generate", "a red circle", "--steps", "1", "--model", tiny_checkpoint]
     in_a_file = tmp_path / "file"

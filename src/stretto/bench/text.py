@@ -195,6 +195,7 @@ def run_text_bench(
         "baseline": {"decode": BASELINE[0], "cache": BASELINE[1], "sparse": BASELINE[2]},
         "machine": describe_machine(device),
         "command": f"stretto bench text --n-per-task {n_per_task} --batch-size {batch_size} --gen-length {gen_length}"
+        f" --tasks {','.join(tasks)}"
         f" --continuous {continuous}" + _sweep_flags(list(models), rules, caches, sparse) + _peers_flags(peers),
         "rows": rows,
         "continuous": summary,

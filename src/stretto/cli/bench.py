@@ -65,17 +65,25 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
 def cmd_bench_text(args: argparse.Namespace) -> None:
     from stretto.bench.text import run_text_bench
     from stretto.checkpoints import check_kind
+    from stretto.data import text_tasks
 
     # --peers alone compares with the peer engines only; name --models to also run the sweep
     models = args.models.split(",") if args.models else [] if args.peers else ["text-masked", "text-block"]
     for name in models:
         check_kind(name, TEXT_KINDS)
+    tasks = text_tasks.task_names(args.tasks)
+    gen_length = args.gen_length or (256 if set(tasks) & set(text_tasks.LONG_TASKS) else 64)
+    if gen_length <= text_tasks.max_answer(tasks):
+        raise ValueError(
+            f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks} (up to "
+            f"{text_tasks.max_answer(tasks)} tokens and an end-of-text); allowed: > {text_tasks.max_answer(tasks)}"
+        )
     peers = None
     if args.peers:
         from stretto.bench.tiny_published import Size
 
         size = Size(hidden=args.peer_width, layers=args.peer_layers)
-        peers = {"gen_length": args.gen_length, "batch_size": args.batch_size, "size": size, "device": args.device}
+        peers = {"gen_length": gen_length, "batch_size": args.batch_size, "size": size, "device": args.device}
     sweep = {}
     if args.decode:
         sweep["rules"] = tuple(args.decode)
@@ -89,7 +97,8 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
         models=models,
         n_per_task=args.n_per_task,
         batch_size=args.batch_size,
-        gen_length=args.gen_length,
+        gen_length=gen_length,
+        tasks=tasks,
         device=args.device,
         continuous=args.continuous,
         peers=peers,
@@ -218,7 +227,10 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
                    "none with --peers)")  # fmt: skip
     p.add_argument("--n-per-task", type=int, default=8, help="held-out examples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
-    p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--tasks", default="all", help="held-out tasks: all (the short ones), long (answers of 128-255 "
+                   "characters) or comma-separated names (default all)")  # fmt: skip
+    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 64 for the short tasks, "
+                   "256 with long ones)")  # fmt: skip
     p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "
                    "batching at this batch size, against the static baseline there (default 16; 0: off)")  # fmt: skip
     p.add_argument("--decode", nargs="+", default=None, metavar="RULE",
