@@ -10,6 +10,8 @@ Groups are joined by "+" so a character's place in its group is a short offset f
 
 - count_down "down:73425=" -> "73425+73424+...+73400" (the last two digits count down to 00)
 - count_up   "up:73458=" -> "73458+73459+...+73499" (the last two digits count up to 99)
+- hex_down   "hex:a3f2c=" -> "a3f2c+a3f2b+...+a3f00" (the last two hexadecimal digits count down to 00)
+- bin_down   "bin:100101=" -> "100101+100100+...+000000" (a six-bit binary counter down to zero)
 - letters    "let:pqbx=" -> "pqbx+pqbw+...+pqaa" (a base-26 two-letter counter down to aa, after a fixed pair)
 - stride     "skip:c3:40=" -> "c40+f39+i38+...+?00" (the alphabet from c in strides of 3, with a countdown)
 - expand     "exp:" + 16-19 distinct letters + "=" -> each letter 8 times
@@ -35,6 +37,16 @@ def _count_down(rng: np.random.Generator) -> tuple[str, str]:
 def _count_up(rng: np.random.Generator) -> tuple[str, str]:
     head, start = int(rng.integers(0, 1000)), int(rng.integers(58, 79))  # 22-42 numbers: 131-251 characters
     return f"up:{head:03d}{start:02d}=", "+".join(f"{head:03d}{v:02d}" for v in range(start, 100))
+
+
+def _hex_down(rng: np.random.Generator) -> tuple[str, str]:
+    head, start = int(rng.integers(0, 16**3)), int(rng.integers(21, 42))  # 22-42 numbers: 131-251 characters
+    return f"hex:{head:03x}{start:02x}=", "+".join(f"{head:03x}{v:02x}" for v in range(start, -1, -1))
+
+
+def _bin_down(rng: np.random.Generator) -> tuple[str, str]:
+    start = int(rng.integers(18, 36))  # 19-36 numbers of 6 bits: 132-251 characters
+    return f"bin:{start:06b}=", "+".join(f"{v:06b}" for v in range(start, -1, -1))
 
 
 def _letter_pair(v: int) -> str:
@@ -71,6 +83,8 @@ def _repeat(rng: np.random.Generator) -> tuple[str, str]:
 LONG_TASKS = {
     "count_down": _count_down,
     "count_up": _count_up,
+    "hex_down": _hex_down,
+    "bin_down": _bin_down,
     "letters": _letters,
     "stride": _stride,
     "expand": _expand,
