@@ -219,6 +219,10 @@ def test_bad_caches_and_inputs():
         text.generate(m, PROMPTS, 20, 8)
     with pytest.raises(ValueError, match=r"exceeds the model's context of 96"):
         text.generate(m, ["copy:" + "a" * 80 + "="], 32, 8)
+    with pytest.raises(ValueError, match=r"= 1032 exceeds the model's context of 96; allowed with this prompt: "):
+        text.generate(m, ["copy:ab="], 1024, 8)  # the allowed bound is a gen_length, never negative
+    with pytest.raises(ValueError, match=r"block_length must be >= 1, got 16 and 0"):
+        text.generate(m, PROMPTS, 16, 0)  # 0 is refused, not taken as the default
     with pytest.raises(ValueError, match=r"not in the vocabulary: \['A', '\?'\]"):
         text.generate(m, ["A+1=?"], 16, 8)
     with pytest.raises(ValueError, match="must divide the model's block size"):

@@ -46,7 +46,7 @@ def encode_prompts(model: TextLM, prompts: list[str], gen_length: int) -> list[l
     if p_len + gen_length > cfg.max_len:
         raise ValueError(
             f"prompt ({p_len} tokens) + gen_length ({gen_length}) = {p_len + gen_length} exceeds "
-            f"the model's context of {cfg.max_len}; allowed prompt length here: <= {cfg.max_len - gen_length}"
+            f"the model's context of {cfg.max_len}; allowed with this prompt: gen_length <= {cfg.max_len - p_len}"
         )
     return encoded
 
@@ -77,7 +77,7 @@ def parse_settings(
     model: TextLM, gen_length: int, block_length: int | None, decode: str, cache: str | None
 ) -> tuple[int, Rule, CacheMode]:
     """The block length, rule and cache mode, parsed and checked against the model once, before any work."""
-    block_length = block_length or default_block_length(model)
+    block_length = default_block_length(model) if block_length is None else block_length  # 0 is an error, not "default"
     rule, mode = parse_rule(decode), parse_cache(default_cache(model) if cache is None else cache)
     mode.check_model(model)
     check_blocks(model, gen_length, block_length)
