@@ -42,11 +42,11 @@ def _check_answer(e: text_tasks.Example) -> None:
         assert values[0] == int(body) and all(b - a == step for a, b in zip(values, values[1:], strict=False))
         assert values[-1] % 100 == (0 if e.task == "count_down" else 99)
         assert all(len(g) == len(body) for g in _groups(e.answer))
-    elif e.task in ("hex_down", "bin_down"):
-        base, width = (16, 5) if e.task == "hex_down" else (2, 6)
+    elif e.task in ("hex_down", "oct_down", "bin_down"):
+        base, width = {"hex_down": (16, 5), "oct_down": (8, 5), "bin_down": (2, 6)}[e.task]
         values = [int(g, base) for g in _groups(e.answer)]
         assert values[0] == int(body, base) and all(b - a == -1 for a, b in zip(values, values[1:], strict=False))
-        assert values[-1] % 256 == 0 and all(len(g) == width for g in _groups(e.answer))
+        assert values[-1] % base**2 == 0 and all(len(g) == width for g in _groups(e.answer))
     elif e.task == "letters":
 
         def value(pair):

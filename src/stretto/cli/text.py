@@ -60,8 +60,8 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("text", help="complete text with a masked diffusion LM (parallel decoding, KV cache)")
     p.add_argument(
         "prompts", nargs="+",
-        help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum; long: down, up, hex, bin, let, '
-        "skip, exp, rep)",
+        help='e.g. "123+456=" or "rev:stretto=" (tasks: copy, rev, sort, dup, cum; long: down, up, hex, oct, bin, '
+        "let, skip, exp, rep)",
     )  # fmt: skip
     shared.add_model(
         p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)"

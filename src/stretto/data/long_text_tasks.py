@@ -11,6 +11,7 @@ Groups are joined by "+" so a character's place in its group is a short offset f
 - count_down "down:73425=" -> "73425+73424+...+73400" (the last two digits count down to 00)
 - count_up   "up:73458=" -> "73458+73459+...+73499" (the last two digits count up to 99)
 - hex_down   "hex:a3f2c=" -> "a3f2c+a3f2b+...+a3f00" (the last two hexadecimal digits count down to 00)
+- oct_down   "oct:57231=" -> "57231+57230+57227+...+57200" (the last two octal digits count down to 00)
 - bin_down   "bin:100101=" -> "100101+100100+...+000000" (a six-bit binary counter down to zero)
 - letters    "let:pqbx=" -> "pqbx+pqbw+...+pqaa" (a base-26 two-letter counter down to aa, after a fixed pair)
 - stride     "skip:c3:40=" -> "c40+f39+i38+...+?00" (the alphabet from c in strides of 3, with a countdown)
@@ -42,6 +43,11 @@ def _count_up(rng: np.random.Generator) -> tuple[str, str]:
 def _hex_down(rng: np.random.Generator) -> tuple[str, str]:
     head, start = int(rng.integers(0, 16**3)), int(rng.integers(21, 42))  # 22-42 numbers: 131-251 characters
     return f"hex:{head:03x}{start:02x}=", "+".join(f"{head:03x}{v:02x}" for v in range(start, -1, -1))
+
+
+def _oct_down(rng: np.random.Generator) -> tuple[str, str]:
+    head, start = int(rng.integers(0, 8**3)), int(rng.integers(21, 42))  # 22-42 numbers: 131-251 characters
+    return f"oct:{head:03o}{start:02o}=", "+".join(f"{head:03o}{v:02o}" for v in range(start, -1, -1))
 
 
 def _bin_down(rng: np.random.Generator) -> tuple[str, str]:
@@ -84,6 +90,7 @@ LONG_TASKS = {
     "count_down": _count_down,
     "count_up": _count_up,
     "hex_down": _hex_down,
+    "oct_down": _oct_down,
     "bin_down": _bin_down,
     "letters": _letters,
     "stride": _stride,
