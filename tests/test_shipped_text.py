@@ -36,3 +36,22 @@ def test_block_cache_is_exact_on_the_shipped_block_model(models):
     cached = text.generate(model, prompts, 64, decode="threshold:tau=0.9", cache="block")
     assert cached.texts == plain.texts
     assert cached.stats.positions < plain.stats.positions
+
+
+def test_the_default_text_model_is_llada_on_the_transformers_class_and_answers_long_tasks():
+    """`text-llada` (the default of `stretto text`) is a published LLaDA folder hosted on transformers' Llama and
+    answers held-out prompts of its four families, 131-251 characters each, with the LLaDA baseline decoder."""
+    import transformers
+
+    from stretto.cli.text import DEFAULT_TEXT_MODEL
+
+    assert DEFAULT_TEXT_MODEL == "text-llada" and checkpoints.is_published(checkpoints.resolve("text-llada"))
+    model = checkpoints.load("text-llada")
+    assert isinstance(model.host, transformers.LlamaForCausalLM) and model.kind == "masked-lm"
+    tasks = tuple(checkpoints.trained_tasks("text-llada"))
+    assert len(tasks) == 4 and checkpoints.trained_gen_length("text-llada") == 256
+    examples = text_tasks.held_out(1, tasks=tasks)
+    res = text.generate(model, [e.prompt for e in examples], 256, decode="lowconf:tokens=1", cache="none")
+    # Measured when shipped on 64 held-out prompts (benchmarks/results/text-long.json): see README.
+    assert [out == e.answer for out, e in zip(res.texts, examples, strict=True)] == [True] * len(examples)
+    assert min(len(e.answer) for e in examples) >= 128

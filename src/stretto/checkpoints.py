@@ -100,6 +100,23 @@ def save(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float3
     return folder
 
 
+def _training_record(name_or_path: str | Path, key: str):
+    meta = json.loads((resolve(name_or_path) / "config.json").read_text())
+    return meta.get(key) if isinstance(meta, dict) else None
+
+
+def trained_gen_length(name_or_path: str | Path) -> int | None:
+    """The answer canvas a text model was trained on (`gen_length` in its config.json), when it records one."""
+    value = _training_record(name_or_path, "gen_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def trained_tasks(name_or_path: str | Path) -> list[str]:
+    """The text tasks a model was trained on (`tasks` in its config.json), [] when it does not say."""
+    value = _training_record(name_or_path, "tasks")
+    return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
+
+
 def read_config(folder: str | Path) -> dict:
     """A checkpoint's config.json as a dict with its `kind` and `config`, or a CheckpointError naming the problem."""
     path = resolve(folder) / "config.json"

@@ -63,6 +63,7 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_text(args: argparse.Namespace) -> None:
+    from stretto import checkpoints
     from stretto.bench.text import run_text_bench
     from stretto.checkpoints import check_kind
     from stretto.data import text_tasks
@@ -71,11 +72,13 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
     models = args.models.split(",") if args.models else [] if args.peers else ["text-masked", "text-block"]
     for name in models:
         check_kind(name, TEXT_KINDS)
-    tasks = text_tasks.task_names(args.tasks)
+    recorded = {tuple(checkpoints.trained_tasks(name)) for name in models}
+    same = recorded.pop() if len(recorded) == 1 else ()
+    tasks = text_tasks.task_names(args.tasks) if args.tasks else same or text_tasks.task_names("all")
     gen_length = args.gen_length or (256 if set(tasks) & set(text_tasks.LONG_TASKS) else 64)
     if gen_length <= text_tasks.max_answer(tasks):
         raise ValueError(
-            f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks} (up to "
+            f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks or ",".join(tasks)} (up to "
             f"{text_tasks.max_answer(tasks)} tokens and an end-of-text); allowed: > {text_tasks.max_answer(tasks)}"
         )
     peers = None
@@ -227,8 +230,9 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
                    "none with --peers)")  # fmt: skip
     p.add_argument("--n-per-task", type=int, default=8, help="held-out examples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
-    p.add_argument("--tasks", default="all", help="held-out tasks: all (the short ones), long (answers of 128-255 "
-                   "characters) or comma-separated names (default all)")  # fmt: skip
+    p.add_argument("--tasks", default=None, help="held-out tasks: all (the short ones), long (answers of 128-255 "
+                   "characters) or comma-separated names (default: the tasks the models were trained on, when "
+                   "they agree; else all)")  # fmt: skip
     p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 64 for the short tasks, "
                    "256 with long ones)")  # fmt: skip
     p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "

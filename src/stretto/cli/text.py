@@ -7,7 +7,7 @@ import sys
 
 from stretto.cli import args as shared
 
-DEFAULT_TEXT_MODEL = "text-masked"
+DEFAULT_TEXT_MODEL = "text-llada"
 TEXT_KINDS = ("masked-lm", "block-lm")
 
 
@@ -16,6 +16,7 @@ def cmd_text(args: argparse.Namespace) -> None:
     from stretto.pipelines.text import generate
 
     model = checkpoints.load(args.model, device=args.device, kind=TEXT_KINDS)
+    args.gen_length = args.gen_length or checkpoints.trained_gen_length(args.model) or 64
     callback = None
     if args.show:
         tty = sys.stdout.isatty()
@@ -64,9 +65,12 @@ def add_text_command(subparsers) -> argparse.ArgumentParser:
         "let, skip, exp, rep)",
     )  # fmt: skip
     shared.add_model(
-        p, DEFAULT_TEXT_MODEL, what="diffusion LM (text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)"
+        p,
+        DEFAULT_TEXT_MODEL,
+        what="diffusion LM (text-llada, text-masked, text-block; or a LLaDA/Dream/Fast-dLLM v2/SDAR folder)",
     )
-    p.add_argument("--gen-length", type=int, default=64, help="tokens to generate (a multiple of --block-length)")
+    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate, a multiple of --block-length "
+                   "(default: the canvas the model was trained on, else 64)")  # fmt: skip
     p.add_argument("--block-length", type=int, default=None, help="default: the model's block, or 16")
     p.add_argument(
         "--decode",
