@@ -78,7 +78,7 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
     gen_length = args.gen_length or (256 if set(tasks) & set(text_tasks.LONG_TASKS) else 64)
     if gen_length <= text_tasks.max_answer(tasks):
         raise ValueError(
-            f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks or ",".join(tasks)} (up to "
+            f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks or ','.join(tasks)} (up to "
             f"{text_tasks.max_answer(tasks)} tokens and an end-of-text); allowed: > {text_tasks.max_answer(tasks)}"
         )
     peers = None
