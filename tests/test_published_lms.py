@@ -12,6 +12,7 @@ import torch
 
 import stretto
 import stretto.pipelines.text
+from stretto import checkpoints
 from stretto.bench.tiny_published import BLOCK, CHARS, LAYOUTS, SHIFTED, write_checkpoint, write_diffusion_gemma
 from stretto.checkpoints import CheckpointError
 from stretto.cli import main
@@ -161,8 +162,9 @@ def test_dreams_vocab_and_merges_load_without_its_remote_tokenizer_class(publish
 
 def test_commands_for_stretto_checkpoints_name_a_published_folder_by_its_model_type(published, capsys):
     folder = published["llada"][0]
-    assert main(["bench", "text", "--models", str(folder)]) == 2
-    assert "is a 'published llada checkpoint', expected one of 'masked-lm', 'block-lm'" in capsys.readouterr().err
+    assert main(["bench", "samplers", "--model", str(folder)]) == 2
+    assert "is a 'published llada checkpoint', expected a 'shapes-flux'" in capsys.readouterr().err
+    assert checkpoints.check_kind(folder, ("masked-lm", "block-lm")) == "published llada checkpoint"  # text: taken
 
 
 def test_cli_text_runs_a_published_folder(published, capsys):

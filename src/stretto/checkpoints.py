@@ -144,16 +144,21 @@ def _excerpt(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+TEXT_KINDS = {"masked-lm", "block-lm"}
+
+
 def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
     """The checkpoint's kind, or a CheckpointError if it is not `kind` (or one of several); reads only config.json.
 
-    A published-layout folder (LLaDA, Dream, ...) has no stretto kind: it is named by its model_type, so only
-    `load` and `stretto text` take it.
+    A published-layout folder (LLaDA, Dream, ...) has no stretto kind: it is named by its model_type, and it is
+    taken wherever a text kind is (whether it is a masked-lm or a block-lm shows once it loads onto its class).
     """
     folder = resolve(name_or_path)
     if is_published(folder):
         model_type = json.loads((folder / "config.json").read_text())["model_type"]
         found = f"published {model_type} checkpoint"
+        if {kind} & TEXT_KINDS if isinstance(kind, str) else set(kind) & TEXT_KINDS:
+            return found
     else:
         found = read_config(folder).get("kind")
     require_kind(name_or_path, found, kind)
