@@ -177,7 +177,8 @@ def test_shipped_models_decode_each_prompt_as_alone_under_continuous_batching():
 def test_cli_text_decodes_by_continuous_batching(capsys):
     from stretto.cli import main
 
-    main(["text", "dup:abc=", "rev:xy=", "copy:hello=", "--batch-size", "2", "--decode", "threshold:tau=0.7"])
+    main(["text", "dup:abc=", "rev:xy=", "copy:hello=", "--batch-size", "2", "--decode", "threshold:tau=0.7",
+          "--model", "text-masked"])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     alone = [text.generate(stretto.load("text-masked"), [p], decode="threshold:tau=0.7").texts[0] for p in
              ("dup:abc=", "rev:xy=", "copy:hello=")]  # fmt: skip
