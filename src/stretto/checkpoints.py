@@ -144,7 +144,7 @@ def _excerpt(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-TEXT_KINDS = {"masked-lm", "block-lm"}
+TEXT_KINDS = ("masked-lm", "block-lm")  # what a published folder is once loaded (cli and serve keep light copies)
 
 
 def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
@@ -157,7 +157,8 @@ def check_kind(name_or_path: str | Path, kind: str | Sequence[str]) -> str:
     if is_published(folder):
         model_type = json.loads((folder / "config.json").read_text())["model_type"]
         found = f"published {model_type} checkpoint"
-        if {kind} & TEXT_KINDS if isinstance(kind, str) else set(kind) & TEXT_KINDS:
+        wanted = (kind,) if isinstance(kind, str) else tuple(kind)
+        if any(k in TEXT_KINDS for k in wanted):
             return found
     else:
         found = read_config(folder).get("kind")

@@ -75,7 +75,8 @@ def cmd_bench_text(args: argparse.Namespace) -> None:
     recorded = {tuple(checkpoints.trained_tasks(name)) for name in models}
     same = recorded.pop() if len(recorded) == 1 else ()
     tasks = text_tasks.task_names(args.tasks) if args.tasks else same or text_tasks.task_names("all")
-    gen_length = args.gen_length or (256 if set(tasks) & set(text_tasks.LONG_TASKS) else 64)
+    # default: the longest answer and an end-of-text, in whole blocks of 16 (64 for the short tasks, 256 for long)
+    gen_length = args.gen_length or -(-(text_tasks.max_answer(tasks) + 1) // 16) * 16
     if gen_length <= text_tasks.max_answer(tasks):
         raise ValueError(
             f"--gen-length {gen_length} cannot hold the answers of --tasks {args.tasks or ','.join(tasks)} (up to "
@@ -233,8 +234,8 @@ def add_bench_text_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="held-out tasks: all (the short ones), long (answers of 128-255 "
                    "characters) or comma-separated names (default: the tasks the models were trained on, when "
                    "they agree; else all)")  # fmt: skip
-    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 64 for the short tasks, "
-                   "256 with long ones)")  # fmt: skip
+    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the longest answer "
+                   "and an end-of-text in blocks of 16: 64 for the short tasks, 256 for long ones)")  # fmt: skip
     p.add_argument("--continuous", type=int, default=16, help="also every setting at batch 1 and under continuous "
                    "batching at this batch size, against the static baseline there (default 16; 0: off)")  # fmt: skip
     p.add_argument("--decode", nargs="+", default=None, metavar="RULE",

@@ -16,13 +16,13 @@ def cmd_text(args: argparse.Namespace) -> None:
     from stretto.pipelines.text import generate
 
     model = checkpoints.load(args.model, device=args.device, kind=TEXT_KINDS)
-    args.gen_length = args.gen_length or checkpoints.trained_gen_length(args.model) or 64
+    gen_length = args.gen_length or checkpoints.trained_gen_length(args.model) or 64
     callback = None
     if args.show:
         tty = sys.stdout.isatty()
 
         def callback(canvas, info):
-            gen = canvas[:, -args.gen_length :]
+            gen = canvas[:, -gen_length:]
             lines = [model.tokenizer.decode(row, stop_at_eot=False) for row in gen]
             head = f"step {info['step']:>3} nfe {info['nfe']:>3} "
             if tty and len(lines) == 1:
@@ -33,7 +33,7 @@ def cmd_text(args: argparse.Namespace) -> None:
     res = generate(
         model,
         args.prompts,
-        gen_length=args.gen_length,
+        gen_length=gen_length,
         block_length=args.block_length,
         decode=args.decode,
         cache=args.cache,
