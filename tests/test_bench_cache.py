@@ -1,13 +1,14 @@
 """The cache benchmark's pieces: the compute counter, diffusers' caches on stretto's model, a tiny bench run."""
 
 import json
+import time
 
 import pytest
 import torch
 
 import stretto
 from stretto.bench import diffusers_caches
-from stretto.eval.timing import ComputeCounter
+from stretto.eval.timing import ComputeCounter, StackTimer
 
 torch.set_num_threads(1)
 
@@ -27,6 +28,29 @@ def test_compute_counter_matches_the_cache_summary(shapes):
         result = stretto.generate(shapes, PROMPTS, cache="fora:interval=2,warmup=1,final=false", **KW)
     assert 0 < cached.tokens < full.tokens
     assert cached.tokens / full.tokens == pytest.approx(result.stats.cache.compute_fraction)
+
+
+def test_stack_timer_times_the_blocks_not_the_rest(shapes):
+    with StackTimer(shapes.blocks[0], shapes.blocks[-1]) as timer:
+        start = time.perf_counter()
+        stretto.generate(shapes, PROMPTS, **KW)
+        total = time.perf_counter() - start
+    assert 0 < timer.seconds < total
+    seconds = timer.seconds
+    stretto.generate(shapes, PROMPTS, **KW)  # detached: no more time added
+    assert timer.seconds == seconds
+
+
+def test_wall_check_rows_carry_both_ideals(tmp_path):
+    from stretto.bench.cache import run_wall_check
+
+    result = run_wall_check(["fora:interval=2,warmup=1"], tmp_path / "wall.json", num_images=2, steps=4, repeats=1)
+    (row,) = json.loads((tmp_path / "wall.json").read_text())["rows"]
+    assert row == result["rows"][0]
+    assert 0 < row["stack_share"] < 1 and row["compute_fraction"] < 1
+    # the Amdahl ideal keeps the work outside the stack, so it promises less than 1 / fraction
+    assert 1 < row["speedup_ideal_amdahl"] < row["speedup_ideal"] == pytest.approx(1 / row["compute_fraction"])
+    assert row["of_ideal_amdahl"] == pytest.approx(row["speedup_wall"] / row["speedup_ideal_amdahl"])
 
 
 def test_compute_counter_names_blocks_it_cannot_count():

@@ -20,6 +20,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from stretto.cache import parse_policy
 from stretto.data.shapes import evaluation_prompts
 from stretto.eval.classifier import prompt_accuracy
 from stretto.eval.metrics import FeatureFID, psnr_db, ssim
-from stretto.eval.timing import ComputeCounter, MacCounter
+from stretto.eval.timing import ComputeCounter, MacCounter, StackTimer
 from stretto.pipelines.image import DEFAULT_GUIDANCE
 from stretto.tune.calibrate import calibrate_magcache, calibrate_teacache
 
@@ -54,7 +55,8 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
         "dbcache:first=1,last=0,threshold=0.1,warmup=4,joint=true",
         "dbcache:first=1,last=0,threshold=0.2,warmup=4,joint=true",
         "taylor:order=1,interval=3", "taylor:order=1,interval=5", "taylor:order=2,interval=4",
-        "taylor:order=1,interval=7", "taylor:order=1,interval=4,warmup=2,final=true",
+        "taylor:order=1,interval=7", "taylor:order=1,interval=6,warmup=2,final=true",
+        "taylor:order=1,interval=4,warmup=2,final=true",
         "taylor:order=2,interval=3,warmup=4,final=true", "taylor:order=2,interval=3,first=1,warmup=4,final=true",
         "taylor:order=1,interval=3,first=1,warmup=4,final=true",
         "taylor:order=1,interval=4,first=1,warmup=4,final=true",
@@ -104,6 +106,7 @@ class Run:
     images: torch.Tensor
     wall_s: float
     work: int  # attention + MLP tokens the blocks computed (ComputeCounter), or a UNet's MACs (MacCounter)
+    stack_s: float | None = None  # of wall_s, the time inside the block stack (StackTimer), when timed
 
 
 class CacheBench:
@@ -121,20 +124,28 @@ class CacheBench:
     def counter(self) -> ComputeCounter | MacCounter:
         return MacCounter(self.unet) if self.unet is not None else ComputeCounter(self.net.blocks)
 
-    def timed(self, fn: Callable[[], torch.Tensor]) -> Run:
-        with self.counter() as counter:
+    def stack_timer(self) -> StackTimer:
+        """Times the block stack: a transformer's blocks, a UNet's down blocks to its up blocks."""
+        if self.unet is not None:
+            return StackTimer(self.unet.down_blocks[0], self.unet.up_blocks[-1], self.device)
+        return StackTimer(self.net.blocks[0], self.net.blocks[-1], self.device)
+
+    def timed(self, fn: Callable[[], torch.Tensor], time_stack: bool = False) -> Run:
+        timer = self.stack_timer() if time_stack else nullcontext()
+        with self.counter() as counter, timer:
             start = time.perf_counter()
             images = fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-        return Run(images, seconds, counter.work)
+        return Run(images, seconds, counter.work, timer.seconds if time_stack else None)
 
-    def run(self, engine: str, name: str, params, sampler: str, steps: int) -> Run:
+    def run(self, engine: str, name: str, params, sampler: str, steps: int, time_stack: bool = False) -> Run:
         kw = dict(steps=steps, sampler=sampler, guidance=self.guidance, seeds=self.seeds)
         if engine == "stretto":
             cache = None if name == "none" else params
-            return self.timed(lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images)
+            fn = lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images  # noqa: E731
+            return self.timed(fn, time_stack)
         if engine == "cache-dit":  # attached and removed inside the timed part, like the other engines' caches
             return self.timed(lambda: cachedit_caches.generate_with(self.net, self.prompts, name, params, **kw).images)
         return self.timed(lambda: diffusers_caches.generate(self.net, self.prompts, name, params, **kw).images)
@@ -403,23 +414,38 @@ def run_wall_check(
     The main benchmark times every row once against full-compute runs at its start and end, so slow drift of a
     shared machine lands in its ratios; here each cached run sits between two full runs, and the speedup is
     the median over repeats of (mean of the neighbouring full runs) / (cached run).
+
+    Two ideals per row: `speedup_ideal` = 1 / compute fraction, as if the whole step shrank with the stack's
+    work, and `speedup_ideal_amdahl`, which keeps the work outside the block stack that every step does
+    whatever the policy (its share measured on the full runs by `StackTimer`: `stack_share`). Wall over the
+    Amdahl ideal is the cost of the policy's own mechanism.
     """
     bench = CacheBench(model, device, num_images, guidance)
     bench.run("stretto", "none", None, sampler, steps)  # warm-up
     rows = []
+
+    def full_run() -> Run:
+        return bench.run("stretto", "none", None, sampler, steps, time_stack=True)
+
     for spec in tqdm(specs, desc="wall check"):
-        full = [bench.run("stretto", "none", None, sampler, steps)]
+        full = [full_run()]
         ratios, cached = [], []
         for _ in range(repeats):
             cached.append(bench.run("stretto", spec, spec, sampler, steps))
-            full.append(bench.run("stretto", "none", None, sampler, steps))
+            full.append(full_run())
             ratios.append((full[-2].wall_s + full[-1].wall_s) / 2 / cached[-1].wall_s)
         fraction = cached[0].work / full[0].work
+        shares = sorted(r.stack_s / r.wall_s for r in full)
+        share = shares[len(shares) // 2]
+        wall = sorted(ratios)[len(ratios) // 2]
+        amdahl = 1 / (1 - share + share * fraction)
         rows.append({
             "policy": policy_name("stretto", spec), "params": params_text("stretto", spec, spec),
-            "compute_fraction": fraction, "speedup_ideal": 1 / fraction,
-            "speedup_wall": sorted(ratios)[len(ratios) // 2], "speedup_wall_runs": ratios,
-            "full_wall_s": [r.wall_s for r in full], "cached_wall_s": [r.wall_s for r in cached],
+            "compute_fraction": fraction, "speedup_ideal": 1 / fraction, "stack_share": share,
+            "speedup_ideal_amdahl": amdahl, "speedup_wall": wall, "speedup_wall_runs": ratios,
+            "of_ideal": wall * fraction, "of_ideal_amdahl": wall / amdahl,
+            "full_wall_s": [r.wall_s for r in full], "full_stack_s": [r.stack_s for r in full],
+            "cached_wall_s": [r.wall_s for r in cached],
         })  # fmt: skip
     result = {
         "benchmark": "cache-wall-check", "model": model, "num_images": num_images, "sampler": sampler,
@@ -429,6 +455,7 @@ def run_wall_check(
     if json_path:
         write_json(result, json_path)
     for r in rows:
-        print(f"{r['params']:<50} ideal {r['speedup_ideal']:.2f}x  wall {r['speedup_wall']:.2f}x "
-              f"({r['speedup_wall'] / r['speedup_ideal']:.2f} of ideal)")  # fmt: skip
+        print(f"{r['params']:<50} wall {r['speedup_wall']:.2f}x: {r['of_ideal']:.2f} of ideal "
+              f"{r['speedup_ideal']:.2f}x, {r['of_ideal_amdahl']:.2f} of {r['speedup_ideal_amdahl']:.2f}x with "
+              f"the {1 - r['stack_share']:.1%} outside the stack")  # fmt: skip
     return result

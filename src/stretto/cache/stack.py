@@ -96,9 +96,9 @@ class Stack:
         (the same output, bit for bit).
 
         Without `kv` the selected tokens attend only to each other and the text tokens. With `kv` (a list,
-        one tensor per self-attention module of blocks [start, stop), for the rows `h` holds) they attend to
+        keys then values per self-attention module of blocks [start, stop), for the rows `h` holds) they attend to
         the keys and values of all tokens (see stretto.cache.token_attention): with every token selected the
-        blocks' image keys and values are recorded into `kv`; otherwise the selected tokens' fresh keys and
+        blocks' keys and values are recorded into `kv`; otherwise the selected tokens' fresh keys and
         values overwrite their slots in `kv` (which is updated in place) and the others come from it."""
         if not self.calls.family.token_level:
             raise ValueError(

@@ -208,3 +208,42 @@ class MacCounter(LeafCounter):
         else:
             per_output = module.in_features
         return output.numel() * per_output
+
+
+class StackTimer:
+    """Wall time spent inside a block stack: from the start of its first module to the end of its last, per
+    model call, summed (a `with` block times). Meant for full-compute runs, where every call runs the whole
+    stack in order; a cache that skips the first or last module would leave calls out.
+
+    What it is for: a step's work outside the stack (embeddings, the final layer, the sampler update, CFG)
+    is done by every cache policy on every step, so the speedup a policy can promise is
+    1 / ((1 - s) + s * f) for a stack share s of the full run's time and a computed fraction f of the stack's
+    work (Amdahl), not 1 / f. On CUDA each edge synchronises the device, which costs a little time."""
+
+    def __init__(self, first: nn.Module, last: nn.Module, device: str | torch.device = "cpu"):
+        self.first, self.last, self.device = first, last, torch.device(device)
+        self.seconds = 0.0
+        self._start: float | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _enter(self, module, args) -> None:
+        self._start = self._now()
+
+    def _exit(self, module, args, output) -> None:
+        if self._start is not None:
+            self.seconds += self._now() - self._start
+            self._start = None
+
+    def __enter__(self) -> StackTimer:
+        self._handles = [self.first.register_forward_pre_hook(self._enter), self.last.register_forward_hook(self._exit)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
