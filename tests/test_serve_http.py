@@ -18,8 +18,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from serve_helpers import ModelGate, idle, metric, served, wait_until  # noqa: E402
 
+from stretto import checkpoints  # noqa: E402
 from stretto.cache import get_handle  # noqa: E402
 from stretto.checkpoints import SHIPPED_DIR  # noqa: E402
+from stretto.data.text_tasks import held_out  # noqa: E402
 
 IMAGES, COMPLETIONS = "/v1/images/generations", "/v1/completions"
 PROMPT = "a red circle left of a blue square"
@@ -60,6 +62,9 @@ def test_health_models_and_page(server):
     assert health["status"] == "ok" and health["models"] == {"shapes-flux": "shapes-flux", "text-masked": "masked-lm"}
     models = httpx.get(base + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["shapes-flux", "text-masked"] and "taylor" in models["cache_policies"]
+    image, text = models["data"]
+    assert "gen_length" not in image and text["gen_length"] == 64  # the canvas text-masked was trained on
+    assert text["example_prompt"] == held_out(1, tasks=checkpoints.trained_tasks("text-masked")[:1])[0].prompt
     page = httpx.get(base + "/")
     assert page.status_code == 200 and "/static/page.js" in page.text
     assert "new WebSocket" in httpx.get(base + "/static/page.js").text
@@ -180,6 +185,16 @@ def test_completion_answers_with_text_usage_and_costs(server):
     assert body["object"] == "text_completion" and body["choices"][0]["text"]
     assert body["usage"]["completion_tokens"] > 0 and body["stretto"]["model_calls"] > 0
     assert body["stretto"]["tokens_per_s"] > 0
+
+
+def test_max_tokens_defaults_to_the_models_trained_canvas(server):
+    base, _ = server
+    prompt = {"prompt": "dup:abcdefghijklmnop="}  # a 32-character answer: it fits in 64 slots, not in 32
+    default, wide, narrow = (post(base, COMPLETIONS, {**prompt, **extra}).json()
+                             for extra in ({}, {"max_tokens": 64}, {"max_tokens": 32}))  # fmt: skip
+    assert checkpoints.trained_gen_length("text-masked") == 64
+    assert default["choices"] == wide["choices"] and default["stretto"]["model_calls"] == wide["stretto"]["model_calls"]
+    assert default["choices"][0]["finish_reason"] == "stop" and narrow["choices"][0]["finish_reason"] == "length"
 
 
 def sse_events(response: httpx.Response) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from stretto.cli import args as shared
+from stretto.serve.settings import DEFAULT_MODELS  # plain constants: no torch import
 
 # ServeSettings' field -> the flag that sets it, for error messages
 FLAGS = {"timeout_s": "--timeout", "idle_s": "--idle-timeout", "max_body_bytes": "--max-body-kib"}
@@ -78,9 +79,9 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", action=shared.IntInRange, low=0, high=65535, default=8000, help="port (default 8000)")
     p.add_argument(
         "--models",
-        default="shapes-flux,text-masked,world-sf",
+        default=",".join(DEFAULT_MODELS),
         help="comma-separated models to load at start: shipped names or checkpoint folders; requests may name "
-        "only these (default shapes-flux,text-masked,world-sf)",
+        "only these (default %(default)s)",
     )
     p.add_argument(
         "--allow-model-dir",

@@ -88,7 +88,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def models(request: Request) -> dict:
         """The models served (OpenAI's list shape) and the samplers and cache policies requests may name."""
         state = request.app.state
-        data = [{"id": n, "object": "model", "owned_by": "stretto", "kind": m.kind}
+        data = [{"id": n, "object": "model", "owned_by": "stretto", "kind": m.kind, **state.registry.text_facts(n)}
                 for n, m in state.registry.models.items()]  # fmt: skip
         return {"object": "list", "data": data, "samplers": list(SAMPLERS), "cache_policies": sorted(POLICIES)}
 

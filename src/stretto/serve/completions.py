@@ -26,7 +26,7 @@ from stretto.pipelines.text.rules import parse_rule
 from stretto.serve.errors import ApiError
 from stretto.serve.images import CLIENT_CLOSED
 from stretto.serve.schemas import CompletionRequest
-from stretto.serve.settings import TEXT_KINDS
+from stretto.serve.settings import DEFAULT_GEN_LENGTH, TEXT_KINDS
 from stretto.serve.unmasking import Unmasking
 from stretto.serve.waiting import ClientGone, answer_or_cancel
 from stretto.serve.worker import Cancelled, stop_when
@@ -123,6 +123,8 @@ async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
     name = state.registry.choose(body.model, TEXT_KINDS, "text")
     model = await state.registry.get(name, state.worker)
+    if body.max_tokens is None:
+        body = body.model_copy(update={"max_tokens": state.registry.gen_length(name, DEFAULT_GEN_LENGTH)})
     check_completion(model, body)
     state.admission.enter()
     job = TextJob(state.admission)

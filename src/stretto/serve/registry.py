@@ -9,7 +9,9 @@ from pathlib import Path
 from torch import nn
 
 from stretto import checkpoints
+from stretto.data.text_tasks import held_out
 from stretto.serve.errors import ApiError
+from stretto.serve.settings import TEXT_KINDS
 
 
 class ModelRegistry:
@@ -36,6 +38,20 @@ class ModelRegistry:
     def kind(self, name: str) -> str:
         model = self.models.get(name)
         return model.kind if model is not None else checkpoints.read_config(checkpoints.resolve(name))["kind"]
+
+    def gen_length(self, name: str, default: int) -> int:
+        """The answer canvas a text model was trained on (its config's `gen_length`), else `default`."""
+        return checkpoints.trained_gen_length(name) or default
+
+    def text_facts(self, name: str) -> dict:
+        """For a text model that records its training: the canvas (`gen_length`) and a held-out prompt of its
+        first task (`example_prompt`), which the page starts from; {} for other models."""
+        if self.kind(name) not in TEXT_KINDS or not (gen_length := checkpoints.trained_gen_length(name)):
+            return {}
+        facts: dict = {"gen_length": gen_length}
+        if tasks := checkpoints.trained_tasks(name):
+            facts["example_prompt"] = held_out(1, tasks=tasks[:1])[0].prompt
+        return facts
 
     def names(self, kinds: Sequence[str]) -> list[str]:
         """The loaded models of these kinds, in load order."""

@@ -57,7 +57,7 @@ class CompletionRequest(BaseModel):
     model_config = STRICT
     prompt: str | list[str]
     model: str | None = Field(default=None, max_length=4096)
-    max_tokens: int = Field(default=64, ge=1, le=4096)  # the pipeline's gen_length
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)  # gen_length; None: the model's trained canvas
     stream: bool = False
     decode: str = Field(default="threshold:tau=0.9", max_length=200)
     cache: str | None = Field(default=None, max_length=200)

@@ -50,9 +50,19 @@ view.addEventListener("keydown", (event) => {
 view.addEventListener("click", () => { if (!socket) connectWorld(); view.focus(); });
 
 // --- text: stream the completion as server-sent events and unmask in place
+// The canvas and the example prompt come from the served text model (/v1/models): the length it was trained on.
+let maxTokens = 64;
+fetch("/v1/models").then((r) => r.json()).then((list) => {
+  const text = list.data.find((m) => m.gen_length);
+  if (!text) return;
+  maxTokens = text.gen_length;
+  if (text.example_prompt) $("text-prompt").value = text.example_prompt;
+  $("text-block").max = maxTokens;
+  $("text-model").textContent = `${text.id}, ${maxTokens} tokens`;
+}).catch(() => {});
+
 $("text-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const maxTokens = 32;
   const slots = Array(maxTokens).fill(null);
   const answer = $("answer");
   const draw = (fresh) => {
@@ -70,7 +80,8 @@ $("text-form").addEventListener("submit", async (event) => {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ prompt: $("text-prompt").value, max_tokens: maxTokens, stream: true,
-                           decode: $("text-decode").value, block_length: Number($("text-block").value) }),
+                           decode: $("text-decode").value,
+                           block_length: $("text-block").value ? Number($("text-block").value) : null }),
   });
   if (!response.ok) { $("text-line").innerHTML = `<span class="error">${await errorText(response)}</span>`; return; }
   const reader = response.body.getReader();
