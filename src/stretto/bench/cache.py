@@ -276,7 +276,9 @@ def run_cache_bench(
             "calibrations": calibrations,
             "machine": describe_machine(device),
             "command": f"stretto bench cache --model {model} --num-images {num_images} --setup "
-            + " ".join(f"{s}:{n}" for s, n in setups),
+            + " ".join(f"{s}:{n}" for s, n in setups)
+            + (f" --policies {' '.join(policies)}" if policies else "")
+            + (f" --engines {' '.join(engines)}" if tuple(engines) != ENGINES else ""),
             "rows": rows,
         }
         if json_path:  # after every setup, so a later setup's failure keeps the finished ones
