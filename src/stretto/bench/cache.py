@@ -452,7 +452,8 @@ def run_wall_check(
     result = {
         "benchmark": "cache-wall-check", "model": model, "num_images": num_images, "sampler": sampler,
         "steps": steps, "repeats": repeats, "machine": describe_machine(device),
-        "command": f"stretto bench cache --wall-check {' '.join(specs)} --num-images {num_images}", "rows": rows,
+        "command": f"stretto bench cache --model {model} --wall-check {' '.join(specs)} --num-images {num_images} "
+                   f"--repeats {repeats}", "rows": rows,
     }  # fmt: skip
     if json_path:
         write_json(result, json_path)

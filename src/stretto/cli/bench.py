@@ -35,7 +35,8 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
     check_kind(args.model, [ShapesFlux.kind, ShapesUNet.kind])
     if args.wall_check:
         json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
-        run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images)
+        run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images,
+                       repeats=args.repeats)  # fmt: skip
         return
     if args.compile:
         from stretto.bench.cache_compile import run_compile_check
@@ -214,6 +215,8 @@ def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
                    help="any of stretto, diffusers, cache-dit (skipped, saying so, when not installed)")  # fmt: skip
     p.add_argument("--wall-check", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache "
                    "specs interleaved with full compute (euler 50), to --json")  # fmt: skip
+    p.add_argument("--repeats", action=shared.IntInRange, low=1, high=100, default=3,
+                   help="--wall-check: cached runs per spec, each between two full runs (default 3)")  # fmt: skip
     p.add_argument("--compile", nargs="+", default=None, metavar="SPEC", help="instead: time these --cache specs "
                    "with and without torch.compile of the blocks, interleaved (euler 50), to --json")  # fmt: skip
     shared.add_guidance(p)
