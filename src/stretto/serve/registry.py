@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from stretto import checkpoints
-from stretto.data.text_tasks import held_out
+from stretto.data.text_tasks import ALL_TASKS, held_out
 from stretto.serve.errors import ApiError
 from stretto.serve.settings import TEXT_KINDS
 
@@ -49,7 +49,8 @@ class ModelRegistry:
         if self.kind(name) not in TEXT_KINDS or not (gen_length := checkpoints.trained_gen_length(name)):
             return {}
         facts: dict = {"gen_length": gen_length}
-        if tasks := checkpoints.trained_tasks(name):
+        tasks = [t for t in checkpoints.trained_tasks(name) if t in ALL_TASKS]  # a folder may name tasks we lack
+        if tasks:
             facts["example_prompt"] = held_out(1, tasks=tasks[:1])[0].prompt
         return facts
 
