@@ -144,8 +144,7 @@ class CacheBench:
         kw = dict(steps=steps, sampler=sampler, guidance=self.guidance, seeds=self.seeds)
         if engine == "stretto":
             cache = None if name == "none" else params
-            fn = lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images  # noqa: E731
-            return self.timed(fn, time_stack)
+            return self.timed(lambda: stretto.generate(self.net, self.prompts, cache=cache, **kw).images, time_stack)
         if engine == "cache-dit":  # attached and removed inside the timed part, like the other engines' caches
             return self.timed(lambda: cachedit_caches.generate_with(self.net, self.prompts, name, params, **kw).images)
         return self.timed(lambda: diffusers_caches.generate(self.net, self.prompts, name, params, **kw).images)
