@@ -120,6 +120,20 @@ def test_teacache_decides_per_row_on_the_raw_input():
     cache.remove(toy)
 
 
+@pytest.mark.parametrize(("threshold", "expected"), [(0.5, [3, 3, 3]), (100.0, [3, 0, 0])])
+def test_teacache_joint_takes_one_decision_for_all_rows(threshold, expected):
+    """The same rows as above, joint: the batch's mean change decides for both rows, so no call splits them
+    (threshold 0.5: row 1's change makes both compute; 100: both reuse)."""
+    toy = Toy()
+    cache.apply(toy, cache.TeaCache(threshold=threshold, warmup=1, final=False, joint=True))
+    cache.reset(toy)
+    for i, s in enumerate((1.0, 0.8, 0.6)):
+        x = torch.stack([torch.ones(4), torch.full((4,), 4.0**i)])
+        toy(x, timestep=torch.tensor([s, s]))
+    assert [r.computed for r in cache.summary(toy).records] == expected
+    cache.remove(toy)
+
+
 def test_teacache_accumulates_the_rescaled_change():
     """A constant polynomial 0.3 adds 0.3 per step: with threshold 1 three steps are reused, the fourth computes."""
     toy = Toy()

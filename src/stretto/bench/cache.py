@@ -71,6 +71,7 @@ def stretto_settings(calib: dict[str, str], sampler: str, steps: int) -> list[st
                      for t, m in ((0.06, 2), (0.12, 3), (0.3, 4), (0.5, 6))]  # fmt: skip
     if "teacache" in calib:
         settings += [f"teacache:threshold={t},coefficients={calib['teacache']}" for t in (0.1, 0.2, 0.3, 0.5)]
+        settings += [f"teacache:threshold={t},coefficients={calib['teacache']},joint=true" for t in (0.2, 0.3)]
     search = Path(SEARCH_RESULT)
     if search.exists():
         found = json.loads(search.read_text())

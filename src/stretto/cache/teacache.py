@@ -7,7 +7,10 @@ offline by `stretto calibrate cache teacache`, see stretto.tune.calibrate) into 
 change, and accumulated over consecutive reused steps. While the accumulator stays below `threshold` the
 whole stack's residual cached on the last computed step is added to the input; otherwise the stack is
 computed and the accumulator reset. `warmup` early steps, the final step (`final`) and rows without stored
-state always compute.
+state always compute. Decisions are per row; `joint=true` takes one for the whole call from the batch's mean
+change, as `dbcache:...,joint=true` does: with CFG in one batch both branches then compute or reuse together
+(per row, on shapes-flux 46 of 50 steps compute a part of the rows, each a gather, a scatter and a smaller
+batch).
 
 Without coefficients the raw relative L1 change is accumulated (the identity polynomial). A negative
 rescaled value (the polynomial extrapolated outside the range it was fitted on) counts as zero, so
@@ -89,6 +92,7 @@ class TeaCache(CachePolicy):
     )
     warmup: int = bounded(1, 0, 10_000, "full steps at the start")
     final: bool = bounded(True, 0, 1, "always compute the final step")
+    joint: bool = bounded(False, 0, 1, "one decision for all rows, from the batch's mean change (as DBCache's)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,11 +108,15 @@ class TeaCache(CachePolicy):
             compute = torch.ones_like(call.fresh)
             acc = torch.zeros_like(call.sigma)
         else:
-            change = polyval(self._coefficients, relative_l1(m, prev).float()).clamp(min=0)  # NaN stays NaN
+            pair = (m.reshape(1, -1), prev.reshape(1, -1)) if self.joint else (m, prev)  # joint: the batch as one row
+            change = polyval(self._coefficients, relative_l1(*pair).float()).clamp(min=0)  # NaN stays NaN
+            change = change.expand_as(call.sigma)
             acc = state["acc"] + change
             compute = ~(acc < self.threshold) | (call.index < self.warmup) | call.fresh  # NaN: compute
             if self.final:
                 compute |= call.final
+            if self.joint:
+                compute = compute.any().expand_as(compute)
         out = stack.compute_or_reuse(h, 0, stack.num_blocks, compute, state, "residual")
         state["acc"] = torch.where(compute, torch.zeros_like(acc), acc)
         state["modulated"] = m
