@@ -44,7 +44,9 @@ def test_stack_timer_times_the_blocks_not_the_rest(shapes):
 def test_wall_check_rows_carry_both_ideals(tmp_path):
     from stretto.bench.cache import run_wall_check
 
-    result = run_wall_check(["fora:interval=2,warmup=1"], tmp_path / "wall.json", num_images=2, steps=4, repeats=1)
+    spec, plot = "fora:interval=2,warmup=1", tmp_path / "w.png"
+    result = run_wall_check([spec], tmp_path / "wall.json", num_images=2, steps=4, repeats=1, plot_path=plot)
+    assert plot.stat().st_size > 0
     (row,) = json.loads((tmp_path / "wall.json").read_text())["rows"]
     assert row == result["rows"][0]
     assert 0 < row["stack_share"] < 1 and row["compute_fraction"] < 1

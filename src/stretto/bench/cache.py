@@ -410,6 +410,7 @@ def run_wall_check(
     steps: int = 50,
     repeats: int = 3,
     guidance: float = DEFAULT_GUIDANCE,
+    plot_path: str | Path | None = None,
 ) -> dict:
     """Wall-clock speedup of a few policies, each run interleaved with full compute (full, cached, full, ...).
 
@@ -457,8 +458,31 @@ def run_wall_check(
     }  # fmt: skip
     if json_path:
         write_json(result, json_path)
+    if plot_path:
+        plot_wall_check(result, plot_path)
     for r in rows:
         print(f"{r['params']:<50} wall {r['speedup_wall']:.2f}x: {r['of_ideal']:.2f} of ideal "
               f"{r['speedup_ideal']:.2f}x, {r['of_ideal_amdahl']:.2f} of {r['speedup_ideal_amdahl']:.2f}x with "
               f"the {1 - r['stack_share']:.1%} outside the stack")  # fmt: skip
     return result
+
+
+def plot_wall_check(result: dict, plot_path: str | Path) -> None:
+    """Per setting, wall speedup over each ideal (1 / fraction, and Amdahl's with the work outside the stack)."""
+    rows = result["rows"]
+    plt, fig, axes = new_figure(figsize=(9, 0.35 * len(rows) + 1.8))
+    ax = axes[0][0]
+    labels = [r["params"] if len(r["params"]) < 48 else r["params"][:45] + "..." for r in rows]
+    y = range(len(rows))
+    ax.barh([i + 0.2 for i in y], [r["of_ideal"] for r in rows], 0.4, label="wall / (1 / compute fraction)")
+    ax.barh([i - 0.2 for i in y], [r["of_ideal_amdahl"] for r in rows], 0.4,
+            label="wall / Amdahl ideal (work outside the stack counted)")  # fmt: skip
+    ax.axvline(0.9, color="k", ls="--", lw=1, label="0.9")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0.5, 1.05)
+    ax.set_xlabel("share of the ideal speedup reached (interleaved wall time)")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    fig.suptitle(f"cache mechanism cost on {result['model']}, {result['sampler']} {result['steps']} steps, "
+                 f"{result['num_images']} images, {result['repeats']} repeats", fontsize=9)  # fmt: skip
+    save_figure(fig, plot_path)

@@ -35,8 +35,9 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
     check_kind(args.model, [ShapesFlux.kind, ShapesUNet.kind])
     if args.wall_check:
         json_path = args.json or f"{shared.RESULTS_DIR}/cache-wall.json"
+        plot_path = f"{shared.RESULTS_DIR}/cache-wall.png" if args.plot is None else args.plot
         run_wall_check(args.wall_check, json_path, model=args.model, device=args.device, num_images=args.num_images,
-                       repeats=args.repeats)  # fmt: skip
+                       repeats=args.repeats, plot_path=plot_path or None)  # fmt: skip
         return
     if args.compile:
         from stretto.bench.cache_compile import run_compile_check
@@ -52,7 +53,7 @@ def cmd_bench_cache(args: argparse.Namespace) -> None:
         setups.append((sampler, int(steps)))
     run_cache_bench(
         json_path=args.json or f"{shared.RESULTS_DIR}/cache.json",
-        plot_path=args.plot,
+        plot_path=f"{shared.RESULTS_DIR}/cache.png" if args.plot is None else args.plot,
         model=args.model,
         device=args.device,
         num_images=args.num_images,
@@ -205,8 +206,8 @@ def add_bench_cache_command(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help=f"result JSON (default {shared.RESULTS_DIR}/cache.json, with "
                    f"--wall-check {shared.RESULTS_DIR}/cache-wall.json; the committed results are in "
                    "benchmarks/results/)")  # fmt: skip
-    p.add_argument("--plot", default=f"{shared.RESULTS_DIR}/cache.png",
-                   help=f"plot PNG, '' for none (default {shared.RESULTS_DIR}/cache.png)")  # fmt: skip
+    p.add_argument("--plot", default=None, help=f"plot PNG, '' for none (default {shared.RESULTS_DIR}/cache.png, with "
+                   f"--wall-check {shared.RESULTS_DIR}/cache-wall.png)")  # fmt: skip
     p.add_argument("--num-images", type=int, default=128, help="prompts, one image each (default 128)")
     p.add_argument("--setup", nargs="+", default=["euler:50", "dpm++2m:20"], help="SAMPLER:STEPS; the first gets "
                    "every setting, the others one middle setting per policy")  # fmt: skip
