@@ -52,9 +52,11 @@ view.addEventListener("click", () => { if (!socket) connectWorld(); view.focus()
 // --- text: stream the completion as server-sent events and unmask in place
 // The canvas and the example prompt come from the served text model (/v1/models): the length it was trained on.
 let maxTokens = 64;
+let textModel = null;  // null: the server's default text model
 fetch("/v1/models").then((r) => r.json()).then((list) => {
   const text = list.data.find((m) => m.gen_length);
   if (!text) return;
+  textModel = text.id;
   maxTokens = text.gen_length;
   if (text.example_prompt) $("text-prompt").value = text.example_prompt;
   $("text-block").max = maxTokens;
@@ -79,7 +81,7 @@ $("text-form").addEventListener("submit", async (event) => {
   const response = await fetch("/v1/completions", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ prompt: $("text-prompt").value, max_tokens: maxTokens, stream: true,
+    body: JSON.stringify({ prompt: $("text-prompt").value, max_tokens: maxTokens, stream: true, model: textModel,
                            decode: $("text-decode").value,
                            block_length: $("text-block").value ? Number($("text-block").value) : null }),
   });
