@@ -13,10 +13,10 @@ TEXT_KINDS = ("masked-lm", "block-lm")
 
 def cmd_text(args: argparse.Namespace) -> None:
     from stretto import checkpoints
-    from stretto.pipelines.text import generate
+    from stretto.pipelines.text import DEFAULT_GEN_LENGTH, generate
 
     model = checkpoints.load(args.model, device=args.device, kind=TEXT_KINDS)
-    gen_length = args.gen_length or checkpoints.trained_gen_length(args.model) or 64
+    gen_length = args.gen_length or checkpoints.trained_gen_length(args.model) or DEFAULT_GEN_LENGTH
     callback = None
     if args.show:
         tty = sys.stdout.isatty()

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from stretto.pipelines.text import default_block_length, default_cache, generate, make_canvas
+from stretto import checkpoints
+from stretto.pipelines.text import DEFAULT_GEN_LENGTH, default_block_length, default_cache, generate, make_canvas
 from stretto.pipelines.text.caches import parse_cache
 from stretto.pipelines.text.decode import check_blocks
 from stretto.pipelines.text.rules import parse_rule
 from stretto.serve.errors import ApiError
 from stretto.serve.images import CLIENT_CLOSED
 from stretto.serve.schemas import CompletionRequest
-from stretto.serve.settings import DEFAULT_GEN_LENGTH, TEXT_KINDS
+from stretto.serve.settings import TEXT_KINDS
 from stretto.serve.unmasking import Unmasking
 from stretto.serve.waiting import ClientGone, answer_or_cancel
 from stretto.serve.worker import Cancelled, stop_when
@@ -124,7 +125,7 @@ async def completions(body: CompletionRequest, request: Request):
     name = state.registry.choose(body.model, TEXT_KINDS, "text")
     model = await state.registry.get(name, state.worker)
     if body.max_tokens is None:
-        body = body.model_copy(update={"max_tokens": state.registry.gen_length(name, DEFAULT_GEN_LENGTH)})
+        body = body.model_copy(update={"max_tokens": checkpoints.trained_gen_length(name) or DEFAULT_GEN_LENGTH})
     check_completion(model, body)
     state.admission.enter()
     job = TextJob(state.admission)

@@ -39,10 +39,6 @@ class ModelRegistry:
         model = self.models.get(name)
         return model.kind if model is not None else checkpoints.read_config(checkpoints.resolve(name))["kind"]
 
-    def gen_length(self, name: str, default: int) -> int:
-        """The answer canvas a text model was trained on (its config's `gen_length`), else `default`."""
-        return checkpoints.trained_gen_length(name) or default
-
     def text_facts(self, name: str) -> dict:
         """For a text model that records its training: the canvas (`gen_length`) and a held-out prompt of its
         first task (`example_prompt`), which the page starts from; {} for other models."""

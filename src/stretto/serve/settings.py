@@ -9,7 +9,6 @@ IMAGE_KIND = "shapes-flux"
 TEXT_KINDS = ("masked-lm", "block-lm")
 WORLD_KIND = "world-dit"
 DEFAULT_MODELS = ("shapes-flux", "text-llada", "world-sf")
-DEFAULT_GEN_LENGTH = 64  # max_tokens for a text model that does not record the canvas it was trained on
 MIB = 1024 * 1024
 
 

@@ -27,6 +27,8 @@ from stretto.pipelines.text.decode import decode as decode_canvas
 from stretto.pipelines.text.result import TextResult, answer_tokens
 from stretto.pipelines.text.rules import Rule, parse_rule
 
+DEFAULT_GEN_LENGTH = 64  # answer slots when neither the caller nor the model's training record says
+
 __all__ = ["TextResult", "default_block_length", "default_cache", "generate", "generate_stream", "make_canvas"]
 
 
@@ -87,7 +89,7 @@ def parse_settings(
 def generate(
     model: TextLM,
     prompts: list[str] | str,
-    gen_length: int = 64,
+    gen_length: int = DEFAULT_GEN_LENGTH,
     block_length: int | None = None,
     decode: str = "threshold:tau=0.9",
     cache: str | None = None,
@@ -134,7 +136,7 @@ def generate(
 def generate_stream(
     model: TextLM,
     prompts: list[str],
-    gen_length: int = 64,
+    gen_length: int = DEFAULT_GEN_LENGTH,
     block_length: int | None = None,
     decode: str = "threshold:tau=0.9",
     cache: str | None = None,
