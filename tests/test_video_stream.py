@@ -287,6 +287,23 @@ def test_anyflow_far_stream_equals_the_diffusers_pipeline():
     assert (runs["recompute"] - theirs).abs().max() < 1e-4  # FAR's training forward over context + block
 
 
+def test_anyflow_far_computes_each_prompts_text_kv_once_per_stream():
+    from diffusers import FlowMapEulerDiscreteScheduler
+
+    from stretto.models.causal_far import CausalFAR
+
+    model = CausalFAR(tiny_far(), 2, (8, 8))
+    calls = []
+    for block in model.transformer.blocks:
+        block.attn2.to_k.register_forward_hook(lambda *_: calls.append(1))
+    settings = StreamSettings(mode="kv", window=None, steps=2, sinks=0, scheduler=FlowMapEulerDiscreteScheduler())
+    out = latents(stream_video(model, text(batch=1), settings, switches={3: text(batch=1, seed=2)}, frames=8))
+    assert torch.isfinite(out).all()
+    assert len(calls) == 2 * len(model.transformer.blocks)  # not once per block, step and commit (18 calls each)
+    with pytest.raises(TypeError, match="prompt must be a PromptKV"):
+        model(out[:, :2], torch.ones(1, 2), text(batch=1))
+
+
 def test_anyflow_far_rolls_past_its_rope_table_with_constant_memory(tmp_path):
     from diffusers import FlowMapEulerDiscreteScheduler
 

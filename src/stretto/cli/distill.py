@@ -32,6 +32,7 @@ def cmd_distill_flowmap(args: argparse.Namespace) -> None:
     cfg = FlowMapConfig(
         teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
         lr=args.lr, save_every=args.save_every, seed=args.seed, device=args.device,
+        rollout_fraction=args.rollout_fraction,
     )  # fmt: skip
     print(f"exported {distill_flow_map(cfg)}")
 
@@ -123,6 +124,10 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     fm = what.add_parser("flowmap", help="a flow map X(t -> r): any-step sampling, semigroup self-distillation")
     _common(fm, steps=3000, batch_size=48, lr=1e-4, save_every=100)
     fm.add_argument("--out", default="runs/shapes-flux-flowmap", help="run folder (default runs/shapes-flux-flowmap)")
+    fm.add_argument(
+        "--rollout-fraction", type=float, default=0.0,
+        help="share of rows whose input is the student's own jump from noise, not noised data (default 0)",
+    )  # fmt: skip
     fm.set_defaults(func=cmd_distill_flowmap)
     add_self_forcing_command(what)
     return p

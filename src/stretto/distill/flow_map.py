@@ -8,8 +8,10 @@ Flux's guidance embedding) trained by the flow map's semigroup property, as in s
 Jumps are then composed from short, teacher-grounded ones up to the whole way from noise to data, so the
 student samples in any number of steps (diffusers' `FlowMapEulerDiscreteScheduler` takes the same update).
 
-Departures: x_t comes from procedural data noised by the forward process (the teacher was trained on it), not
-from teacher rollouts (AnyFlow's on-policy stage is not done); the half jumps use the current weights with stop
+Departures: x_t comes from procedural data noised by the forward process (the teacher was trained on it); with
+`rollout_fraction` > 0 that share of rows instead starts from the student's own jump from noise, X_ema(1 -> t)(eps),
+the points a few-step sampler actually visits (a light form of AnyFlow's on-policy stage, which rolls out the
+teacher); the half jumps use the current weights with stop
 gradient rather than an EMA copy; one row in four is a diagonal row and t = 1 (where sampling starts) is drawn a
 quarter of the time.
 """
@@ -46,6 +48,7 @@ class FlowMapConfig:
     batch_size: int = 48
     guidance: float = 3.0  # the teacher's CFG on the diagonal (the student bakes it in)
     diagonal_fraction: float = 0.25
+    rollout_fraction: float = 0.0  # rows whose x_t is the EMA student's own jump from noise (on-policy inputs)
     lr: float = 1e-4
     ema_decay: float = 0.995
     save_every: int = 100
@@ -56,11 +59,14 @@ class FlowMapConfig:
         check_config(self)
         if not 0.0 < self.diagonal_fraction < 1.0:
             raise ValueError(f"diagonal_fraction must be in (0, 1), got {self.diagonal_fraction}")
+        if not 0.0 <= self.rollout_fraction < 1.0:
+            raise ValueError(f"rollout_fraction must be in [0, 1), got {self.rollout_fraction}")
 
     def command(self) -> str:
         return (
             f"stretto distill flowmap --teacher {self.teacher} --out {self.out} --steps {self.steps} "
             f"--batch-size {self.batch_size} --guidance {self.guidance:g} --lr {self.lr:g} --seed {self.seed}"
+            + (f" --rollout-fraction {self.rollout_fraction:g}" if self.rollout_fraction else "")
         )
 
 
@@ -96,6 +102,13 @@ class FlowMapTrainer:
                 target[o] = (x_t[o] - x_r) / (t_o - r_o).view(view)
         return target
 
+    @torch.no_grad()
+    def rollout(self, noise, t, prompts: list[str], rows: torch.Tensor) -> torch.Tensor:
+        """X_ema(1 -> t)(noise): where the student's own first jump lands, the input its next step sees."""
+        cond = self.ema.encode_prompts([p for p, keep in zip(prompts, rows.tolist(), strict=True) if keep])
+        one = torch.ones_like(t)
+        return noise - (one - t).view(-1, 1, 1, 1) * self.ema(noise, one, cond, t)
+
     def step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         x0, prompts = data_batch(cfg.seed, step, 0, cfg.batch_size)
@@ -107,9 +120,14 @@ class FlowMapTrainer:
         r = t - (t * torch.rand(b, generator=gen)).clamp_min(0.005)
         diagonal = torch.rand(b, generator=gen) < cfg.diagonal_fraction
         r = torch.where(diagonal, t, r)
-        x_t = noised(x0, t, torch.randn(x0.shape, generator=gen))
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = noised(x0, t, noise)
         dev = cfg.device
         x_t, t, r, diagonal = x_t.to(dev), t.to(dev), r.to(dev), diagonal.to(dev)
+        if cfg.rollout_fraction > 0:
+            rollout = (torch.rand(b, generator=gen) < cfg.rollout_fraction).to(dev) & (t < 1)
+            if rollout.any():
+                x_t[rollout] = self.rollout(noise.to(dev)[rollout], t[rollout], prompts, rollout)
         target = self.targets(x_t, t, r, prompts, diagonal)
         u = self.student(x_t, t, self.student.encode_prompts(prompts), r)
         per_row = F.mse_loss(u, target, reduction="none").mean(dim=(1, 2, 3))

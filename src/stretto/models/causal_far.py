@@ -13,8 +13,9 @@ frame: a constant cost per chunk (diffusers' re-encode grows with the video) and
 however long the stream runs. Recompute runs the class's training forward (the same compressed / full layout,
 block-causal) over context + block at every step. Sampling is AnyFlow's flow map: every call is conditioned on
 its source and target times (t, r), and the driver steps z_r = z_t - (sigma_t - sigma_r) u
-(`FlowMapEulerDiscreteScheduler`). The pipeline's first chunk of one frame (1, 3, 3, ...) is not supported:
-the driver's blocks are uniform.
+(`FlowMapEulerDiscreteScheduler`). The prompt's cross-attention K/V are computed once per prompt
+(`stretto.models.prompt_kv`; the class projects the text in every block at every call). The pipeline's first
+chunk of one frame (1, 3, 3, ...) is not supported: the driver's blocks are uniform.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
+from stretto.models.prompt_kv import PromptCrossAttention, PromptKV, encode_prompt_kv
 
 
 @dataclass
@@ -105,8 +107,15 @@ class CausalFAR(nn.Module):
         self.full_tokens = (h // ph) * (w // pw)
         self.compressed_tokens = (h // ch) * (w // cw)
         self.limit = config.full_chunk_limit
-        for block in transformer.blocks:  # the class has no set_attn_processor; each attention module has its own
+        self._prompt: PromptKV | None = None  # the prompt of the call in flight
+        for i, block in enumerate(transformer.blocks):  # no set_attn_processor: each attention module has its own
             block.attn1.set_processor(FARSelfAttention())
+            block.attn2.set_processor(PromptCrossAttention(self._prompt_in_flight, i))
+
+    def _prompt_in_flight(self) -> PromptKV:
+        if self._prompt is None:
+            raise RuntimeError("this AnyFlow-FAR's cross-attention reads a PromptKV; call it through CausalFAR")
+        return self._prompt
 
     def resized(self, latent_size: tuple[int, int]) -> CausalFAR:
         """The same weights streaming another latent resolution; the new wrapper owns the transformer."""
@@ -146,14 +155,11 @@ class CausalFAR(nn.Module):
             sink_frames // fpb,
         )
 
-    def condition(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        """Text-encoder states (B, L, text_dim), as the transformer takes them (its cross-attention is its own)."""
-        text_dim = self.transformer.config.text_dim
-        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != text_dim:
-            raise ValueError(f"prompt embeddings must be (batch, tokens, {text_dim}), got {tuple(prompt_embeds.shape)}")
-        return prompt_embeds.to(next(self.parameters()).dtype)
+    def condition(self, prompt_embeds: torch.Tensor | PromptKV) -> PromptKV:
+        """Text-encoder states (B, L, text_dim) -> the prompt's cross-attention K/V for every layer, once."""
+        return encode_prompt_kv(self.transformer, prompt_embeds)
 
-    def context_condition(self, past: list, prompt: torch.Tensor) -> torch.Tensor:
+    def context_condition(self, past: list, prompt: PromptKV) -> PromptKV:
         return prompt
 
     def _chunk_causal(self, chunks: int, full_limit: int, device: torch.device) -> torch.Tensor:
@@ -166,13 +172,25 @@ class CausalFAR(nn.Module):
         ids = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(sizes)])
         return ids[None, :] <= ids[:, None]
 
-    def forward(self, frames: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor, *, kv_cache: FARCache | None = None,
+    def forward(self, frames: torch.Tensor, t: torch.Tensor, prompt: PromptKV, *, kv_cache: FARCache | None = None,
                 start: int = 0, write: bool = False, r: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
         """Latent frames (B, T, C, H, W) at times t (B, T) in [0, 1], target times r (default t) -> mean velocity.
 
         kv_cache: the block is denoised against the cached context; `write=True` adds the clean block to the
         context and re-encodes it (returns None). No cache: chunk-causal over the T frames (recompute).
+        prompt: from `condition`.
         """
+        if not isinstance(prompt, PromptKV):
+            raise TypeError(f"prompt must be a PromptKV (CausalFAR.condition(prompt_embeds)), got {type(prompt)}")
+        if prompt.batch != frames.shape[0]:
+            raise ValueError(f"the prompt has batch {prompt.batch}, the frames {frames.shape[0]}")
+        self._prompt = prompt
+        try:
+            return self._forward(frames, t, prompt.placeholder, kv_cache, start, write, r)
+        finally:
+            self._prompt = None  # no state outlives the call
+
+    def _forward(self, frames, t, prompt, kv_cache, start, write, r):
         fpb, b, n = self.frames_per_block, frames.shape[0], frames.shape[1]
         timestep = 1000 * t.double()
         r_timestep = timestep if r is None else 1000 * r.double()

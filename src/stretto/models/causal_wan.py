@@ -25,25 +25,16 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stretto.models.kv_attention import kv_attention
 from stretto.models.kv_cache import DEFAULT_BUDGET_BYTES, KVCache
+from stretto.models.prompt_kv import PromptCrossAttention, PromptKV, encode_prompt_kv
 
 SELF_FORCING_FRAMES_PER_BLOCK = 3  # latent frames per block in Self Forcing and CausVid
 SELF_FORCING_LATENT_SIZE = (60, 104)  # 480 x 832 video through Wan's 8x VAE
 SKYREELS_CLASS = "SkyReelsV2Transformer3DModel"
 SKYREELS_DEFAULT_FPS = 24  # its pipeline's default; the fps embedding has two entries: 16 fps and anything else
-
-
-@dataclass
-class PromptKV:
-    """The prompt's cross-attention K/V of every layer (a KVCache of the text tokens), computed once per prompt."""
-
-    cache: KVCache
-    # Wan's forward still embeds whatever text it is handed; it gets one token, since attn2 reads `cache` instead.
-    placeholder: torch.Tensor
 
 
 @dataclass
@@ -107,19 +98,6 @@ class CausalSelfAttention:
         return attn.to_out[1](attn.to_out[0](y.transpose(1, 2).flatten(2).type_as(hidden_states)))
 
 
-class PromptCrossAttention:
-    """Wan's attn2 over the prompt K/V computed once per prompt (CausVid's cross-attention cache)."""
-
-    def __init__(self, slot: _CallSlot, layer: int):
-        self.slot, self.layer = slot, layer
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        k, v = self.slot.get().prompt.cache.read(self.layer)
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return attn.to_out[1](attn.to_out[0](y.transpose(1, 2).flatten(2).type_as(hidden_states)))
-
-
 class CausalWan(nn.Module):
     """diffusers' WanTransformer3DModel streamed block by block with a KV cache (CausVid / Self Forcing).
 
@@ -167,8 +145,10 @@ class CausalWan(nn.Module):
         processors = {}
         for name in transformer.attn_processors:  # "blocks.{i}.attn{1,2}.processor"
             _, layer, which, _ = name.split(".")
-            kind = CausalSelfAttention if which == "attn1" else PromptCrossAttention
-            processors[name] = kind(self._slot, int(layer))
+            if which == "attn1":
+                processors[name] = CausalSelfAttention(self._slot, int(layer))
+            else:
+                processors[name] = PromptCrossAttention(lambda: self._slot.get().prompt, int(layer))
         transformer.set_attn_processor(processors)
 
     def resized(self, latent_size: tuple[int, int]) -> CausalWan:
@@ -219,28 +199,9 @@ class CausalWan(nn.Module):
             budget_hint=budget_hint,
         )
 
-    @torch.no_grad()
     def condition(self, prompt_embeds: torch.Tensor | PromptKV) -> PromptKV:
         """Text-encoder states (B, L, text_dim) -> the prompt's cross-attention K/V for every layer, once."""
-        if isinstance(prompt_embeds, PromptKV):
-            return prompt_embeds
-        tr = self.transformer
-        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != tr.config.text_dim:
-            raise ValueError(
-                f"prompt embeddings must be (batch, tokens, {tr.config.text_dim}), got {tuple(prompt_embeds.shape)}"
-            )
-        p = next(self.parameters())
-        b, n = prompt_embeds.shape[:2]
-        text = tr.condition_embedder.text_embedder(prompt_embeds.to(p.dtype))
-        cache = KVCache(self.layers, b, self.heads, self.head_dim, n, dtype=p.dtype, device=p.device)
-        for i, block in enumerate(tr.blocks):
-            attn = block.attn2
-            k = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            v = attn.to_v(text).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            cache.write(i, 0, k, v)
-        zeros = torch.zeros(b, n, dtype=torch.long, device=p.device)
-        cache.write_meta(0, zeros, torch.ones_like(zeros, dtype=torch.bool), zeros[0])
-        return PromptKV(cache, prompt_embeds[:, :1].to(p.dtype))
+        return encode_prompt_kv(self.transformer, prompt_embeds)
 
     def context_condition(self, past: list, prompt: PromptKV) -> PromptKV:
         """Recompute: the context frames are re-run under the current prompt (the text is not per frame)."""
@@ -287,8 +248,8 @@ class CausalWan(nn.Module):
             raise ValueError(f"latent frames are {(h, w)}, this CausalWan streams {self.latent_size}")
         if not isinstance(prompt, PromptKV):
             raise TypeError(f"prompt must be a PromptKV (CausalWan.condition(prompt_embeds)), got {type(prompt)}")
-        if prompt.cache.k.shape[1] != b:
-            raise ValueError(f"the prompt has batch {prompt.cache.k.shape[1]}, the frames {b}")
+        if prompt.batch != b:
+            raise ValueError(f"the prompt has batch {prompt.batch}, the frames {b}")
         per_frame = self.tokens_per_patch_frame
         n_pf = self.cache_slots(n) // per_frame
         frames_per_block = self.frames_per_block // pt
