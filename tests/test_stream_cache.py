@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 import pytest
@@ -225,6 +226,7 @@ def test_bench_stream_feature_cache_rows(tiny_world_checkpoint, tmp_path):
         assert r["speedup_vs_uncached"] > 0 and r["speedup_vs_uncached_cpu"] > 0 and r["fps"] > 0
         assert r["blocks_per_frame"] < r["uncached_blocks_per_frame"]
         assert r["psnr_db_vs_uncached"] > 0 and r["seed_psnr_db"] > 0
+        assert 0 < r["psnr_db_vs_uncached_median"] <= 99 and 0 < r["seed_psnr_db_median"] <= 99  # capped at 99
         assert (r["psnr_loss_db"] is None) == ("wan" in r["model"])  # the random Wan has no quality score
         assert r["quality_episodes"] == (1 if "wan" in r["model"] else 8)  # world: scored on 8 held-out maps
     world = [r for r in cached if "wan" not in r["model"]]
@@ -233,3 +235,16 @@ def test_bench_stream_feature_cache_rows(tiny_world_checkpoint, tmp_path):
     # xcwc: steps 1 and 3 (and step 0 in the first frame: nothing to reuse yet; refresh 8), step 2 never
     assert world[0]["blocks_per_frame"] == (3 + 3 + 4 * 2 * 3 + 3 * 3) / 4
     assert (tmp_path / "s.png").exists()
+
+
+def test_median_frame_psnr_is_the_typical_frames_and_caps_identical_frames():
+    from stretto.bench.stream_cache import median_frame_psnr, psnr_vs
+
+    ref = torch.zeros(5, 2, 3, 4, 4)
+    frames = ref.clone()
+    frames[0, 0] += 1.0  # one frame far off (MSE 1), one slightly (MSE 1e-4), eight identical
+    frames[1, 1] += 0.01
+    assert median_frame_psnr(frames, ref, 2.0) == 99.0  # the typical frame is identical
+    assert psnr_vs(frames, ref, 2.0) < 20  # the pooled figure is set by the far-off frame
+    frames[2:] += 0.01  # now most frames are off by 0.01: PSNR 10 log10(4 / 1e-4) = 46.0 dB
+    assert abs(median_frame_psnr(frames, ref, 2.0) - 10 * math.log10(4 / 1e-4)) < 1e-6
