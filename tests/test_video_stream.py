@@ -287,6 +287,47 @@ def test_anyflow_far_stream_equals_the_diffusers_pipeline():
     assert (runs["recompute"] - theirs).abs().max() < 1e-4  # FAR's training forward over context + block
 
 
+def test_anyflow_far_with_a_one_frame_first_chunk_equals_the_diffusers_pipeline():
+    from diffusers import AnyFlowFARPipeline, FlowMapEulerDiscreteScheduler
+
+    from stretto.models.causal_far import CausalFAR
+
+    # the released layout: a first chunk of one frame, then whole chunks (here 2 frames; 4 chunks, so the first
+    # one becomes compressed context). 32 x 64 latents: 512 full and 128 compressed tokens a frame, so every
+    # attention of diffusers' KV-cache path is a multiple of 128 tokens (its unmasked padding, see above)
+    fpb, steps, partition, size = 2, 2, [1, 2, 2, 2], (32, 64)
+    n = sum(partition)
+    prompt = text(batch=1)
+    model = CausalFAR(tiny_far(), fpb, size, first_chunk=1)
+    flow_map = FlowMapEulerDiscreteScheduler(shift=5.0)
+    runs = {
+        mode: latents(stream_video(model, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
+                                                                  scheduler=flow_map), frames=n))
+        for mode in ("kv", "recompute")
+    }  # fmt: skip
+    gen = torch.Generator().manual_seed(0)  # the driver's noise draws: one (steps, ...) tensor per chunk
+    init = torch.cat([torch.randn((steps, 1, k, 4, *size), generator=gen)[0] for k in partition], dim=1)
+    pipe = AnyFlowFARPipeline(tokenizer=None, text_encoder=None, transformer=tiny_far(), vae=None,
+                              scheduler=FlowMapEulerDiscreteScheduler(shift=5.0))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        prompt=None, prompt_embeds=prompt, height=size[0] * 8, width=size[1] * 8, num_frames=(n - 1) * 4 + 1,
+        num_inference_steps=steps, output_type="latent", chunk_partition=partition,
+        latents=init.transpose(1, 2).clone(),
+    ).frames.transpose(1, 2)  # fmt: skip
+    assert theirs.shape == runs["kv"].shape and theirs.abs().mean() > 0.5
+    assert (runs["kv"] - theirs).abs().max() < 1e-4
+    assert (runs["recompute"] - theirs).abs().max() < 1e-4
+    # at a size diffusers pads, the cache and recompute still agree with each other
+    small = CausalFAR(tiny_far(), fpb, (16, 16), first_chunk=1)
+    kv, recompute = (
+        latents(stream_video(small, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
+                                                           scheduler=flow_map), frames=n))
+        for mode in ("kv", "recompute")
+    )  # fmt: skip
+    assert (kv - recompute).abs().max() < 1e-4
+
+
 def test_anyflow_far_computes_each_prompts_text_kv_once_per_stream():
     from diffusers import FlowMapEulerDiscreteScheduler
 
@@ -310,11 +351,17 @@ def test_anyflow_far_rolls_past_its_rope_table_with_constant_memory(tmp_path):
     tiny_far(rope=12).save_pretrained(tmp_path / "far")
     model = stretto.load(str(tmp_path / "far"))
     assert model.kind == "causal-far"
-    settings = {"mode": "kv-rolling", "window": 6, "sinks": 3, "steps": 2, "scheduler": FlowMapEulerDiscreteScheduler()}
+    # the one-frame first chunk is the sink
+    settings = {"mode": "kv-rolling", "window": 6, "sinks": 1, "steps": 2, "scheduler": FlowMapEulerDiscreteScheduler()}
     out = list(stretto.stream(model, text(batch=1), frames=60, latent_size=(8, 8), **settings))
     assert len(out) == 60 and torch.isfinite(latents(out)).all()  # 5x its 12-frame RoPE table
     assert len({f.kv_bytes for f in out}) == 1 and out[0].kv_bytes > 0
-    with pytest.raises(ValueError, match="StreamSettings.sinks=2: 2 frames are not whole chunks of 3"):
+    assert model.first_block_frames == 1  # the config's chunk_partition (1, 3, 3, ...): streamed as trained
+    with pytest.raises(
+        ValueError, match=r"sinks=2: 2 frames are not whole chunks \(a first chunk of 1 then chunks of 3"
+    ):
         next(stretto.stream(model, text(batch=1), frames=6, latent_size=(8, 8), **{**settings, "sinks": 2}))
+    with pytest.raises(ValueError, match=r"sinks: 3 frames from the start are not whole chunks \(a first chunk of 1"):
+        next(stretto.stream(model, text(batch=1), frames=6, latent_size=(8, 8), **{**settings, "sinks": 3}))
     with pytest.raises(ValueError, match="past the model's RoPE table"):
         next(stretto.stream(model, text(batch=1), frames=15, latent_size=(8, 8), mode="kv", window=None))

@@ -14,8 +14,10 @@ however long the stream runs. Recompute runs the class's training forward (the s
 block-causal) over context + block at every step. Sampling is AnyFlow's flow map: every call is conditioned on
 its source and target times (t, r), and the driver steps z_r = z_t - (sigma_t - sigma_r) u
 (`FlowMapEulerDiscreteScheduler`). The prompt's cross-attention K/V are computed once per prompt
-(`stretto.models.prompt_kv`; the class projects the text in every block at every call). The pipeline's first
-chunk of one frame (1, 3, 3, ...) is not supported: the driver's blocks are uniform.
+(`stretto.models.prompt_kv`; the class projects the text in every block at every call). The released models
+stream chunks of (1, 3, 3, ...) frames (`config.chunk_partition`; Wan's VAE encodes the first frame alone):
+`first_chunk` is the driver's first block (`first_block_frames`), and the chunk bookkeeping below reads each
+chunk's own length.
 """
 
 from __future__ import annotations
@@ -90,7 +92,13 @@ class CausalFAR(nn.Module):
     x0_clamp = None
     flow_map = True  # calls take a target time r beside t
 
-    def __init__(self, transformer: nn.Module, frames_per_block: int = 3, latent_size: tuple[int, int] = (60, 104)):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        frames_per_block: int = 3,
+        latent_size: tuple[int, int] = (60, 104),
+        first_chunk: int | None = None,
+    ):
         super().__init__()
         config = transformer.config
         if config.image_dim is not None:
@@ -98,11 +106,15 @@ class CausalFAR(nn.Module):
         (pt, ph, pw), (_, ch, cw) = config.patch_size, config.compressed_patch_size
         if pt != 1 or frames_per_block < 1:
             raise ValueError(f"frames_per_block must be >= 1 on a temporal patch of 1, got {frames_per_block}, {pt}")
+        first_chunk = frames_per_block if first_chunk is None else first_chunk
+        if not 1 <= first_chunk <= frames_per_block:
+            raise ValueError(f"first_chunk must be in [1, frames_per_block={frames_per_block}], got {first_chunk}")
         h, w = latent_size
         if h % ch or w % cw:
             raise ValueError(f"latent_size {tuple(latent_size)} must be a multiple of the compressed patch {(ch, cw)}")
         self.transformer = transformer
         self.frames_per_block = frames_per_block
+        self.first_block_frames = first_chunk  # the driver's first block (stretto.pipelines.world.block_frames)
         self.latent_size = (h, w)
         self.full_tokens = (h // ph) * (w // pw)
         self.compressed_tokens = (h // ch) * (w // cw)
@@ -119,16 +131,36 @@ class CausalFAR(nn.Module):
 
     def resized(self, latent_size: tuple[int, int]) -> CausalFAR:
         """The same weights streaming another latent resolution; the new wrapper owns the transformer."""
-        return CausalFAR(self.transformer, self.frames_per_block, latent_size)
+        return CausalFAR(self.transformer, self.frames_per_block, latent_size, self.first_block_frames)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         return (self.transformer.config.in_channels, *self.latent_size)
 
+    def chunks(self, frames: int, from_start: bool = False) -> int:
+        """How many chunks `frames` frames are: whole chunks, or a first chunk and whole ones after it. from_start:
+        the frames open the stream (sinks), so a short first chunk must be among them."""
+        fpb, first = self.frames_per_block, self.first_block_frames
+        if frames % fpb == 0 and not (from_start and frames and first != fpb):
+            return frames // fpb
+        if frames >= first and (frames - first) % fpb == 0:
+            return 1 + (frames - first) // fpb
+        whole = f"a first chunk of {first} then chunks of {fpb}" if first != fpb else f"chunks of {fpb}"
+        raise ValueError(f"{frames} frames{' from the start' if from_start else ''} are not whole chunks ({whole})")
+
+    def partition(self, frames: int) -> list[int]:
+        """The chunk lengths of `frames` frames from the stream's start (a rolling window's, once the first chunk
+        has left it, are all whole)."""
+        n = self.chunks(frames)
+        return (
+            [self.frames_per_block] * n
+            if frames % self.frames_per_block == 0
+            else [self.first_block_frames] + [self.frames_per_block] * (n - 1)
+        )
+
     def cache_slots(self, frames: int) -> int:
-        """Frames must be whole chunks (blocks): the context is kept and re-encoded chunk by chunk."""
-        if frames % self.frames_per_block:
-            raise ValueError(f"{frames} frames are not whole chunks of {self.frames_per_block}")
+        """Frames must be whole chunks: the context is kept and re-encoded chunk by chunk."""
+        self.chunks(frames)
         return frames * self.full_tokens
 
     def new_cache(self, batch: int, frames: int, sink_frames: int = 0, budget_bytes: int = DEFAULT_BUDGET_BYTES,
@@ -138,11 +170,15 @@ class CausalFAR(nn.Module):
         if frames + fpb > table:
             raise ValueError(f"a context of {frames} frames is past the model's RoPE table ({table} positions); "
                              "use a rolling window")  # fmt: skip
-        self.cache_slots(frames), self.cache_slots(sink_frames)
+        try:
+            sink_chunks = self.chunks(sink_frames, from_start=True)
+        except ValueError as err:
+            raise ValueError(f"sinks: {err}") from None
+        chunks = sink_chunks + self.chunks(frames - sink_frames)
         p = next(self.parameters())
         cfg = self.transformer.config
-        full_chunks = min(self.limit - 1, frames // fpb)
-        compressed_chunks = max(frames // fpb - (self.limit - 1), 1)
+        full_chunks = min(self.limit - 1, chunks)
+        compressed_chunks = max(chunks - (self.limit - 1), 1)  # sized for whole chunks: a short one fits too
 
         def kv(tokens):
             shape = (cfg.num_layers, batch, cfg.num_attention_heads, cfg.attention_head_dim, tokens)
@@ -151,8 +187,8 @@ class CausalFAR(nn.Module):
         return FARCache(
             kv(compressed_chunks * fpb * self.compressed_tokens),
             kv(max(full_chunks, 1) * fpb * self.full_tokens),
-            frames // fpb,
-            sink_frames // fpb,
+            chunks,
+            sink_chunks,
         )
 
     def condition(self, prompt_embeds: torch.Tensor | PromptKV) -> PromptKV:
@@ -162,13 +198,14 @@ class CausalFAR(nn.Module):
     def context_condition(self, past: list, prompt: PromptKV) -> PromptKV:
         return prompt
 
-    def _chunk_causal(self, chunks: int, full_limit: int, device: torch.device) -> torch.Tensor:
-        """FAR's mask as a boolean one: over `chunks` chunks laid out as compressed ones, then the last `full_limit`
-        at full resolution (training keeps `full_chunk_limit`, the cache step one less), a chunk sees itself and
-        every earlier chunk. (The class builds a flex-attention BlockMask; SDPA takes this one.)"""
-        fpb = self.frames_per_block
-        full = min(chunks, full_limit)
-        sizes = [fpb * self.compressed_tokens] * (chunks - full) + [fpb * self.full_tokens] * full
+    def _chunk_causal(self, partition: list[int], full_limit: int, device: torch.device) -> torch.Tensor:
+        """FAR's mask as a boolean one: over chunks of `partition` frames laid out as compressed ones, then the last
+        `full_limit` at full resolution (training keeps `full_chunk_limit`, the cache step one less), a chunk sees
+        itself and every earlier chunk. (The class builds a flex-attention BlockMask; SDPA takes this one.)"""
+        full = min(len(partition), full_limit)
+        compressed = len(partition) - full
+        sizes = [n * self.compressed_tokens for n in partition[:compressed]]
+        sizes += [n * self.full_tokens for n in partition[compressed:]]
         ids = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(sizes)])
         return ids[None, :] <= ids[:, None]
 
@@ -191,39 +228,40 @@ class CausalFAR(nn.Module):
             self._prompt = None  # no state outlives the call
 
     def _forward(self, frames, t, prompt, kv_cache, start, write, r):
-        fpb, b, n = self.frames_per_block, frames.shape[0], frames.shape[1]
+        b, n = frames.shape[0], frames.shape[1]
         timestep = 1000 * t.double()
         r_timestep = timestep if r is None else 1000 * r.double()
         if (frames.shape[3], frames.shape[4]) != self.latent_size:
             raise ValueError(f"latent frames are {tuple(frames.shape[3:])}, this CausalFAR streams {self.latent_size}")
         call = {"encoder_hidden_states": prompt, "return_dict": False}
         if kv_cache is None:
-            mask = self._chunk_causal(n // fpb, self.limit, frames.device)
-            out = self.transformer(frames, timestep, r_timestep, chunk_partition=[fpb] * (n // fpb),
-                                   attention_mask=mask, **call)[0]  # fmt: skip
+            partition = self.partition(n)
+            mask = self._chunk_causal(partition, self.limit, frames.device)
+            out = self.transformer(frames, timestep, r_timestep, chunk_partition=partition, attention_mask=mask,
+                                   **call)[0]  # fmt: skip
             return torch.cat([out.new_zeros(b, n - out.shape[1], *out.shape[2:]), out], dim=1)  # only full frames out
         layers = [(kv_cache, i) for i in range(len(self.transformer.blocks))]
         if write:
             kv_cache.add(frames)
             context = torch.cat(kv_cache.chunks, dim=1)
-            chunks = len(kv_cache.chunks)
+            partition = [chunk.shape[1] for chunk in kv_cache.chunks]
             for cache in (kv_cache.compressed, kv_cache.full):
                 cache.reset()
-            flag = {"num_cached_chunks": chunks - 1, "is_cache_step": True}
-            mask = self._chunk_causal(chunks, self.limit - 1, frames.device)
+            flag = {"num_cached_chunks": len(partition) - 1, "is_cache_step": True}
+            mask = self._chunk_causal(partition, self.limit - 1, frames.device)
             zeros = torch.zeros(b, context.shape[1], dtype=torch.float64, device=frames.device)
-            self.transformer(context, zeros, zeros, chunk_partition=[fpb] * chunks, kv_cache=layers,
+            self.transformer(context, zeros, zeros, chunk_partition=partition, kv_cache=layers,
                              kv_cache_flag=flag, attention_mask=mask, **call)  # fmt: skip
-            full = min(chunks, self.limit - 1)
+            compressed = len(partition) - min(len(partition), self.limit - 1)
             written = (
-                (kv_cache.compressed, (chunks - full) * self.compressed_tokens),
-                (kv_cache.full, full * self.full_tokens),
+                (kv_cache.compressed, sum(partition[:compressed]) * self.compressed_tokens),
+                (kv_cache.full, sum(partition[compressed:]) * self.full_tokens),
             )
             for cache, tokens in written:  # what the cache step wrote, from slot 0
-                zeros = torch.zeros(b, tokens * fpb, dtype=torch.long, device=frames.device)
+                zeros = torch.zeros(b, tokens, dtype=torch.long, device=frames.device)
                 cache.write_meta(0, zeros, torch.ones_like(zeros, dtype=torch.bool), zeros[0])
             return None
-        chunks = len(kv_cache.chunks) + 1
-        flag = {"num_cached_chunks": chunks - 1, "is_cache_step": False}
-        return self.transformer(frames, timestep, r_timestep, chunk_partition=[fpb] * chunks, kv_cache=layers,
+        partition = [chunk.shape[1] for chunk in kv_cache.chunks] + [n]
+        flag = {"num_cached_chunks": len(partition) - 1, "is_cache_step": False}
+        return self.transformer(frames, timestep, r_timestep, chunk_partition=partition, kv_cache=layers,
                                 kv_cache_flag=flag, **call)[0]  # fmt: skip

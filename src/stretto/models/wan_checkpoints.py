@@ -82,7 +82,11 @@ def load_causal_wan(path: str | Path, **adapter) -> CausalWan | CausalFAR:
         transformer, causal = _from_release(path), "self-forcing"
     else:
         transformer, causal = _from_diffusers_folder(path)
-    if causal == ANYFLOW_FAR_CLASS:
+    if causal == ANYFLOW_FAR_CLASS:  # chunks as it was trained: (1, 3, 3, ...) in the released config
+        partition = list(transformer.config.chunk_partition)
+        adapter.setdefault("frames_per_block", max(partition))
+        if partition[0] <= adapter["frames_per_block"]:
+            adapter.setdefault("first_chunk", partition[0])
         return CausalFAR(transformer.float().eval(), **adapter).eval()
     if type(transformer).__name__ == SKYREELS_CLASS:
         causal = "diffusion-forcing"

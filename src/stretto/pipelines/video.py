@@ -25,18 +25,19 @@ from stretto.models.causal_far import CausalFAR
 from stretto.models.causal_wan import CausalWan
 from stretto.models.wan_parts import StreamDecoder, WanParts, load_parts, pipeline_folder
 from stretto.pipelines.diffusion_forcing import stream_diffusion_forcing
-from stretto.pipelines.world import StreamFrame, StreamSettings, model_steps, stream_blocks
+from stretto.pipelines.world import StreamFrame, StreamSettings, block_frames, model_steps, stream_blocks
 
 
-def prompt_blocks(prompt: Any, switches: Mapping[int, Any], frames_per_block: int) -> Iterator[Any]:
-    """The prompt of every block, endless: `prompt`, then each switch from the first block starting at its frame."""
+def prompt_blocks(prompt: Any, switches: Mapping[int, Any], sizes: Iterator[int]) -> Iterator[Any]:
+    """The prompt of every block (of `sizes` frames each), endless: `prompt`, then each switch from the first block
+    starting at its frame."""
     pending = sorted(switches.items(), key=lambda item: item[0])
     frame = 0
-    while True:
+    for size in sizes:
         while pending and pending[0][0] <= frame:
             prompt = pending.pop(0)[1]
         yield prompt  # the same object until a switch: the driver prepares its K/V once
-        frame += frames_per_block
+        frame += size
 
 
 def check_switches(switches: Mapping[int, Any] | None) -> dict[int, Any]:
@@ -78,13 +79,15 @@ def stream_video(
         if embeds.shape[0] != prompt_embeds.shape[0]:
             raise ValueError(f"the prompt switch at frame {frame} has batch {embeds.shape[0]}, the prompt "
                              f"{prompt_embeds.shape[0]}")  # fmt: skip
-    blocks = prompt_blocks(prompt_embeds, switches, model.frames_per_block)
+    blocks = prompt_blocks(prompt_embeds, switches, block_frames(model, first_block is not None))
     settings = settings or StreamSettings()
     if settings.steps is None:
         settings = replace(settings, steps=model_steps(model))
     if ar_step is not None and ar_step < settings.steps:
         if first_block is not None:
             raise ValueError("diffusion forcing (ar_step < steps) starts from noise; first_block is not supported")
+        if getattr(model, "first_block_frames", model.frames_per_block) != model.frames_per_block:
+            raise ValueError("diffusion forcing (ar_step < steps) runs blocks of one size; this model's first is short")
         if settings.feature_cache is not None:
             raise ValueError(
                 "a feature cache runs one block's denoising loop at a time; diffusion forcing (ar_step < steps) keeps "
@@ -104,9 +107,10 @@ def stream_video(
     )
 
 
-def decoded(latents: Iterator[StreamFrame], decoder: StreamDecoder, frames_per_block: int) -> Iterator[StreamFrame]:
-    """Latent frames -> video frames, each block decoded as soon as its latents are out."""
+def decoded(latents: Iterator[StreamFrame], decoder: StreamDecoder, sizes: Iterator[int]) -> Iterator[StreamFrame]:
+    """Latent frames -> video frames, each block (of `sizes` frames each) decoded as soon as its latents are out."""
     block: list[StreamFrame] = []
+    size = next(sizes)
     produced = 0
 
     def flush():
@@ -121,9 +125,9 @@ def decoded(latents: Iterator[StreamFrame], decoder: StreamDecoder, frames_per_b
     try:
         for frame in latents:
             block.append(frame)
-            if len(block) == frames_per_block:
+            if len(block) == size:
                 yield from flush()
-                block = []
+                block, size = [], next(sizes)
         if block:  # a `frames` limit that ends inside a block
             yield from flush()
     finally:
@@ -190,4 +194,4 @@ def stream(
     )
     if not decode or parts.vae is None:
         return latents
-    return decoded(latents, StreamDecoder(parts.vae), model.frames_per_block)
+    return decoded(latents, StreamDecoder(parts.vae), block_frames(model))

@@ -332,6 +332,27 @@ class StreamContext:
         self.frames, self.conditions = [], []
 
 
+def block_frames(model: StreamModel, given_first: bool = False) -> Iterator[int]:
+    """Frames of each block the driver generates, endless: `frames_per_block`, except that a model's first block
+    may be shorter (`first_block_frames`: AnyFlow-FAR's released streams start with a one-frame chunk, since Wan's
+    VAE encodes the first frame alone); a given first block takes that place, and every generated block is whole."""
+    fpb = model.frames_per_block
+    if not given_first:
+        yield getattr(model, "first_block_frames", fpb)
+    while True:
+        yield fpb
+
+
+def frames_in_whole_blocks(model: StreamModel, frames: int, given_first: bool = False) -> int:
+    """The frames of the fewest generated blocks that hold `frames` frames."""
+    total = 0
+    for n in block_frames(model, given_first):
+        if total >= frames:
+            return total
+        total += n
+    raise AssertionError("block_frames is endless")
+
+
 def block_actions(actions: Iterable[int], frames_per_block: int) -> Iterator[list[int]]:
     """Group an action stream into blocks; a short last block is padded with the last action."""
     chunk: list[int] = []
@@ -366,16 +387,17 @@ def stream_blocks(
     settings = settings or StreamSettings()
     if settings.steps is None:
         settings = replace(settings, steps=model_steps(model))
-    fpb = model.frames_per_block
+    given = first_block is not None
     if settings.mode == "kv" and settings.max_frames is None and frames is not None and frames >= 1:
-        given = 0 if first_block is None else first_block.shape[1]
-        settings = replace(settings, max_frames=given + -(-frames // fpb) * fpb)  # whole blocks hold `frames`
+        settings = replace(settings, max_frames=(first_block.shape[1] if given else 0)
+                           + frames_in_whole_blocks(model, frames, given))  # fmt: skip
     settings.check(model)
     if frames is not None and frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if first_block is not None:
-        if first_block.shape[1] != fpb:
-            raise ValueError(f"the prompt must be one block of {fpb} frame(s), got {first_block.shape[1]}")
+        first = next(block_frames(model))
+        if first_block.shape[1] != first:
+            raise ValueError(f"the prompt must be one block of {first} frame(s), got {first_block.shape[1]}")
         batch, device, dtype = first_block.shape[0], first_block.device, first_block.dtype
         frame_shape = tuple(first_block.shape[2:])
     else:
@@ -408,12 +430,12 @@ def stream_blocks(
             if memory is not None:
                 memory.begin(first_block)
         produced = 0
-        for cond in conditions:
+        for cond, n_block in zip(conditions, block_frames(model, given), strict=False):  # sizes: endless
             if prepared is None or cond is not raw:  # e.g. a prompt's cross-attention K/V: once, not per block
                 raw, prepared = cond, model.condition(cond)
             began = time.perf_counter()
-            noise = torch.randn((len(timesteps), batch, fpb, *frame_shape), generator=gen).to(device, dtype)
-            call = context.caller(prepared, fpb)
+            noise = torch.randn((len(timesteps), batch, n_block, *frame_shape), generator=gen).to(device, dtype)
+            call = context.caller(prepared, n_block)
             if cached:  # one denoising loop per block, its calls keyed on their noise level
                 feature_cache.next_loop(model, levels, records=not own_cache)  # an endless stream keeps none
                 call = keyed(model, call)
@@ -425,7 +447,7 @@ def stream_blocks(
             else:
                 block = scheduler_block(call, noise, scheduler, flow_map=getattr(model, "flow_map", False))
             latency = time.perf_counter() - began
-            for i in range(fpb):
+            for i in range(n_block):
                 yield StreamFrame(produced, block[:, i], latency, context.kv_bytes, 0 if shard is None else shard.bytes)
                 produced += 1
                 if frames is not None and produced >= frames:
