@@ -306,11 +306,19 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
 
 
 def plot_feature_caches(ax, rows: list[dict]) -> None:
-    """Speedup against PSNR vs the uncached frames, one marker per model, each point labelled with its policy."""
+    """Speedup against PSNR vs the uncached frames, one marker per model, each point labelled with its policy:
+    filled, the pooled PSNR (set by the frames where the streams went different ways); hollow, the median frame's
+    (rows written before that key have only the first)."""
     for model, marker in zip(dict.fromkeys(r["model"] for r in rows), "osD^v", strict=False):
         mine = [r for r in rows if r["model"] == model]
         xs, ys = [r["speedup_vs_uncached"] for r in mine], [min(r["psnr_db_vs_uncached"], 60) for r in mine]
-        ax.scatter(xs, ys, marker=marker, label=f"{model} (reseed: {mine[0]['seed_psnr_db']:.0f} dB)")
+        dots = ax.scatter(xs, ys, marker=marker, label=f"{model} (reseed: {mine[0]['seed_psnr_db']:.0f} dB)")
+        if all("psnr_db_vs_uncached_median" in r for r in mine):
+            medians = [min(r["psnr_db_vs_uncached_median"], 60) for r in mine]
+            colour = dots.get_facecolor()[0]
+            ax.scatter(xs, medians, marker=marker, facecolors="none", edgecolors=[colour],
+                       label=f"  median frame (reseed: {mine[0]['seed_psnr_db_median']:.0f} dB)")  # fmt: skip
+            ax.vlines(xs, ys, medians, colors=[colour], lw=0.5, alpha=0.5)
         for r, x, y in zip(mine, xs, ys, strict=True):
             ax.annotate(r["feature_cache"].split(",refresh")[0].split(",warmup=0,max")[0], (x, y), fontsize=5)
     ax.axvline(1.5, color="gray", lw=0.5, ls="--")
