@@ -124,6 +124,18 @@ def test_stream_with_kv_cache_equals_recompute(patch, fpb, given_first_block):
     assert (short - recompute).abs().max() > 1e-3  # a window that forgets changes the frames: the test can tell
 
 
+def test_context_noise_commits_the_same_noised_past_with_and_without_the_cache():
+    # Self Forcing's inference context_noise (SkyReels-V2's addnoise_condition): the past committed at a small level
+    model = tiny_wan(3)
+    settings = {"steps": 3, "shift": 5.0, "context_noise": 0.02}
+    recompute, _ = run(model, 9, StreamSettings(mode="recompute", window=None, **settings))
+    kv, _ = run(model, 9, StreamSettings(mode="kv", window=None, max_frames=12, **settings))
+    clean, _ = run(model, 9, StreamSettings(mode="kv", window=None, max_frames=12, steps=3, shift=5.0))
+    assert (kv - recompute).abs().max() < 1e-5
+    assert torch.equal(kv[:, :3], clean[:, :3])  # nothing committed before the first block
+    assert (kv[:, 3:] - clean[:, 3:]).abs().max() > 1e-4
+
+
 def test_rolling_memory_is_constant_and_positions_stay_in_the_rope_table(monkeypatch):
     table = 8  # RoPE positions the model knows; the stream runs 12x past it
     model = tiny_wan(3, layers=1, rope_max_seq_len=table)

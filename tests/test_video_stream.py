@@ -343,6 +343,10 @@ def test_anyflow_far_computes_each_prompts_text_kv_once_per_stream():
     assert len(calls) == 2 * len(model.transformer.blocks)  # not once per block, step and commit (18 calls each)
     with pytest.raises(TypeError, match="prompt must be a PromptKV"):
         model(out[:, :2], torch.ones(1, 2), text(batch=1))
+    noisy = StreamSettings(mode="kv", window=None, steps=2, sinks=0, scheduler=FlowMapEulerDiscreteScheduler(),
+                           context_noise=0.02)  # fmt: skip
+    with pytest.raises(ValueError, match="AnyFlow-FAR re-encodes its whole context at t = 0"):
+        list(stream_video(model, text(batch=1), noisy, frames=4))
 
 
 def test_anyflow_far_rolls_past_its_rope_table_with_constant_memory(tmp_path):

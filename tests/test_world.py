@@ -122,6 +122,21 @@ def test_cached_and_recomputed_streams_give_the_same_frames(fpb):
     assert not torch.allclose(short, kv)  # a short window does change what the model sees
 
 
+def test_context_noise_commits_the_same_noised_past_to_the_cache_and_to_recompute():
+    model = tiny_world(2)
+    n, c = 8, 0.05
+    recompute, _ = run(model, n, StreamSettings(mode="recompute", window=None, context_noise=c), batch=2)
+    kv, _ = run(model, n, StreamSettings(mode="kv", window=None, max_frames=n + 2, context_noise=c), batch=2)
+    torch.testing.assert_close(kv, recompute, rtol=0, atol=1e-10)  # the same draws, the same level, both ways
+    clean, _ = run(model, n, StreamSettings(mode="kv", window=None, max_frames=n + 2), batch=2)
+    zero, _ = run(model, n, StreamSettings(mode="kv", window=None, max_frames=n + 2, context_noise=0.0), batch=2)
+    assert torch.equal(zero, clean)  # 0 is the clean commit, bit for bit
+    assert not torch.allclose(kv, clean)  # the prompt block too is committed noised: every frame moves, a little
+    for bad in (1.0, -0.1, "0.1", True):
+        with pytest.raises(ValueError, match=r"context_noise must be a noise level in \[0, 1\), got"):
+            run(model, n, StreamSettings(mode="kv", window=None, max_frames=n + 2, context_noise=bad))
+
+
 def test_rolling_memory_is_constant_and_positions_stay_in_range():
     model = tiny_world()
     cfg = model.config

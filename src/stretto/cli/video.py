@@ -46,7 +46,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int | None:
         args.model, args.prompt, switches=switches, parts=args.parts, frames=args.frames, seed=args.seed,
         device=args.device, latent_size=size, ar_step=args.ar_step, mode=args.mode, steps=args.steps,
         window=None if args.mode == "kv" else args.window, sinks=args.sinks,
-        kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache,
+        kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache, context_noise=args.context_noise,
     )  # fmt: skip
     out, latency, interrupted = [], [], False
     began = time.perf_counter()

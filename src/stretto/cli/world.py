@@ -78,7 +78,7 @@ def _stream_world(args: argparse.Namespace, rank: int) -> int | None:
         model, _recording(actions, used), world=args.world, seed=args.seed, frames=args.frames, mode=args.mode,
         steps=args.steps, window=None if args.mode == "kv" else args.window, sinks=args.sinks,
         max_frames=args.frames + 1, kv_budget_mib=args.kv_budget_mib, feature_cache=args.cache, memory=args.memory,
-        parallel=args.parallel,
+        parallel=args.parallel, context_noise=args.context_noise,
     )  # fmt: skip
     show = None
     if args.interactive:
@@ -175,6 +175,9 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
                    'block): e.g. "crossblock" (the previous block\'s same step on the first step, this block\'s '
                    'previous step on the third: plan=xcwc), "fora:interval=3,warmup=0"; stretto.cache.available() '
                    "lists all (default none)")  # fmt: skip
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
+                   help="commit finished blocks re-noised to this level in [0, 1) (Self Forcing's context_noise; "
+                   "SkyReels-V2's addnoise_condition 20 is 0.02) (default 0: clean)")  # fmt: skip
     p.add_argument("--memory", choices=["pose"], default=None,
                    help="memory beyond the rolling window (world models): pose = what was drawn, placed by the camera "
                    "moves of the actions, kept when the camera comes back (default none)")  # fmt: skip

@@ -242,6 +242,9 @@ class CausalFAR(nn.Module):
             return torch.cat([out.new_zeros(b, n - out.shape[1], *out.shape[2:]), out], dim=1)  # only full frames out
         layers = [(kv_cache, i) for i in range(len(self.transformer.blocks))]
         if write:
+            if bool(t.any()):
+                raise ValueError("AnyFlow-FAR re-encodes its whole context at t = 0 at every commit (its cache step "
+                                 "takes no noise level): stream it with context_noise 0")  # fmt: skip
             kv_cache.add(frames)
             context = torch.cat(kv_cache.chunks, dim=1)
             partition = [chunk.shape[1] for chunk in kv_cache.chunks]

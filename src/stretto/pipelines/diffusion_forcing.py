@@ -69,7 +69,7 @@ def stream_diffusion_forcing(
     template = copy.deepcopy(settings.scheduler)
     template.set_timesteps(settings.steps, device=p.device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    context = StreamContext(model, batch, settings)
+    context = StreamContext(model, batch, settings, seed=seed)
     pending = iter(conditions)
     inflight: list[_InFlight] = []
     raw, prepared, started, produced = None, None, 0, 0

@@ -5,7 +5,10 @@ The driver (CausVid / Self Forcing inference):
 2. for every next block, take its actions, start from fresh noise and run `steps` timesteps: predict x0, and
    (if not the last step) re-noise x0 to the next level with fresh noise;
 3. yield the block's frames, then run the block once more at t = 0 with `write=True` (the commit), so the cache
-   holds clean K/V, exactly what the model saw as context in training.
+   holds clean K/V, exactly what the model saw as context in training. `StreamSettings.context_noise` c > 0
+   commits the block re-noised to level c instead (Self Forcing's inference `context_noise`; SkyReels-V2's
+   `addnoise_condition` = 1000 c): the past is held a little less literally, which softens error accumulation
+   for a model trained with noisy context.
 
 Modes (how the past is supplied):
 - `kv`: one KVCache holding every frame of the stream (capacity fixed up front);
@@ -167,6 +170,9 @@ class StreamSettings:
     shift: float = DEFAULT_SHIFT
     window: int | None = DEFAULT_WINDOW  # frames besides the sinks; None: the whole stream (kv, recompute)
     sinks: int = DEFAULT_SINKS
+    # noise level in [0, 1) the finished blocks are committed at (0: clean, as Self Forcing trains); the noise has
+    # its own generator (seed + 1), so the blocks' own draws are those of a clean-context stream
+    context_noise: float = 0.0
     max_frames: int | None = None  # kv only: capacity of the full cache, in frames (None: the stream's `frames`)
     kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB  # kv modes: the most KV cache memory allocated, in MiB
     # a diffusers scheduler whose `steps` timesteps denoise each block (its own shift); None: Self Forcing's
@@ -205,6 +211,9 @@ class StreamSettings:
             raise ValueError(f"StreamSettings.kv_budget_mib must be a number of MiB > 0, got {budget!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown stream mode {self.mode!r}; modes: {', '.join(MODES)}")
+        c = self.context_noise
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < 1:
+            raise ValueError(f"StreamSettings.context_noise must be a noise level in [0, 1), got {c!r}")
         if self.mode == "kv-rolling" and self.window is None:
             raise ValueError("mode kv-rolling needs a window (frames kept besides the sinks)")
         if self.window is not None:
@@ -255,8 +264,10 @@ class StreamContext:
     shard: Ulysses, this rank's part of every model call and of the cache (`StreamSettings.parallel`).
     """
 
-    def __init__(self, model: StreamModel, batch: int, settings: StreamSettings, shard: UlyssesShard | None = None):
+    def __init__(self, model: StreamModel, batch: int, settings: StreamSettings, shard: UlyssesShard | None = None,
+                 seed: int = 0):  # fmt: skip
         self.model, self.settings = model, settings
+        self.context_gen = torch.Generator(device="cpu").manual_seed(seed + 1)  # context_noise's draws
         self.shard = {} if shard is None else {"shard": shard}  # passed to every model call and to new_cache
         self.cache: KVCache | None = None
         self.frames: list[torch.Tensor] = []  # recompute: committed frames (B, C, H, W) and their conditions
@@ -297,10 +308,12 @@ class StreamContext:
             return lambda x, t, **target: model(x, t, cond, **self.shard, **target)
         joint = model.context_condition(past, cond)
 
-        def call(x, t, **target):  # target: a flow map's r, like t per frame, 0 for the clean context
+        level = self.settings.context_noise
+
+        def call(x, t, **target):  # target: a flow map's r, like t per frame, the context's level for the context
             frames = torch.cat([ctx, x], dim=1)
-            clean = {k: torch.cat([v.new_zeros(x.shape[0], n), v], dim=1) for k, v in target.items()}
-            times = torch.cat([t.new_zeros(x.shape[0], n), t], dim=1)
+            clean = {k: torch.cat([v.new_full((x.shape[0], n), level), v], dim=1) for k, v in target.items()}
+            times = torch.cat([t.new_full((x.shape[0], n), level), t], dim=1)
             return model(frames, times, joint, **self.shard, **clean)[:, n:]
 
         return call
@@ -317,10 +330,15 @@ class StreamContext:
 
     @torch.no_grad()
     def commit(self, frames: torch.Tensor, cond: Any) -> None:
-        """Add a finished block (B, F, C, H, W) to the past: its clean K/V (kv modes) or the frames."""
+        """Add a finished block (B, F, C, H, W) to the past: its clean K/V (kv modes) or the frames; re-noised to
+        `context_noise` first when that is > 0."""
+        level = self.settings.context_noise
+        if level > 0:
+            noise = torch.randn(frames.shape, generator=self.context_gen).to(frames.device, frames.dtype)
+            frames = (1 - level) * frames + level * noise
         if self.cache is not None:
             start = self.start(frames.shape[1])
-            t0 = torch.zeros(frames.shape[:2], device=frames.device)
+            t0 = torch.full(frames.shape[:2], float(level), device=frames.device)
             with feature_cache.bypass(self.model):  # every block computed: the cache gets every layer's clean K/V
                 self.model(frames, t0, cond, kv_cache=self.cache, start=start, write=True, **self.shard)
         else:
@@ -413,7 +431,7 @@ def stream_blocks(
     levels = timesteps if scheduler is None else [float(t) / scheduler.config.num_train_timesteps
                                                   for t in scheduler.timesteps]  # fmt: skip
     shard = UlyssesShard() if settings.parallel is not None else None
-    context = StreamContext(model, batch, settings, shard)
+    context = StreamContext(model, batch, settings, shard, seed)
     raw, prepared, own_cache = None, None, False
     try:
         if policy is not None:
