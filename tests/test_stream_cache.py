@@ -214,7 +214,13 @@ def test_bench_stream_feature_cache_rows(tiny_world_checkpoint, tmp_path):
             str(tmp_path / "s.png"), "--gif", "", "--video-models", "causal-wan", "--feature-cache",
             "crossblock:plan=xcwc", "crossblock:plan=xxxx,first=1", "--cache-repeats", "2"]  # fmt: skip
     assert main(args) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    # the recorded command names every option that differs from its default: it reruns the same run
+    options = ("--frames 4", "--window 3", "--modes kv-rolling", "--video-models causal-wan", "--cache-repeats 2",
+               "--feature-cache crossblock:plan=xcwc crossblock:plan=xxxx,first=1", "--drift-episodes 1")  # fmt: skip
+    for option in options:
+        assert option in result["command"]
     cached = [r for r in rows if r["feature_cache"] != "none"]
     assert [(("wan" in r["model"]), r["feature_cache"]) for r in cached] == [
         (wan, spec)

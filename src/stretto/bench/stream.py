@@ -39,7 +39,7 @@ from stretto.bench.stream_video import anyflow_rows, causal_wan_cache_rows, caus
 from stretto.data import world
 from stretto.eval.metrics import frame_psnr
 from stretto.models.world_dit import WorldDiT
-from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_STEPS, StreamSettings, model_steps, stream
+from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_STEPS, MODES, StreamSettings, model_steps, stream
 
 HELD_OUT_SEED = 10**6  # training draws map seeds below 10**6
 DEFAULT_MODELS = ("world-tf", "world-sf")
@@ -138,7 +138,7 @@ def run_stream_bench(
     plot_path: str | Path | None = None,
     models: tuple[str, ...] = DEFAULT_MODELS,
     lengths: tuple[int, ...] = (64, 2000),
-    modes: tuple[str, ...] = ("recompute", "kv", "kv-rolling"),
+    modes: tuple[str, ...] = MODES,
     steps: int | None = None,
     window: int = 8,
     sinks: int = 1,
@@ -199,8 +199,15 @@ def run_stream_bench(
     command = f"stretto bench stream --models {' '.join(models)} --window {window} --sinks {sinks}"
     command += f" --steps {steps}" if steps else ""
     command += " --drift-only" if drift_only else " --frames " + " ".join(map(str, lengths))
-    if tuple(feature_caches) != DEFAULT_FEATURE_CACHES:
-        command += " --feature-cache " + " ".join(feature_caches)
+    # every other option that differs from its default, so the recorded command reruns this run
+    options = {"--modes": (tuple(modes), MODES), "--video-models": (tuple(video_models), VIDEO_MODELS),
+               "--feature-cache": (tuple(feature_caches), DEFAULT_FEATURE_CACHES)}  # fmt: skip
+    for flag, (value, default) in options.items():
+        if not drift_only and value != tuple(default):
+            command += f" {flag} " + " ".join(value)
+    for flag, value, default in (("--cache-repeats", cache_repeats, 3), ("--drift-episodes", drift_episodes, 8),
+                                 ("--drift-frames", drift_frames, 400)):  # fmt: skip
+        command += f" {flag} {value}" if value != default else ""
     result = {
         "machine": describe_machine(device),
         "command": command,
