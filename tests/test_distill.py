@@ -155,6 +155,43 @@ def test_flow_map_starts_as_the_teacher_and_its_loss_decreases(teacher_dir, tmp_
     assert losses[-1] < losses[0]
 
 
+def test_flow_map_rollout_rows_start_from_the_students_own_jump(teacher_dir, tmp_path, monkeypatch):
+    from stretto.distill.students import data_batch
+
+    seen = {}
+
+    def batch_of(fraction):  # the (x_t, t) one update trains on
+        cfg = FlowMapConfig(teacher=teacher_dir, out=str(tmp_path / f"fm{fraction}"), steps=1, batch_size=8,
+                            rollout_fraction=fraction)  # fmt: skip
+        trainer = FlowMapTrainer(cfg)
+        real = trainer.targets
+
+        def spy(x_t, t, r, prompts, diagonal):
+            seen[fraction] = (x_t.clone(), t.clone(), prompts)
+            return real(x_t, t, r, prompts, diagonal)
+
+        monkeypatch.setattr(trainer, "targets", spy)
+        trainer.step(3)
+        return trainer, cfg
+
+    _, cfg = batch_of(0.0)
+    trainer, _ = batch_of(0.6)
+    (plain, t, prompts), (rolled, t2, _) = seen[0.0], seen[0.6]
+    assert torch.equal(t, t2)  # the same levels; only the inputs of the rollout rows differ
+    rows = (rolled != plain).flatten(1).any(1)
+    assert 0 < int(rows.sum()) < len(rows) and bool((t[rows] < 1).all())
+    x0, _ = data_batch(cfg.seed, 3, 0, cfg.batch_size)
+    view = (-1, 1, 1, 1)
+    noise = (plain - (1 - t).view(view) * x0) / t.view(view)  # the update's own noise draw
+    with torch.no_grad():
+        cond = trainer.ema.encode_prompts([q for q, keep in zip(prompts, rows.tolist(), strict=True) if keep])
+        ones = torch.ones_like(t[rows])
+        jump = noise[rows] - (1 - t[rows]).view(view) * trainer.ema(noise[rows], ones, cond, t[rows])
+    torch.testing.assert_close(rolled[rows], jump, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"rollout_fraction must be in \[0, 1\), got 1.0"):
+        FlowMapConfig(teacher=teacher_dir, out=str(tmp_path / "bad"), rollout_fraction=1.0)
+
+
 def test_flow_map_student_takes_any_step_count(teacher_dir, tmp_path):
     student = stretto.load(distill_flow_map(
         FlowMapConfig(teacher=teacher_dir, out=str(tmp_path / "fm"), steps=1, batch_size=2, save_every=1)
