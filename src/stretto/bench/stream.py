@@ -222,9 +222,10 @@ def run_stream_bench(
     if plot_path:
         if drift_only:
             plot_drift(result["drift"], plot_path)
-        else:  # the timed rows and PSNR drift; the three drift curves beside it
+        else:  # the timed rows and PSNR drift; the three drift curves beside it (world models only)
             plot_stream_bench(result, plot_path)
-            plot_drift(result["drift"], Path(plot_path).with_name(Path(plot_path).stem + "-drift.png"))
+            if drift:
+                plot_drift(result["drift"], Path(plot_path).with_name(Path(plot_path).stem + "-drift.png"))
     return result
 
 
@@ -306,7 +307,8 @@ def plot_stream_bench(result: dict, plot_path: str | Path) -> None:
     ax_drift.set_xlabel("frame index")
     ax_drift.set_ylabel("PSNR vs simulator (dB)")
     ax_drift.set_title(f"drift: {drift['mode']}, mean of {drift['episodes']} episodes")
-    ax_drift.legend()
+    if drift["models"]:
+        ax_drift.legend()
     if cached:
         plot_feature_caches(axes[0][2], cached)
     save_figure(fig, plot_path, dpi=130)
