@@ -254,57 +254,30 @@ def tiny_far(seed=0, layers=1, rope=64):
     return model.eval()
 
 
-def test_anyflow_far_stream_equals_the_diffusers_pipeline():
+# diffusers 0.42.1 pads its KV-cache attention to a multiple of 128 tokens without masking the padding (zero keys
+# take softmax weight), so these sizes make every attention of its a multiple of 128 tokens: 16 x 16 latents give a
+# 2-frame chunk 128 tokens; 32 x 64 give 512 full and 128 compressed tokens a frame (for a one-frame chunk)
+@pytest.mark.parametrize(
+    ("partition", "size"),
+    [([2, 2, 2, 2], (16, 16)), ([1, 2, 2, 2], (32, 64))],  # uniform chunks; the released layout's one-frame first
+)
+def test_anyflow_far_stream_equals_the_diffusers_pipeline(partition, size):
     from diffusers import AnyFlowFARPipeline, FlowMapEulerDiscreteScheduler
 
     from stretto.models.causal_far import CausalFAR
 
-    # 4 chunks of 2 frames: from chunk 3 on the oldest chunk is compressed context. 16 x 16 latents make a chunk
-    # 128 tokens: diffusers 0.42.1 pads its KV-cache attention to a multiple of 128 tokens without masking the
-    # padding (zero keys take softmax weight), so at other sizes its frames are off by that
-    fpb, steps, blocks, size = 2, 2, 4, (16, 16)
-    n = fpb * blocks
+    # 4 chunks: from chunk 3 on the oldest chunk is compressed context
+    fpb, steps, n = 2, 2, sum(partition)
     prompt = text(batch=1)
-    model = CausalFAR(tiny_far(), fpb, size)
     flow_map = FlowMapEulerDiscreteScheduler(shift=5.0)
-    runs = {
-        mode: latents(stream_video(model, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
-                                                                  scheduler=flow_map), frames=n))
-        for mode in ("kv", "recompute")
-    }  # fmt: skip
-    gen = torch.Generator().manual_seed(0)  # the driver's noise draws
-    init = torch.cat([torch.randn((steps, 1, fpb, 4, *size), generator=gen)[0] for _ in range(blocks)], dim=1)
-    pipe = AnyFlowFARPipeline(tokenizer=None, text_encoder=None, transformer=tiny_far(), vae=None,
-                              scheduler=FlowMapEulerDiscreteScheduler(shift=5.0))  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(
-        prompt=None, prompt_embeds=prompt, height=size[0] * 8, width=size[1] * 8, num_frames=(n - 1) * 4 + 1,
-        num_inference_steps=steps, output_type="latent", chunk_partition=[fpb] * blocks,
-        latents=init.transpose(1, 2).clone(),
-    ).frames.transpose(1, 2)  # fmt: skip
-    assert theirs.shape == runs["kv"].shape and theirs.abs().mean() > 0.5
-    assert (runs["kv"] - theirs).abs().max() < 1e-4
-    assert (runs["recompute"] - theirs).abs().max() < 1e-4  # FAR's training forward over context + block
 
+    def streams(size):  # stretto's kv and recompute streams of the same model
+        model = CausalFAR(tiny_far(), fpb, size, first_chunk=partition[0])
+        settings = {"window": None, "steps": steps, "sinks": 0, "scheduler": flow_map}
+        return [latents(stream_video(model, prompt, StreamSettings(mode=mode, **settings), frames=n))
+                for mode in ("kv", "recompute")]  # fmt: skip
 
-def test_anyflow_far_with_a_one_frame_first_chunk_equals_the_diffusers_pipeline():
-    from diffusers import AnyFlowFARPipeline, FlowMapEulerDiscreteScheduler
-
-    from stretto.models.causal_far import CausalFAR
-
-    # the released layout: a first chunk of one frame, then whole chunks (here 2 frames; 4 chunks, so the first
-    # one becomes compressed context). 32 x 64 latents: 512 full and 128 compressed tokens a frame, so every
-    # attention of diffusers' KV-cache path is a multiple of 128 tokens (its unmasked padding, see above)
-    fpb, steps, partition, size = 2, 2, [1, 2, 2, 2], (32, 64)
-    n = sum(partition)
-    prompt = text(batch=1)
-    model = CausalFAR(tiny_far(), fpb, size, first_chunk=1)
-    flow_map = FlowMapEulerDiscreteScheduler(shift=5.0)
-    runs = {
-        mode: latents(stream_video(model, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
-                                                                  scheduler=flow_map), frames=n))
-        for mode in ("kv", "recompute")
-    }  # fmt: skip
+    kv, recompute = streams(size)
     gen = torch.Generator().manual_seed(0)  # the driver's noise draws: one (steps, ...) tensor per chunk
     init = torch.cat([torch.randn((steps, 1, k, 4, *size), generator=gen)[0] for k in partition], dim=1)
     pipe = AnyFlowFARPipeline(tokenizer=None, text_encoder=None, transformer=tiny_far(), vae=None,
@@ -315,17 +288,12 @@ def test_anyflow_far_with_a_one_frame_first_chunk_equals_the_diffusers_pipeline(
         num_inference_steps=steps, output_type="latent", chunk_partition=partition,
         latents=init.transpose(1, 2).clone(),
     ).frames.transpose(1, 2)  # fmt: skip
-    assert theirs.shape == runs["kv"].shape and theirs.abs().mean() > 0.5
-    assert (runs["kv"] - theirs).abs().max() < 1e-4
-    assert (runs["recompute"] - theirs).abs().max() < 1e-4
-    # at a size diffusers pads, the cache and recompute still agree with each other
-    small = CausalFAR(tiny_far(), fpb, (16, 16), first_chunk=1)
-    kv, recompute = (
-        latents(stream_video(small, prompt, StreamSettings(mode=mode, window=None, steps=steps, sinks=0,
-                                                           scheduler=flow_map), frames=n))
-        for mode in ("kv", "recompute")
-    )  # fmt: skip
-    assert (kv - recompute).abs().max() < 1e-4
+    assert theirs.shape == kv.shape and theirs.abs().mean() > 0.5
+    assert (kv - theirs).abs().max() < 1e-4
+    assert (recompute - theirs).abs().max() < 1e-4  # FAR's training forward over context + block
+    if partition[0] != fpb:  # at a size diffusers pads, the cache and recompute still agree with each other
+        kv, recompute = streams((16, 16))
+        assert (kv - recompute).abs().max() < 1e-4
 
 
 def test_anyflow_far_computes_each_prompts_text_kv_once_per_stream():
