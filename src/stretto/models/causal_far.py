@@ -151,12 +151,8 @@ class CausalFAR(nn.Module):
     def partition(self, frames: int) -> list[int]:
         """The chunk lengths of `frames` frames from the stream's start (a rolling window's, once the first chunk
         has left it, are all whole)."""
-        n = self.chunks(frames)
-        return (
-            [self.frames_per_block] * n
-            if frames % self.frames_per_block == 0
-            else [self.first_block_frames] + [self.frames_per_block] * (n - 1)
-        )
+        fpb, n = self.frames_per_block, self.chunks(frames)
+        return [fpb] * n if frames % fpb == 0 else [self.first_block_frames] + [fpb] * (n - 1)
 
     def cache_slots(self, frames: int) -> int:
         """Frames must be whole chunks: the context is kept and re-encoded chunk by chunk."""

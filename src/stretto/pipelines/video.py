@@ -86,7 +86,7 @@ def stream_video(
     if ar_step is not None and ar_step < settings.steps:
         if first_block is not None:
             raise ValueError("diffusion forcing (ar_step < steps) starts from noise; first_block is not supported")
-        if getattr(model, "first_block_frames", model.frames_per_block) != model.frames_per_block:
+        if next(block_frames(model)) != model.frames_per_block:  # one place says what a first block is
             raise ValueError("diffusion forcing (ar_step < steps) runs blocks of one size; this model's first is short")
         if settings.feature_cache is not None:
             raise ValueError(
