@@ -118,6 +118,32 @@ def test_resuming_with_other_settings_is_refused(teacher_dir, tmp_path):
         distill_dmd(dmd_config(teacher_dir, tmp_path, steps=2, fake_updates=3))
 
 
+def test_continuing_from_a_run_equals_an_uninterrupted_one_and_keeps_its_history(teacher_dir, tmp_path):
+    whole = distill_dmd(dmd_config(teacher_dir, tmp_path / "a", steps=2))
+    distill_dmd(dmd_config(teacher_dir, tmp_path / "b", steps=1))
+    parent = str(tmp_path / "b" / "dmd")
+    continued = distill_dmd(dmd_config(teacher_dir, tmp_path / "c", steps=2, continue_from=parent))
+    a, c = checkpoints.load(whole).state_dict(), checkpoints.load(continued).state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    history = json.loads((continued / "config.json").read_text())["training_history"]
+    assert history[0].startswith("steps 0-1: stretto distill dmd2") and "--continue-from" not in history[0]
+    assert history[1].startswith("steps 1-2: stretto distill dmd2") and f"--continue-from {parent}" in history[1]
+    # a continuation may change what a resume may not; its own resume then holds to the new settings
+    other = distill_dmd(dmd_config(teacher_dir, tmp_path / "d", steps=2, guidance=2.0, continue_from=parent))
+    assert json.loads((other / "config.json").read_text())["config"]["student"]["guidance"] == 2.0
+    with pytest.raises(ResumeError, match="guidance: saved 2.0, given 3.0"):
+        distill_dmd(dmd_config(teacher_dir, tmp_path / "d", steps=3, continue_from=parent))
+
+
+def test_continuing_from_a_run_of_another_kind_is_a_clear_error(teacher_dir, tmp_path):
+    fm = FlowMapConfig(teacher=teacher_dir, out=str(tmp_path / "fm"), steps=1, batch_size=2, save_every=1)
+    distill_flow_map(fm)
+    with pytest.raises(ResumeError, match="holds no 'generator' state .*a run of another kind"):
+        distill_dmd(dmd_config(teacher_dir, tmp_path, steps=2, continue_from=fm.out))
+    with pytest.raises(ResumeError, match="not a run folder"):
+        distill_dmd(dmd_config(teacher_dir, tmp_path / "x", steps=2, continue_from=str(tmp_path / "nowhere")))
+
+
 def test_distilling_from_a_wrong_checkpoint_is_a_clear_error(teacher_dir, tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match="expected a 'shapes-flux'"):
         DMDTrainer(dmd_config("shapes-classifier", tmp_path))

@@ -22,6 +22,7 @@ def cmd_distill_dmd2(args: argparse.Namespace) -> None:
         teacher=args.teacher, out=args.out or f"runs/shapes-flux-dmd{len(_grid(args.grid))}", steps=args.steps,
         batch_size=args.batch_size, grid=_grid(args.grid), guidance=args.guidance, fake_updates=args.fake_updates,
         lr=args.lr, fake_lr=args.fake_lr, save_every=args.save_every, seed=args.seed, device=args.device,
+        continue_from=args.continue_from,
     )  # fmt: skip
     print(f"exported {distill_dmd(cfg)}")
 
@@ -32,7 +33,7 @@ def cmd_distill_flowmap(args: argparse.Namespace) -> None:
     cfg = FlowMapConfig(
         teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
         lr=args.lr, save_every=args.save_every, seed=args.seed, device=args.device,
-        rollout_fraction=args.rollout_fraction,
+        rollout_fraction=args.rollout_fraction, continue_from=args.continue_from,
     )  # fmt: skip
     print(f"exported {distill_flow_map(cfg)}")
 
@@ -99,6 +100,11 @@ def _common(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, 
     p.add_argument("--guidance", type=float, default=3.0, help="the teacher's CFG scale, baked in (default 3)")
     p.add_argument("--lr", type=float, default=lr, help=f"student learning rate (default {lr:g})")
     p.add_argument("--save-every", type=int, default=save_every, help=f"checkpoint every N (default {save_every})")
+    p.add_argument(
+        "--continue-from", default=None, metavar="RUN",
+        help="start a new run (in an empty --out) from this run folder's saved state, settings free to change: "
+        "a fine-tune in stages; the exported config keeps the history (default: start from the teacher)",
+    )  # fmt: skip
     shared.add_seed(p, "seed of the batches and noise", high=shared.MAX_TRAIN_SEED)
     shared.add_device(p)
 

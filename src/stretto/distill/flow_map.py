@@ -54,6 +54,7 @@ class FlowMapConfig:
     save_every: int = 100
     seed: int = 0
     device: str = "cpu"
+    continue_from: str | None = None  # a run folder whose saved state this run starts from
 
     def __post_init__(self):
         check_config(self)
@@ -67,6 +68,7 @@ class FlowMapConfig:
             f"stretto distill flowmap --teacher {self.teacher} --out {self.out} --steps {self.steps} "
             f"--batch-size {self.batch_size} --guidance {self.guidance:g} --lr {self.lr:g} --seed {self.seed}"
             + (f" --rollout-fraction {self.rollout_fraction:g}" if self.rollout_fraction else "")
+            + (f" --continue-from {self.continue_from}" if self.continue_from else "")
         )
 
 

@@ -55,6 +55,7 @@ class DMDConfig:
     save_every: int = 25
     seed: int = 0
     device: str = "cpu"
+    continue_from: str | None = None  # a run folder whose saved state this run starts from
 
     def __post_init__(self):
         check_config(self, extra_sizes=("fake_updates",))
@@ -67,6 +68,7 @@ class DMDConfig:
             f"stretto distill dmd2 --teacher {self.teacher} --out {self.out} --steps {self.steps} "
             f"--batch-size {self.batch_size} --grid {grid} --guidance {self.guidance:g} "
             f"--fake-updates {self.fake_updates} --lr {self.lr:g} --fake-lr {self.fake_lr:g} --seed {self.seed}"
+            + (f" --continue-from {self.continue_from}" if self.continue_from else "")
         )
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from stretto import checkpoints
 from stretto.data import shapes
 from stretto.models.shapes_flux import PromptStates, ShapesFlux, ShapesFluxConfig
-from stretto.train.state import load_state, save_state
+from stretto.train.state import ResumeError, load_state, save_state
 
 
 def check_config(cfg, extra_sizes: tuple[str, ...] = ()) -> None:
@@ -104,7 +104,12 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     modules, optimizers, settings = trainer.modules(), trainer.optimizers(), resume_settings(cfg)
     state_path = out / "train_state.safetensors"
-    start = load_state(state_path, modules, optimizers, settings) if state_path.exists() else 0
+    if state_path.exists():
+        start = load_state(state_path, modules, optimizers, settings)
+    elif getattr(cfg, "continue_from", None):
+        start = continue_from(Path(cfg.continue_from), out, modules, optimizers)
+    else:
+        start = 0
     print(f"{desc}: steps {start} -> {cfg.steps}; out {out}")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, smoothing=0.05)
     with open(out / "loss.log", "a") as log:
@@ -118,8 +123,38 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
                 if hasattr(trainer, "export"):  # a trainer that stores its model its own way
                     trainer.export(out / "model", step + 1)
                 else:
-                    checkpoints.save(trainer.ema, out / "model", trained_steps=step + 1, train_command=cfg.command())
+                    checkpoints.save(
+                        trainer.ema, out / "model", trained_steps=step + 1, train_command=cfg.command(),
+                        **training_history(out, step + 1, cfg.command()),
+                    )  # fmt: skip
     return out / "model"
+
+
+LINEAGE = "lineage.json"
+
+
+def continue_from(parent: Path, out: Path, modules: dict, optimizers: dict) -> int:
+    """Start a new run in `out` from another run's saved state (every network, the optimizer moments, the step
+    count), with settings that may differ: a fine-tune in stages, which a resume refuses. The parent's history
+    is kept in out/lineage.json for the exported model's `training_history`."""
+    state = parent / "train_state.safetensors"
+    exported = parent / "model" / "config.json"
+    if not state.exists() or not exported.exists():
+        raise ResumeError(f"--continue-from {parent}: not a run folder (no train_state.safetensors and model/)")
+    step = load_state(state, modules, optimizers)
+    meta = json.loads(exported.read_text())
+    history = meta.get("training_history") or [f"steps 0-{meta['trained_steps']:,}: {meta['train_command']}"]
+    (out / LINEAGE).write_text(json.dumps({"parent": str(parent), "step": step, "history": history}, indent=1))
+    return step
+
+
+def training_history(out: Path, step: int, command: str) -> dict:
+    """{"training_history": [...]} for a run continued from another, else {}."""
+    path = out / LINEAGE
+    if not path.exists():
+        return {}
+    lineage = json.loads(path.read_text())
+    return {"training_history": [*lineage["history"], f"steps {lineage['step']:,}-{step:,}: {command}"]}
 
 
 def make_ema(model: nn.Module) -> nn.Module:

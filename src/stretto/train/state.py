@@ -59,8 +59,15 @@ def load_state(
             diffs = ", ".join(f"{k}: saved {saved.get(k)!r}, given {settings.get(k)!r}" for k in changed)
             raise ResumeError(f"{path.parent} holds a run with other settings ({diffs}); use another --out")
     tensors = load_file(path)
+    saved_modules = sorted({k.split(".", 1)[0] for k in tensors if "/" not in k.split(".", 1)[0]})
     for name, module in modules.items():
-        module.load_state_dict({k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        if name not in saved_modules:
+            has = ", ".join(saved_modules)
+            raise ResumeError(f"{path} holds no {name!r} state (it has {has}): a run of another kind")
+        try:
+            module.load_state_dict({k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        except RuntimeError as e:  # other shapes or names: a run of another architecture
+            raise ResumeError(f"{path}: its {name!r} does not fit this run ({str(e).splitlines()[0]})") from None
     for name, opt in optimizers.items():
         opt_state = opt.state_dict()
         for key, value in tensors.items():
