@@ -35,7 +35,7 @@ def run_distill_bench(
     plot_path: str | Path | None = None,
     grid_path: str | Path | None = None,
     teacher: str = "shapes-flux",
-    students: tuple[str, ...] | list[str] = ("shapes-flux-dmd4", "shapes-flux-flowmap"),
+    students: tuple[str, ...] | list[str] = ("shapes-flux-dmd4", "shapes-flux-dmd1", "shapes-flux-flowmap"),
     device: str | torch.device = "cpu",
     num_images: int = 256,
     guidance: float = 3.0,
@@ -93,7 +93,7 @@ def run_distill_bench(
         "guidance": guidance,
         "fid_real_data": fid.score(real),
         "prompt_acc_real_data": prompt_accuracy(classifier, real, real_prompts),
-        "students": {name: {**s.config.student, "train_command": _train_command(name)} for name, s in nets.items()},
+        "students": {name: {**s.config.student, **_training(name)} for name, s in nets.items()},
         "machine": describe_machine(device),
         "command": f"stretto bench distill --num-images {num_images} --students {' '.join(students)}",
         "rows": rows,
@@ -113,8 +113,10 @@ def _supports(student: dict, steps: int) -> bool:
     return supported is None or steps in supported
 
 
-def _train_command(name: str) -> str | None:
-    return json.loads((resolve(name) / "config.json").read_text()).get("train_command")
+def _training(name: str) -> dict:
+    """How a student was made: its last command and, for one trained in stages, every stage."""
+    meta = json.loads((resolve(name) / "config.json").read_text())
+    return {k: meta[k] for k in ("train_command", "training_history") if k in meta}
 
 
 def _save_grid(path, settings, run, teacher: str) -> None:

@@ -176,8 +176,9 @@ def add_bench_distill_command(bench_subparsers) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--num-images", type=int, default=256, help="prompts, one image each (default 256)")
     p.add_argument(
-        "--students", nargs="+", default=["shapes-flux-dmd4", "shapes-flux-flowmap"],
-        help="distilled students (shipped names or folders; default shapes-flux-dmd4 shapes-flux-flowmap)",
+        "--students", nargs="+", default=["shapes-flux-dmd4", "shapes-flux-dmd1", "shapes-flux-flowmap"],
+        help="distilled students (shipped names or folders; default shapes-flux-dmd4 shapes-flux-dmd1 "
+        "shapes-flux-flowmap)",
     )  # fmt: skip
     shared.add_guidance(p)
     shared.add_model(p)

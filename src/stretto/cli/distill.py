@@ -93,11 +93,13 @@ def add_self_forcing_command(what) -> None:
     p.set_defaults(func=cmd_distill_self_forcing)
 
 
-def _common(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, save_every: int) -> None:
+def _common(
+    p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float, save_every: int, guidance: float, why: str
+) -> None:
     p.add_argument("--teacher", default="shapes-flux", help="the many-step teacher (default shapes-flux)")
     p.add_argument("--steps", type=int, default=steps, help=f"student updates (default {steps})")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per update (default {batch_size})")
-    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's CFG scale, baked in (default 3)")
+    p.add_argument("--guidance", type=float, default=guidance, help=f"{why}, baked in (default {guidance:g})")
     p.add_argument("--lr", type=float, default=lr, help=f"student learning rate (default {lr:g})")
     p.add_argument("--save-every", type=int, default=save_every, help=f"checkpoint every N (default {save_every})")
     p.add_argument(
@@ -116,7 +118,7 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     )
     what = p.add_subparsers(dest="method", required=True)
     dmd = what.add_parser("dmd2", help="DMD2: distribution matching + GAN, backward simulation on a sigma grid")
-    _common(dmd, steps=800, batch_size=24, lr=4e-5, save_every=25)
+    _common(dmd, steps=500, batch_size=24, lr=4e-5, save_every=25, guidance=1.5, why="the real score's CFG scale")
     dmd.add_argument(
         "--out", default=None, help="run folder, resumed if it holds a run (default runs/shapes-flux-dmdN)"
     )
@@ -128,7 +130,7 @@ def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     dmd.add_argument("--fake-lr", type=float, default=4e-5, help="fake score + GAN head learning rate (default 4e-5)")
     dmd.set_defaults(func=cmd_distill_dmd2)
     fm = what.add_parser("flowmap", help="a flow map X(t -> r): any-step sampling, semigroup self-distillation")
-    _common(fm, steps=3000, batch_size=48, lr=1e-4, save_every=100)
+    _common(fm, steps=3000, batch_size=48, lr=1e-4, save_every=100, guidance=3.0, why="the teacher's CFG scale")
     fm.add_argument("--out", default="runs/shapes-flux-flowmap", help="run folder (default runs/shapes-flux-flowmap)")
     fm.add_argument(
         "--rollout-fraction", type=float, default=0.0,
