@@ -486,6 +486,22 @@ def test_bench_stream_drift_only_reports_the_three_curves_and_windows(tmp_path):
     assert revisit["gain_db"] == round(revisit["with_memory_db"] - revisit["window_only_db"], 2)
 
 
+def test_bench_stream_context_noise_reaches_the_drift_and_is_recorded(tmp_path, capsys):
+    folder = checkpoints.save(tiny_world().float(), tmp_path / "w")
+    base = ["bench", "stream", "--models", str(folder), "--drift-only", "--drift-episodes", "1", "--drift-frames", "4",
+            "--plot", "", "--gif", ""]  # fmt: skip
+    curves = {}
+    for level in ("0", "0.3"):
+        out = tmp_path / f"drift-{level}.json"
+        assert main([*base, "--context-noise", level, "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        curves[level] = result["drift"]["models"][str(folder)]["psnr_db"]
+        assert ("--context-noise 0.3" in result["command"]) == (level == "0.3")
+    assert curves["0"] != curves["0.3"]
+    assert main([*base, "--context-noise", "1.5"]) == 2
+    assert "context_noise must be a noise level in [0, 1), got 1.5" in capsys.readouterr().err
+
+
 # -- memory beyond the window ---------------------------------------------------------------------------------
 def test_pose_memory_redraws_a_revisited_place_as_it_was():
     model = tiny_world()

@@ -73,6 +73,7 @@ def run_drift(
     window: int,
     sinks: int,
     run_episode,
+    context_noise: float = 0.0,
 ) -> tuple[dict, dict]:
     """Every model's kv-rolling stream over the same maps and actions, and the first model's with the pose memory
     -> ({name: curves + windows}, GIF panels)."""
@@ -82,7 +83,8 @@ def run_drift(
     if first is not None:  # the first model again with the pose memory (`pipelines.world_memory`)
         runs.append((f"{first} + pose memory", loaded[first], "pose"))
     for name, model, memory in runs:
-        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory)
+        settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory,
+                                  context_noise=context_noise)  # fmt: skip
         run = run_episode(model, seeds, n_frames, settings, seed=2, progress=f"drift {name}")
         drift[name] = curves(run.frames, run.truth, run.camera, run.prompt_camera, seeds)
         drift[name]["steps"] = steps or model_steps(model)
@@ -130,7 +132,13 @@ def revisit_frames(k: int, window: int) -> list[int]:
 
 
 def run_revisit(
-    model: WorldDiT, seeds: list[int], window: int, sinks: int, steps: int | None = None, k: int | None = None
+    model: WorldDiT,
+    seeds: list[int],
+    window: int,
+    sinks: int,
+    steps: int | None = None,
+    k: int | None = None,
+    context_noise: float = 0.0,
 ) -> dict:
     """PSNR against the simulator on the frames that revisit a place after it left the window, for the window
     alone and with the pose memory, over out-and-back paths on held-out maps (one batch row per map)."""
@@ -143,7 +151,8 @@ def run_revisit(
         prompt, prompt_actions, episodes = world.prompt_block(seeds, [world.STAY, *path], 1)
         truth = torch.stack([e.frames[1:] for e in episodes], dim=1)  # (N, B, C, H, W)
         for key, memory in (("window_only_db", None), ("with_memory_db", "pose")):
-            settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory)
+            settings = StreamSettings(mode="kv-rolling", steps=steps, window=window, sinks=sinks, memory=memory,
+                                      context_noise=context_noise)  # fmt: skip
             out = torch.stack([f.pixels for f in stream(model, prompt, prompt_actions, path, settings, seed=3)])
             scores[key].append(float(frame_psnr(out[frames], truth[frames]).mean()))
     result = {key: round(float(np.mean(v)), 2) for key, v in scores.items()}

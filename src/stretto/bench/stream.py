@@ -122,15 +122,23 @@ def row_of(mode: str, model_name: str, run: EpisodeRun, settings: StreamSettings
 
 
 def settings_for(
-    mode: str, frames: int, steps: int, window: int, sinks: int, kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB
+    mode: str,
+    frames: int,
+    steps: int,
+    window: int,
+    sinks: int,
+    kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
+    context_noise: float = 0.0,
 ) -> StreamSettings:
     """kv: a cache of the whole stream; kv-rolling: window + sinks; recompute: the whole context when short,
     the kv-rolling window when long (re-running 2,000 frames of context per call would take hours)."""
     if mode == "kv":
-        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1, kv_budget_mib=kv_budget_mib)
+        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1, kv_budget_mib=kv_budget_mib,
+                              context_noise=context_noise)  # fmt: skip
     if mode == "kv-rolling" or frames > 64:
-        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, kv_budget_mib=kv_budget_mib)
-    return StreamSettings(mode="recompute", steps=steps, window=None)
+        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, kv_budget_mib=kv_budget_mib,
+                              context_noise=context_noise)  # fmt: skip
+    return StreamSettings(mode="recompute", steps=steps, window=None, context_noise=context_noise)
 
 
 def run_stream_bench(
@@ -152,6 +160,7 @@ def run_stream_bench(
     feature_caches: tuple[str, ...] = DEFAULT_FEATURE_CACHES,
     cache_repeats: int = 3,
     drift_only: bool = False,
+    context_noise: float = 0.0,
 ) -> dict:
     """Every mode x model x length row, the video models' rows, the feature-cache rows (each policy against the
     uncached kv-rolling stream at the shortest length, `stretto.bench.stream_cache`), then the drift curves."""
@@ -164,7 +173,8 @@ def run_stream_bench(
     for n in lengths:
         for mode in modes:
             for name, model in loaded.items():
-                settings = settings_for(mode, n, steps or model_steps(model), window, sinks, kv_budget_mib)
+                settings = settings_for(mode, n, steps or model_steps(model), window, sinks, kv_budget_mib,
+                                        context_noise)  # fmt: skip
                 run = run_episode(model, [HELD_OUT_SEED], n, settings, seed=1, progress=f"{mode} {name} {n}")
                 rows.append(row_of(mode, name, run, settings))
                 print(table_row(rows[-1], TABLE))
@@ -181,11 +191,12 @@ def run_stream_bench(
     rows = [{**row, **UNCACHED} for row in rows]
     if feature_caches and lengths:
         rows += cache_rows(loaded, video_models, min(lengths), steps, window, sinks, kv_budget_mib, feature_caches,
-                           cache_repeats)  # fmt: skip
+                           cache_repeats, context_noise)  # fmt: skip
     seeds = list(range(HELD_OUT_SEED + 1, HELD_OUT_SEED + 1 + drift_episodes))
-    drift, panels = run_drift(loaded, seeds, drift_frames, steps, window, sinks, run_episode)
+    drift, panels = run_drift(loaded, seeds, drift_frames, steps, window, sinks, run_episode, context_noise)
     panels = {name: frames[:gif_frames] for name, frames in panels.items()}
-    revisit = {name: run_revisit(model, seeds, window, sinks, steps) for name, model in loaded.items()}
+    revisit = {name: run_revisit(model, seeds, window, sinks, steps, context_noise=context_noise)
+               for name, model in loaded.items()}  # fmt: skip
     for name, model in loaded.items():  # the same models predicting from the true past, for comparison
         drift[name]["one_step_from_truth"] = run_one_step(model, seeds, min(drift_frames, 100), window, sinks, steps)
     for name, r in revisit.items():
@@ -205,8 +216,9 @@ def run_stream_bench(
     for flag, (value, default) in options.items():
         if not drift_only and value != tuple(default):
             command += f" {flag} " + " ".join(value)
-    for flag, value, default in (("--cache-repeats", cache_repeats, 3), ("--drift-episodes", drift_episodes, 8),
-                                 ("--drift-frames", drift_frames, 400)):  # fmt: skip
+    numbers = (("--cache-repeats", cache_repeats, 3), ("--drift-episodes", drift_episodes, 8),
+               ("--drift-frames", drift_frames, 400), ("--context-noise", context_noise, 0.0))  # fmt: skip
+    for flag, value, default in numbers:
         command += f" {flag} {value}" if value != default else ""
     result = {
         "machine": describe_machine(device),
@@ -239,6 +251,7 @@ def cache_rows(
     kv_budget_mib: float,
     policies: tuple[str, ...],
     repeats: int,
+    context_noise: float = 0.0,
 ) -> list[dict]:
     """Each policy inside each world model's kv-rolling stream of n frames (and the tiny causal Wan's), against
     the uncached stream of the same model and settings, run alternately `repeats` times; the world models' PSNRs
@@ -247,7 +260,8 @@ def cache_rows(
     show = lambda row: print(table_row(row, CACHE_TABLE))  # noqa: E731
     print(table_header(CACHE_TABLE))
     for name, model in loaded.items():
-        settings = settings_for("kv-rolling", n, steps or model_steps(model), window, sinks, kv_budget_mib)
+        settings = settings_for("kv-rolling", n, steps or model_steps(model), window, sinks, kv_budget_mib,
+                                context_noise)  # fmt: skip
 
         def run(spec: str | None, noise_seed: int, model=model, name=name, settings=settings) -> StreamRun:
             cached = replace(settings, feature_cache=spec)

@@ -118,7 +118,8 @@ def add_results(p: argparse.ArgumentParser, name: str, plot: bool = True) -> Non
 
 
 def add_stream_settings(p: argparse.ArgumentParser) -> None:
-    """The world stream's settings: denoising steps per block, rolling window, sinks, KV memory budget."""
+    """The world stream's settings: denoising steps per block, rolling window, sinks, KV memory budget, context
+    noise."""
     from stretto.pipelines.world import DEFAULT_KV_BUDGET_MIB, DEFAULT_SINKS, DEFAULT_STEPS, DEFAULT_WINDOW
 
     p.add_argument(
@@ -137,6 +138,9 @@ def add_stream_settings(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_KV_BUDGET_MIB,
         help=f"most KV cache memory to allocate, MiB (default {DEFAULT_KV_BUDGET_MIB:g}); larger asks fail up front",
     )
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
+                   help="commit finished blocks re-noised to this level in [0, 1) (Self Forcing's context_noise; "
+                   "SkyReels-V2's addnoise_condition 20 is 0.02) (default 0: clean)")  # fmt: skip
 
 
 def cache_note(args: argparse.Namespace) -> str:

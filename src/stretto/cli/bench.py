@@ -132,6 +132,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
         drift_frames=args.drift_frames, device=args.device, gif_path=args.gif or None,
         kv_budget_mib=args.kv_budget_mib, video_models=tuple(args.video_models),
         feature_caches=tuple(args.feature_cache), cache_repeats=args.cache_repeats, drift_only=args.drift_only,
+        context_noise=args.context_noise,
     )  # fmt: skip
 
 

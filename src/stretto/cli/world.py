@@ -175,9 +175,6 @@ def add_stream_command(subparsers) -> argparse.ArgumentParser:
                    'block): e.g. "crossblock" (the previous block\'s same step on the first step, this block\'s '
                    'previous step on the third: plan=xcwc), "fora:interval=3,warmup=0"; stretto.cache.available() '
                    "lists all (default none)")  # fmt: skip
-    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
-                   help="commit finished blocks re-noised to this level in [0, 1) (Self Forcing's context_noise; "
-                   "SkyReels-V2's addnoise_condition 20 is 0.02) (default 0: clean)")  # fmt: skip
     p.add_argument("--memory", choices=["pose"], default=None,
                    help="memory beyond the rolling window (world models): pose = what was drawn, placed by the camera "
                    "moves of the actions, kept when the camera comes back (default none)")  # fmt: skip
