@@ -140,6 +140,8 @@ def test_continuing_from_a_run_of_another_kind_is_a_clear_error(teacher_dir, tmp
     distill_flow_map(fm)
     with pytest.raises(ResumeError, match="holds no 'generator' state .*a run of another kind"):
         distill_dmd(dmd_config(teacher_dir, tmp_path, steps=2, continue_from=fm.out))
+    with pytest.raises(ResumeError, match="is at step 1: --steps must be more, got 1"):
+        distill_flow_map(FlowMapConfig(**{**fm.__dict__, "out": str(tmp_path / "fm2"), "continue_from": fm.out}))
     with pytest.raises(ResumeError, match="not a run folder"):
         distill_dmd(dmd_config(teacher_dir, tmp_path / "x", steps=2, continue_from=str(tmp_path / "nowhere")))
 

@@ -108,6 +108,9 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
         start = load_state(state_path, modules, optimizers, settings)
     elif getattr(cfg, "continue_from", None):
         start = continue_from(Path(cfg.continue_from), out, modules, optimizers)
+        if start >= cfg.steps:
+            raise ResumeError(f"--continue-from {cfg.continue_from} is at step {start}: --steps must be more, "
+                              f"got {cfg.steps}")  # fmt: skip
     else:
         start = 0
     print(f"{desc}: steps {start} -> {cfg.steps}; out {out}")
