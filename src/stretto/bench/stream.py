@@ -133,12 +133,13 @@ def settings_for(
     """kv: a cache of the whole stream; kv-rolling: window + sinks; recompute: the whole context when short,
     the kv-rolling window when long (re-running 2,000 frames of context per call would take hours)."""
     if mode == "kv":
-        return StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1, kv_budget_mib=kv_budget_mib,
-                              context_noise=context_noise)  # fmt: skip
-    if mode == "kv-rolling" or frames > 64:
-        return StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, kv_budget_mib=kv_budget_mib,
-                              context_noise=context_noise)  # fmt: skip
-    return StreamSettings(mode="recompute", steps=steps, window=None, context_noise=context_noise)
+        settings = StreamSettings(mode="kv", steps=steps, window=None, max_frames=frames + 1,
+                                  kv_budget_mib=kv_budget_mib)  # fmt: skip
+    elif mode == "kv-rolling" or frames > 64:
+        settings = StreamSettings(mode=mode, steps=steps, window=window, sinks=sinks, kv_budget_mib=kv_budget_mib)
+    else:
+        settings = StreamSettings(mode="recompute", steps=steps, window=None)
+    return replace(settings, context_noise=context_noise)
 
 
 def run_stream_bench(

@@ -113,6 +113,7 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
                               f"got {cfg.steps}")  # fmt: skip
     else:
         start = 0
+    command = cfg.command()
     print(f"{desc}: steps {start} -> {cfg.steps}; out {out}")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, smoothing=0.05)
     with open(out / "loss.log", "a") as log:
@@ -127,8 +128,8 @@ def run(trainer: StudentTrainer, desc: str) -> Path:
                     trainer.export(out / "model", step + 1)
                 else:
                     checkpoints.save(
-                        trainer.ema, out / "model", trained_steps=step + 1, train_command=cfg.command(),
-                        **training_history(out, step + 1, cfg.command()),
+                        trainer.ema, out / "model", trained_steps=step + 1, train_command=command,
+                        **training_history(out, step + 1, command),
                     )  # fmt: skip
     return out / "model"
 
